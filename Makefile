@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Everything else is installed from here.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+DEMO_OUT ?= runs/demo
+
+.PHONY: venv data test test-fast demo bench lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST from Debian (no download); elsewhere `bnas` can fetch it where the network allows.
+data:
+	@if [ ! -f $(FMNIST)/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist) >/dev/null 2>&1 \
+	  || echo "note: could not install Debian's dataset-fashion-mnist; real-data tests will be skipped"; fi
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+test: venv data lint
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: venv data
+	$(BIN)/bnas search --method clr --dataset fashion-mnist --subset 2000 --epochs 4 \
+	  --batch-size 48 --init-channels 8 --out $(DEMO_OUT) --overwrite
+
+format: venv
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

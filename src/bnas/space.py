@@ -1,0 +1,160 @@
+"""Search spaces and trained networks: a wiring from `topology` given search cells or genotype cells.
+
+The architecture parameters live inside the supernet as `nn.Parameter`s under `arch.` so that
+checkpoints carry them and DDP all-reduces their gradients; `arch_parameters()` and
+`weight_parameters()` keep the two sets apart for the two optimisers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .cells import Cell, MixedEdge, PartialEdge, search_edges
+from .genotype import Genotype, derive
+from .ops import PRIMITIVES, make_op
+from .topology import BroadNet, BroadShape, DeepNet, DeepShape
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """What a supernet is: wiring, size, and the edge relaxation (full or partial channels, edge norm)."""
+
+    space: str = "bcnn"  # bcnn | darts
+    channels: int = 16
+    blocks: int = 2  # L (bcnn)
+    enhance: int = 1  # E (bcnn)
+    layers: int = 8  # cells (darts)
+    num_classes: int = 10
+    in_channels: int = 3
+    stem: str = "cifar"
+    partial_k: int = 1  # K; 1 = full edges
+    edge_norm: bool = False
+    steps: int = 4
+
+
+def _check_space(space: str) -> None:
+    if space not in ("bcnn", "darts"):
+        raise ValueError(f"unknown search space {space!r} (bcnn or darts)")
+
+
+class SuperNet(nn.Module):
+    """A supernet: the wiring with mixed edges, plus its alphas (and betas) per cell type."""
+
+    def __init__(self, cfg: SpaceConfig):
+        super().__init__()
+        _check_space(cfg.space)
+        self.cfg = cfg
+        edges = search_edges(cfg.steps)
+
+        def make_edge(_: int, c: int, stride: int) -> nn.Module:
+            return PartialEdge(c, stride, cfg.partial_k) if cfg.partial_k > 1 else MixedEdge(c, stride)
+
+        def make_cell(kind: str, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> Cell:
+            return Cell(edges, make_edge, c_pp, c_p, c, reduction, reduction_prev, affine=False)
+
+        if cfg.space == "bcnn":
+            shape = BroadShape(cfg.channels, cfg.num_classes, cfg.in_channels, cfg.blocks, 0, cfg.enhance, cfg.stem)
+            self.net: BroadNet | DeepNet = BroadNet(shape, make_cell, affine=False)
+        else:
+            shape = DeepShape(cfg.channels, cfg.num_classes, cfg.in_channels, cfg.layers, cfg.stem)
+            self.net = DeepNet(shape, make_cell, affine=False)
+        n_edges = len(edges)
+        self.arch = nn.ParameterDict()
+        for kind in self.net.cell_types:
+            self.arch[f"alpha_{kind}"] = nn.Parameter(1e-3 * torch.randn(n_edges, len(PRIMITIVES)))
+            if cfg.edge_norm:
+                self.arch[f"beta_{kind}"] = nn.Parameter(1e-3 * torch.randn(n_edges))
+        self._node_slices = [(sum(range(2, n + 2)), n + 2) for n in range(cfg.steps)]
+
+    @property
+    def cell_types(self) -> tuple[str, str]:
+        return self.net.cell_types
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.arch.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.parameters())
+
+    def edge_weights(self, betas: torch.Tensor) -> torch.Tensor:
+        """Softmax of the betas over each node's incoming edges (PC edge normalisation)."""
+        b = betas.float()
+        return torch.cat([torch.softmax(b[s : s + n], dim=-1) for s, n in self._node_slices])
+
+    def weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        # softmaxes in fp32 even under autocast: the alphas are small and their differences matter
+        out = {}
+        for kind in self.cell_types:
+            alpha = self.arch[f"alpha_{kind}"].float()
+            beta = self.arch[f"beta_{kind}"] if self.cfg.edge_norm else None
+            out[kind] = (torch.softmax(alpha, dim=-1), None if beta is None else self.edge_weights(beta))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, self.weights())
+
+    def genotype(self) -> Genotype:
+        alphas = [self.arch[f"alpha_{k}"] for k in self.cell_types]
+        betas = [self.arch[f"beta_{k}"] for k in self.cell_types] if self.cfg.edge_norm else None
+        return derive(alphas, betas, self.cfg.space)
+
+
+def count_parameters(module: nn.Module, exclude: str = "auxiliary") -> int:
+    return sum(p.numel() for name, p in module.named_parameters() if exclude not in name)
+
+
+def fixed_cell_factory(genotype: Genotype):
+    """A cell factory that builds each cell type from its genotype cell (affine BN, drop-path ready)."""
+
+    def make_cell(kind: str, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> Cell:
+        cell_g = genotype.cell(kind)
+
+        def make_edge(i: int, c_: int, stride: int) -> nn.Module:
+            return make_op(cell_g.edges[i][0], c_, stride, affine=True)
+
+        return Cell(cell_g.node_edges(), make_edge, c_pp, c_p, c, reduction, reduction_prev, True, cell_g.concat)
+
+    return make_cell
+
+
+class TrainedNet(nn.Module):
+    """A network built from a genotype with the same wiring as the supernet it came from."""
+
+    def __init__(self, net: BroadNet | DeepNet, genotype: Genotype):
+        super().__init__()
+        self.net = net
+        self.genotype = genotype
+        self.drop_prob = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, None, self.drop_prob)
+
+    @property
+    def aux_logits(self) -> torch.Tensor | None:
+        return getattr(self.net, "aux_logits", None)
+
+
+def build_network(
+    genotype: Genotype,
+    channels: int = 48,
+    layers: int = 6,
+    enhance: int = 2,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    stem: str = "cifar",
+    blocks: int = 2,
+    auxiliary: bool = False,
+) -> TrainedNet:
+    """The trained network of SPEC §8 (bcnn) or DARTS' evaluation network (darts) for a genotype."""
+    make_cell = fixed_cell_factory(genotype)
+    if genotype.space == "bcnn":
+        if layers % blocks:
+            raise ValueError(f"--layers {layers} must be a multiple of the {blocks} convolution blocks")
+        shape = BroadShape(channels, num_classes, in_channels, blocks, layers // blocks - 1, enhance, stem)
+        net: BroadNet | DeepNet = BroadNet(shape, make_cell, affine=True)
+    else:
+        net = DeepNet(DeepShape(channels, num_classes, in_channels, layers, stem, auxiliary=auxiliary), make_cell, True)
+    return TrainedNet(net, genotype)
