@@ -40,6 +40,10 @@ def _check_space(space: str) -> None:
         raise ValueError(f"unknown search space {space!r} (bcnn or darts)")
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class SuperNet(nn.Module):
     """A supernet: the wiring with mixed edges, plus its alphas (and betas) per cell type."""
 
@@ -81,14 +85,14 @@ class SuperNet(nn.Module):
 
     def edge_weights(self, betas: torch.Tensor) -> torch.Tensor:
         """Softmax of the betas over each node's incoming edges (PC edge normalisation)."""
-        b = betas.float()
+        b = _at_least_fp32(betas)
         return torch.cat([torch.softmax(b[s : s + n], dim=-1) for s, n in self._node_slices])
 
     def weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         # softmaxes in fp32 even under autocast: the alphas are small and their differences matter
         out = {}
         for kind in self.cell_types:
-            alpha = self.arch[f"alpha_{kind}"].float()
+            alpha = _at_least_fp32(self.arch[f"alpha_{kind}"])
             beta = self.arch[f"beta_{kind}"] if self.cfg.edge_norm else None
             out[kind] = (torch.softmax(alpha, dim=-1), None if beta is None else self.edge_weights(beta))
         return out

@@ -1,0 +1,217 @@
+"""`bnas` command line: a thin layer that parses, resolves configuration and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import BnasError, ConfigError
+
+_HELP = {
+    "space": "search space: the broad network (bcnn) or the DARTS stack (darts)",
+    "dataset": "data set to search on",
+    "data_dir": "directory holding the data set files",
+    "subset": "use only the first N training images (quick runs)",
+    "synthetic_size": "number of training images of --dataset synthetic",
+    "epochs": "search epochs",
+    "batch_size": "batch size of both the weight and the architecture step",
+    "init_channels": "C, initial channels",
+    "blocks": "L, convolution blocks (bcnn)",
+    "enhance_cells": "E, enhancement cells (bcnn)",
+    "layers": "cells of the DARTS stack (darts)",
+    "partial_k": "K of partial-channel edges (1 = full edges)",
+    "edge_norm": "edge normalisation with betas (PC)",
+    "order": "1 = first order, 2 = DARTS' unrolled second order",
+    "hvp": "second-order Hessian-vector product: fd (finite differences) or exact (double backprop)",
+    "fd_eps": "finite-difference step of the second order: eps = fd_eps / ||v||",
+    "lr": "weight learning rate (SGD, cosine schedule)",
+    "lr_min": "final weight learning rate of the cosine schedule",
+    "lr_warmup_epochs": "linear warm-up epochs of the weight learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay of the network weights",
+    "grad_clip": "gradient norm clip of the weights",
+    "arch_lr": "architecture learning rate (Adam)",
+    "arch_weight_decay": "architecture weight decay",
+    "arch_betas": "Adam betas of the architecture optimiser",
+    "arch_grad_clip": "architecture gradient norm clip (0 = off)",
+    "clr_power": "CLR: arch lr = base x ((epoch+1)/epochs)^power (0 = constant)",
+    "arch_start_epoch": "warm-up: first epoch with architecture updates",
+    "train_portion": "share of the training set for the weights (the rest trains the architecture)",
+    "seed": "random seed",
+    "device": "auto, cpu, cuda or cuda:N",
+    "amp": "mixed precision: auto (bf16 on GPU, off on CPU), off, bf16, fp16",
+    "channels_last": "channels-last memory format: auto (on for GPU), on, off",
+    "eval_every": "evaluate the supernet on the architecture split every N epochs (0 = never)",
+    "log_every": "steps between step records in metrics.jsonl",
+    "out": "run directory to write",
+    "quiet": "no progress bar or per-epoch lines (automatic when stdout is not a terminal)",
+}
+_CHOICES = {
+    "space": ["bcnn", "darts"],
+    "order": [1, 2],
+    "hvp": ["fd", "exact"],
+    "amp": ["auto", "off", "bf16", "fp16"],
+    "channels_last": ["auto", "on", "off"],
+}
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    from .data.registry import DATASETS
+    from .search import METHODS, SearchConfig
+
+    p.add_argument("--method", choices=list(METHODS), default="clr", help="method preset (default: clr)")
+    p.add_argument("--config", type=Path, help="JSON file of options (between the preset and the command line)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    p.add_argument("--dry-run", action="store_true", help="build everything, print the counts and exit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    base = SearchConfig()
+    for f in dataclasses.fields(SearchConfig):
+        if f.name in ("method", "extra"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in METHODS["clr"]:
+            per = ", ".join(f"{m} {v[f.name]}" for m, v in METHODS.items())
+            default_text = f"method default: {per}"
+        else:
+            default_text = f"default: {getattr(base, f.name)}"
+        helptext = f"{_HELP.get(f.name, f.name)} ({default_text})"
+        kw: dict[str, Any] = {"default": None, "help": helptext, "dest": f.name}
+        if f.type in ("bool", bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.name == "arch_betas":
+            kw.update(type=float, nargs=2, metavar=("B1", "B2"))
+        elif f.name == "dataset":
+            kw["choices"] = list(DATASETS)
+        else:
+            t = {"int": int, "float": float, "str": str, "int | None": int}.get(str(f.type), str)
+            kw["type"] = t
+            if f.name in _CHOICES:
+                kw["choices"] = _CHOICES[f.name]
+        p.add_argument(flag, **kw)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object of options")
+    return {k.replace("-", "_"): v for k, v in obj.items()}
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .progress import Reporter
+    from .search import SearchConfig, Searcher, resume_config
+
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    for k in ("command", "func", "config", "resume", "dry_run", "overwrite", "debug", "genotype_cmd"):
+        cli.pop(k, None)
+    method = cli.pop("method", "clr")
+    if args.resume:
+        cfg = resume_config(args.resume)
+        # only run-length and logging options may change on resume
+        for k in ("epochs", "quiet", "log_every", "eval_every", "device"):
+            if k in cli:
+                setattr(cfg, k, cli[k])
+        cfg.validate()
+    else:
+        file_opts = _read_config_file(args.config) if args.config else {}
+        method = file_opts.pop("method", None) if "method" not in sys.argv[1:] and "method" in file_opts else method
+        cfg = SearchConfig.resolve(method or "clr", **{**file_opts, **cli})
+    if not sys.stdout.isatty() and "quiet" not in cli:
+        cfg.quiet = cfg.quiet or False
+    searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    counts = searcher.counts()
+    reporter = Reporter(quiet=cfg.quiet)
+    print(
+        f"supernet ({cfg.method}, {cfg.space}, {cfg.dataset}): {counts['weights']} weights, "
+        f"{counts['arch']} architecture parameters"
+    )
+    if args.dry_run:
+        return 0
+    if not cfg.quiet:
+        print(
+            f"device {searcher.device}, amp {searcher.amp_mode}, {len(searcher.train_loader)} steps/epoch of "
+            f"batch {cfg.batch_size}, order {cfg.order}, run directory {cfg.out}"
+        )
+    searcher.open_run()
+    if args.resume:
+        print(f"resuming {cfg.out} at epoch {searcher.start_epoch + 1}/{cfg.epochs}")
+    try:
+        searcher.run_search(reporter)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished epochs are saved; continue with bnas search --resume {cfg.out}", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+def cmd_genotype(args: argparse.Namespace) -> int:
+    from .genotype import ZOO, get_genotype
+
+    if args.genotype_cmd == "list":
+        for name, entry in ZOO.items():
+            free = entry.genotype.parameter_free()
+            print(f"{name:<20} {entry.genotype.space:<6} {entry.source}")
+            print(f"{'':<20} parameter-free ops {free}" + (f"; reported: {entry.reported}" if entry.reported else ""))
+        return 0
+    g = get_genotype(args.name)
+    if args.genotype_cmd == "show":
+        print(f"{args.name} ({g.space} space)")
+        print(g.describe())
+        if args.json:
+            print(json.dumps(g.to_json(), indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="bnas", description="BNAS-v2: broad neural architecture search")
+    p.add_argument("--version", action="version", version=f"bnas {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "search",
+        help="architecture search (BNAS-D, BNAS-v2-CLR, BNAS-v2-PC)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Search cells of the broad (or DARTS) network. Options default to the --method preset "
+        "(SPEC §7 table); a --config JSON file overrides the preset, the command line overrides both.",
+    )
+    _add_search_args(s)
+    s.set_defaults(func=cmd_search)
+
+    g = sub.add_parser("genotype", help="show or list genotypes")
+    gsub = g.add_subparsers(dest="genotype_cmd", required=True)
+    show = gsub.add_parser("show", help="print a genotype's cells as text")
+    show.add_argument("name", help="bundled genotype name or genotype.json / run directory")
+    show.add_argument("--json", action="store_true", help="also print the JSON form")
+    gsub.add_parser("list", help="list the bundled genotypes")
+    g.set_defaults(func=cmd_genotype)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BnasError as e:
+        if args.debug:
+            raise
+        msg = str(e)
+        print(f"bnas: error: {msg[0].lower() + msg[1:] if msg else 'failed'}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Data sets by name: where their files come from, their shape, and their transforms (SPEC §9)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from . import formats
+from .formats import ArrayData
+from .loaders import Augment
+
+CIFAR10_MEAN, CIFAR10_STD = (0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the networks and the loaders need to know about a data set."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    size: int
+    read: Callable[[Path, bool], ArrayData]
+    train_augment: Augment
+    eval_augment: Augment
+
+
+def _synthetic(_: Path, train: bool, size: int = 512, seed: int = 0) -> ArrayData:
+    """Seeded CIFAR-shaped data that a network can learn a little: class templates plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.rand(10, 3, 32, 32, generator=gen) * 255
+    gen.manual_seed(seed + (1 if train else 2))
+    labels = torch.randint(0, 10, (size,), generator=gen)
+    noise = torch.randn(size, 3, 32, 32, generator=gen) * 60
+    images = (templates[labels] + noise).clamp_(0, 255).to(torch.uint8)
+    return ArrayData(images.contiguous(), labels, 10)
+
+
+_cifar10 = Augment(crop_padding=4, flip=True, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+_cifar100 = Augment(crop_padding=4, flip=True, mean=CIFAR100_MEAN, std=CIFAR100_STD)
+_plain_flip = Augment(flip=True)  # SPEC §9: flip + to-tensor, no normalisation
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        "cifar10", 10, 3, 32, lambda d, t: formats.read_cifar(d, "cifar10", t), _cifar10,
+        Augment(mean=CIFAR10_MEAN, std=CIFAR10_STD),
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, 3, 32, lambda d, t: formats.read_cifar(d, "cifar100", t), _cifar100,
+        Augment(mean=CIFAR100_MEAN, std=CIFAR100_STD),
+    ),
+    "mnist": DatasetSpec(
+        "mnist", 10, 1, 28, lambda d, t: formats.read_mnist_like(d, "mnist", t), _plain_flip, Augment()
+    ),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", 10, 1, 28, lambda d, t: formats.read_mnist_like(d, "fashion-mnist", t), _plain_flip,
+        Augment(),
+    ),
+    "svhn": DatasetSpec(
+        "svhn", 10, 3, 32, lambda d, t: formats.read_svhn(d, "train" if t else "test"), _plain_flip, Augment()
+    ),
+    "synthetic": DatasetSpec("synthetic", 10, 3, 32, _synthetic, _cifar10, Augment(mean=CIFAR10_MEAN, std=CIFAR10_STD)),
+}  # fmt: skip
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, list(DATASETS), n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise DataError(f"unknown data set {name!r}{hint}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_split(
+    name: str, data_dir: str | Path, train: bool, subset: int | None = None, synthetic_size: int = 512, seed: int = 0
+) -> ArrayData:
+    """One split as uint8 arrays; `subset` keeps the first N images (a fixed, reproducible slice)."""
+    spec = get_dataset(name)
+    if name == "synthetic":
+        data = _synthetic(Path(data_dir), train, synthetic_size if train else max(synthetic_size // 4, 1), seed)
+    else:
+        data = spec.read(Path(data_dir), train)
+    if subset is not None and subset < data.images.shape[0]:
+        data = ArrayData(data.images[:subset].contiguous(), data.labels[:subset].contiguous(), data.num_classes)
+    return data

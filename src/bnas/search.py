@@ -1,0 +1,516 @@
+"""Architecture search (SPEC §7): the Architect (first/second order, CLR, warm-up) and the search loop.
+
+The three methods are presets over independent switches (DESIGN "methods are configuration"):
+edge kind and K, edge normalisation, architecture-lr schedule (CLR power), warm-up epochs, order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .data.loaders import TensorLoader
+from .data.registry import get_dataset, load_split
+from .errors import ConfigError
+from .genotype import Genotype
+from .runs import RunDir, environment
+from .space import SpaceConfig, SuperNet
+
+# SPEC §7 defaults by method (CIFAR-10). Everything else is shared.
+METHODS: dict[str, dict[str, Any]] = {
+    "bnas-d": dict(
+        batch_size=256, lr=0.025, lr_min=0.001, arch_lr=3e-4, enhance_cells=2, arch_start_epoch=0,
+        partial_k=1, edge_norm=False, clr_power=0.0,
+    ),
+    "clr": dict(
+        batch_size=256, lr=0.1, lr_min=0.0, arch_lr=3e-4, enhance_cells=1, arch_start_epoch=0,
+        partial_k=1, edge_norm=False, clr_power=2.0,
+    ),
+    "pc": dict(
+        batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-4, enhance_cells=1, arch_start_epoch=15,
+        partial_k=4, edge_norm=True, clr_power=0.0,
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class SearchConfig:
+    """Every knob of a search; `resolve(method, overrides)` fills the method's defaults."""
+
+    method: str = "clr"
+    space: str = "bcnn"
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    subset: int | None = None  # first N training images only (quick runs)
+    synthetic_size: int = 512
+    epochs: int = 50
+    batch_size: int = 256
+    init_channels: int = 16
+    blocks: int = 2  # L, convolution blocks (bcnn)
+    enhance_cells: int = 1  # E (bcnn)
+    layers: int = 8  # cells (darts)
+    partial_k: int = 1
+    edge_norm: bool = False
+    order: int = 1
+    hvp: str = "fd"  # fd (DARTS' finite differences) | exact (double backprop)
+    fd_eps: float = 0.01  # finite-difference step: eps = fd_eps / ||v|| (DARTS: 0.01)
+    lr: float = 0.1
+    lr_min: float = 0.0
+    lr_warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_grad_clip: float = 0.0  # 0 = off (ImageNet search clips to 5)
+    clr_power: float = 2.0  # 0 = constant architecture learning rate (no CLR)
+    arch_start_epoch: int = 0  # warm-up: architecture updates start at this epoch
+    train_portion: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto | off | bf16 | fp16
+    channels_last: str = "auto"  # auto | on | off
+    eval_every: int = 1  # evaluate the supernet on the architecture split every N epochs (0 = never)
+    log_every: int = 50  # steps between "step" records in metrics.jsonl
+    out: str = "runs/search"
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, method: str = "clr", **overrides: Any) -> SearchConfig:
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown search option(s) {', '.join(unknown)}")
+        values = {**METHODS[method], **{k: v for k, v in overrides.items() if v is not None}, "method": method}
+        if isinstance(values.get("arch_betas"), list):
+            values["arch_betas"] = tuple(values["arch_betas"])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        if self.epochs < 1:
+            bad(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            bad(f"--batch-size must be at least 1, got {self.batch_size}")
+        for name in ("lr", "arch_lr", "lr_min", "weight_decay", "arch_weight_decay", "momentum", "grad_clip"):
+            if getattr(self, name) < 0:
+                bad(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.order not in (1, 2):
+            bad(f"--order must be 1 or 2, got {self.order}")
+        if self.hvp not in ("fd", "exact"):
+            bad(f"--hvp must be fd or exact, got {self.hvp!r}")
+        if self.space not in ("bcnn", "darts"):
+            bad(f"--space must be bcnn or darts, got {self.space!r}")
+        if self.partial_k < 1:
+            bad(f"--partial-k must be at least 1, got {self.partial_k}")
+        if self.init_channels % self.partial_k:
+            bad(f"--partial-k {self.partial_k} must divide --init-channels {self.init_channels}")
+        if not 0.0 < self.train_portion < 1.0:
+            bad(f"--train-portion must be between 0 and 1, got {self.train_portion}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            bad(f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.order == 2 and self.amp == "fp16":
+            bad("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off with --order 2")
+        if self.blocks < 2 and self.space == "bcnn":
+            bad(f"--blocks must be at least 2, got {self.blocks}")
+        if self.enhance_cells < 1 and self.space == "bcnn":
+            bad(f"--enhance-cells must be at least 1, got {self.enhance_cells}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def space_config(self, num_classes: int, in_channels: int) -> SpaceConfig:
+        return SpaceConfig(
+            space=self.space, channels=self.init_channels, blocks=self.blocks, enhance=self.enhance_cells,
+            layers=self.layers, num_classes=num_classes, in_channels=in_channels,
+            partial_k=self.partial_k, edge_norm=self.edge_norm,
+        )  # fmt: skip
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float, warmup: int = 0) -> float:
+    """Weight learning rate of an epoch: linear warm-up, then cosine from lr to lr_min."""
+    if epoch < warmup:
+        return lr * (epoch + 1) / warmup
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
+    """CLR: base x ((epoch + 1) / epochs) ** power (power 0 = constant)."""
+    return base * ((epoch + 1) / epochs) ** power if power else base
+
+
+class Architect:
+    """Updates the architecture parameters on validation batches (first or second order)."""
+
+    def __init__(self, model: SuperNet, cfg: SearchConfig, w_optimizer: torch.optim.SGD, autocast=None):
+        self.model = model
+        self.cfg = cfg
+        self.w_optimizer = w_optimizer
+        self.autocast = autocast or contextlib.nullcontext
+        self.optimizer = torch.optim.Adam(
+            model.arch_parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
+        )
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor] | None = None):
+        with self.autocast():
+            logits = self.model(x) if params is None else functional_call(self.model, params, (x,))
+        return F.cross_entropy(upcast(logits), y)
+
+    def gradients(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], float]:
+        """Architecture gradients (without applying them) and the validation loss."""
+        arch = self.model.arch_parameters()
+        if self.cfg.order == 1:
+            loss = self._loss(x_val, y_val)
+            # alpha gradients only: autograd never computes the weights' gradients here
+            return list(torch.autograd.grad(loss, arch)), loss.item()
+        return self._unrolled(x_train, y_train, x_val, y_val, eta)
+
+    def _unrolled(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], float]:
+        """DARTS' second order: grad_a L_val(w', a) - eta * H v, with w' one SGD step ahead of w."""
+        model, arch = self.model, self.model.arch_parameters()
+        named = [(n, p) for n, p in model.named_parameters() if not n.startswith("arch.")]
+        names, weights = [n for n, _ in named], [p for _, p in named]
+        grads = torch.autograd.grad(self._loss(x_train, y_train), weights)
+        mom, wd = self.cfg.momentum, self.cfg.weight_decay
+        w_prime = []
+        with torch.no_grad():
+            for p, g in zip(weights, grads, strict=True):
+                buf = self.w_optimizer.state.get(p, {}).get("momentum_buffer")
+                step = g + wd * p if buf is None else mom * buf + g + wd * p
+                w_prime.append((p - eta * step).requires_grad_())
+        val_loss = self._loss(x_val, y_val, dict(zip(names, w_prime, strict=True)))
+        both = torch.autograd.grad(val_loss, arch + w_prime)
+        d_arch, v = list(both[: len(arch)]), [t.detach() for t in both[len(arch) :]]
+        hv = (
+            self._hvp_fd(weights, v, x_train, y_train)
+            if self.cfg.hvp == "fd"
+            else self._hvp_exact(weights, v, x_train, y_train)
+        )
+        return [d - eta * h for d, h in zip(d_arch, hv, strict=True)], val_loss.item()
+
+    def _hvp_fd(self, weights, v, x, y) -> list[torch.Tensor]:
+        """(grad_a L_train(w + eps v) - grad_a L_train(w - eps v)) / 2 eps, eps = fd_eps / ||v||."""
+        arch = self.model.arch_parameters()
+        eps = self.cfg.fd_eps / torch.cat([t.flatten() for t in v]).norm().clamp_min(1e-12).item()
+        saved = [p.detach().clone() for p in weights]
+        with torch.no_grad():
+            for p, t in zip(weights, v, strict=True):
+                p.add_(t, alpha=eps)
+        g_plus = torch.autograd.grad(self._loss(x, y), arch)
+        with torch.no_grad():
+            for p, t in zip(weights, v, strict=True):
+                p.sub_(t, alpha=2 * eps)
+        g_minus = torch.autograd.grad(self._loss(x, y), arch)
+        with torch.no_grad():
+            for p, s in zip(weights, saved, strict=True):
+                p.copy_(s)
+        return [(a - b) / (2 * eps) for a, b in zip(g_plus, g_minus, strict=True)]
+
+    def _hvp_exact(self, weights, v, x, y) -> list[torch.Tensor]:
+        """d/da (grad_w L_train(w, a) . v) by double backpropagation."""
+        arch = self.model.arch_parameters()
+        g_w = torch.autograd.grad(self._loss(x, y), weights, create_graph=True)
+        dot = sum((g * t).sum() for g, t in zip(g_w, v, strict=True))
+        return list(torch.autograd.grad(dot, arch))
+
+    def step(self, x_train, y_train, x_val, y_val, eta: float) -> float:
+        grads, loss = self.gradients(x_train, y_train, x_val, y_val, eta)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            for g in grads:  # autograd.grad bypasses DDP's hooks: average the ranks' gradients by hand
+                torch.distributed.all_reduce(g)
+                g.div_(world)
+        for p, g in zip(self.model.arch_parameters(), grads, strict=True):
+            p.grad = g
+        if self.cfg.arch_grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.arch_parameters(), self.cfg.arch_grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_factory(amp: str, device: torch.device):
+    """A context-manager factory for mixed precision; auto = bf16 on GPU, off on CPU."""
+    mode = ("bf16" if device.type == "cuda" else "off") if amp == "auto" else amp
+    if mode == "off":
+        return contextlib.nullcontext, "off"
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), mode
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Losses in at least fp32 under autocast; float64 stays float64 (gradient checks)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == y[:, None]).any(dim=1).float().mean().item()
+
+
+class Searcher:
+    """Owns a search run: data, supernet, optimisers, architect, run directory, resume."""
+
+    def __init__(self, cfg: SearchConfig, resume: bool = False, overwrite: bool = False):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.spec = get_dataset(cfg.dataset)
+        data = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, synthetic_size=cfg.synthetic_size)
+        n = data.images.shape[0]
+        split = int(n * cfg.train_portion)
+        self._split_sizes = (split, n - split)
+        cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
+        self.channels_last = cl
+        imgs, labels = data.images.to(self.device), data.labels.to(self.device)
+        aug = self.spec.train_augment
+        self.train_loader = TensorLoader(
+            imgs[:split], labels[:split], cfg.batch_size, aug, drop_last=True, seed=cfg.seed, channels_last=cl
+        )
+        self.val_loader = TensorLoader(
+            imgs[split:], labels[split:], cfg.batch_size, aug, drop_last=True, seed=cfg.seed + 1, channels_last=cl
+        )
+        self.eval_loader = TensorLoader(
+            imgs[split:], labels[split:], cfg.batch_size, self.spec.eval_augment, train=False, shuffle=False,
+            channels_last=cl,
+        )  # fmt: skip
+        self.model = SuperNet(cfg.space_config(data.num_classes, data.images.shape[1])).to(self.device)
+        if cl:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
+        self.w_optimizer = torch.optim.SGD(
+            self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.architect = Architect(self.model, cfg, self.w_optimizer, self.autocast)
+        self.start_epoch = 0
+        self.run: RunDir | None = None
+        self._resume = resume
+        self._overwrite = overwrite
+        self.history: list[dict[str, Any]] = []
+
+    # --- counts shown before a search starts (and by --dry-run)
+    def counts(self) -> dict[str, int]:
+        return {
+            "weights": sum(p.numel() for p in self.model.weight_parameters()),
+            "arch": sum(p.numel() for p in self.model.arch_parameters()),
+        }
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "kind": "search",
+            "epoch": epoch,
+            "config": self.cfg.to_json(),
+            "model": self.model.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.architect.optimizer.state_dict(),
+            "train_loader": self.train_loader.state_dict(),
+            "val_loader": self.val_loader.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "genotype": self.model.genotype().to_json(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.architect.optimizer.load_state_dict(state["a_optimizer"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        self.val_loader.load_state_dict(state["val_loader"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.start_epoch = state["epoch"] + 1
+
+    def check_data(self) -> None:
+        n = min(self._split_sizes)
+        if n < self.cfg.batch_size:
+            raise ConfigError(
+                f"--batch-size {self.cfg.batch_size} is larger than the {n} images of a search split "
+                f"({sum(self._split_sizes)} training images x train portion {self.cfg.train_portion}); "
+                "lower --batch-size or use more data"
+            )
+
+    def open_run(self) -> RunDir:
+        cfg = self.cfg
+        self.check_data()
+        if self._resume:
+            self.run = RunDir(cfg.out)
+            state = self.run.load_checkpoint("search", cfg.to_json())
+            self.load_state_dict(state)
+            self.run.truncate_metrics(state["epoch"])
+            self.history = self.run.metrics("epoch")
+        else:
+            self.run = RunDir.create(cfg.out, overwrite=self._overwrite)
+            (self.run.path / "genotypes").mkdir(exist_ok=True)
+            self.run.write_json(
+                "config.json",
+                {"command": "search", **cfg.to_json(), "counts": self.counts(), "environment": environment()},
+            )
+        return self.run
+
+    def train_epoch(self, epoch: int, progress) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_warmup_epochs)
+        for group in self.w_optimizer.param_groups:
+            group["lr"] = lr
+        arch_on = epoch >= cfg.arch_start_epoch
+        self.architect.set_lr(clr_arch_lr(cfg.arch_lr, epoch, cfg.epochs, cfg.clr_power))
+        model.train()
+        val_iter = iter(self.val_loader)
+        totals = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0}
+        steps, images, t0 = 0, 0, time.perf_counter()
+        weights = model.weight_parameters()
+        for x, y in self.train_loader:
+            if arch_on:
+                try:
+                    xv, yv = next(val_iter)
+                except StopIteration:
+                    val_iter = iter(self.val_loader)
+                    xv, yv = next(val_iter)
+                totals["arch_loss"] += self.architect.step(x, y, xv, yv, lr)
+            self.w_optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                logits = model(x)
+            loss = F.cross_entropy(upcast(logits), y)
+            loss.backward()
+            nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+            self.w_optimizer.step()
+            model.zero_grad(set_to_none=True)  # the weight step leaves alpha gradients behind
+            steps += 1
+            images += x.shape[0]
+            totals["train_loss"] += loss.item()
+            totals["train_acc"] += accuracy(logits, y)
+            rate = images / (time.perf_counter() - t0)
+            progress.update(loss=totals["train_loss"] / steps, acc=totals["train_acc"] / steps, rate=rate)
+            if cfg.log_every and steps % cfg.log_every == 0 and self.run is not None:
+                self.run.log({"kind": "step", "epoch": epoch, "step": steps, "train_loss": loss.item()})
+        out = {k: v / max(steps, 1) for k, v in totals.items()}
+        if not arch_on:
+            out["arch_loss"] = None
+        out.update(
+            lr=lr, arch_lr=self.architect.lr if arch_on else 0.0, images_per_s=images / (time.perf_counter() - t0)
+        )
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        loss = correct = n = 0.0
+        for x, y in self.eval_loader:
+            with self.autocast():
+                logits = upcast(self.model(x))
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += y.shape[0]
+        self.model.train()
+        return {"valid_loss": loss / n, "valid_acc": correct / n}
+
+    def run_search(self, reporter=None) -> Genotype:
+        from .progress import Reporter
+
+        reporter = reporter or Reporter(quiet=self.cfg.quiet)
+        run = self.run or self.open_run()
+        cfg = self.cfg
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            with reporter.epoch(epoch, cfg.epochs, len(self.train_loader)) as progress:
+                stats = self.train_epoch(epoch, progress)
+            if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                stats.update(self.evaluate())
+            genotype = self.model.genotype()
+            record = {
+                "kind": "epoch",
+                "epoch": epoch,
+                **stats,
+                "epoch_s": time.perf_counter() - t0,
+                "parameter_free": genotype.parameter_free(),
+                "alpha_entropy": self.alpha_entropy(),
+                "genotype": genotype.to_json(),
+            }
+            # checkpoint first (atomic), then the records that refer to it
+            run.save_checkpoint(self.state_dict(epoch))
+            genotype.save(run.path / "genotypes" / f"epoch_{epoch:03d}.json")
+            genotype.save(run.path / "genotype.json")
+            run.log(record)
+            self.history.append(record)
+            reporter.epoch_done(record, genotype)
+        genotype = self.model.genotype()
+        genotype.save(run.path / "genotype.json")
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "command": "search",
+            "method": cfg.method,
+            "space": cfg.space,
+            "dataset": cfg.dataset,
+            "epochs": cfg.epochs,
+            "order": cfg.order,
+            **self.counts(),
+            "final": {k: last.get(k) for k in ("train_loss", "train_acc", "arch_loss", "valid_loss", "valid_acc")},
+            "parameter_free": genotype.parameter_free(),
+            "search_s": sum(r.get("epoch_s", 0.0) for r in self.history),
+            "genotype": genotype.to_json(),
+            "run_dir": str(run.path),
+        }
+        run.write_json("summary.json", summary)
+        reporter.summary(summary, genotype)
+        return genotype
+
+    def alpha_entropy(self) -> dict[str, float]:
+        """Mean entropy of the op distribution per edge, per cell type (low = confident, maybe collapsed)."""
+        out = {}
+        for kind in self.model.cell_types:
+            p = torch.softmax(self.model.arch[f"alpha_{kind}"].detach().float(), dim=-1)
+            out[kind] = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return out
+
+
+def search(cfg: SearchConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> Genotype:
+    """Run a search from Python: `bnas.search(method="pc", dataset="synthetic", epochs=2)`."""
+    if cfg is None:
+        cfg = SearchConfig.resolve(overrides.pop("method", "clr"), **overrides)
+    return Searcher(cfg, resume=resume, overwrite=overwrite).run_search()
+
+
+def resume_config(run_dir: str | Path) -> SearchConfig:
+    """The configuration a run directory was started with."""
+    saved = RunDir(run_dir).read_json("config.json")
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    values = {k: v for k, v in saved.items() if k in fields}
+    values["out"] = str(run_dir)
+    if isinstance(values.get("arch_betas"), list):
+        values["arch_betas"] = tuple(values["arch_betas"])
+    return SearchConfig(**values)

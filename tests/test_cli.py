@@ -1,0 +1,68 @@
+"""End-to-end: the `bnas` command line on synthetic data."""
+
+import json
+
+import pytest
+import torch
+
+from bnas import build_network, get_genotype
+from bnas.cli import main
+
+
+@pytest.mark.parametrize(("method", "weights", "arch"), [("clr", 1_224_762, 224), ("pc", 289_242, 252)])
+def test_dry_run_prints_exact_counts(method, weights, arch, capsys):
+    assert main(["search", "--method", method, "--dataset", "synthetic", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{weights} weights, {arch} architecture parameters" in out
+
+
+@pytest.mark.parametrize("space", ["bcnn", "darts"])
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("method", ["bnas-d", "clr", "pc"])
+def test_search_end_to_end(method, order, space, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["search", "--method", method, "--order", str(order), "--space", space, "--dataset", "synthetic"]
+    args += ["--synthetic-size", "32", "--batch-size", "8", "--epochs", "2", "--init-channels", "8"]
+    args += ["--layers", "3", "--arch-start-epoch", "1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    g = get_genotype(str(out / "genotype.json"))
+    assert g.space == space
+    net = build_network(g, channels=8, layers=6 if space == "bcnn" else 3)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in epochs if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert epochs[0]["arch_loss"] is None and epochs[1]["arch_loss"] > 0  # warm-up, then arch steps
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == method and config["order"] == order
+    assert (out / "summary.json").exists() and (out / "checkpoint.pt").exists()
+
+
+def test_genotype_show_and_list(capsys):
+    assert main(["genotype", "show", "BNASv2_CLR_v1"]) == 0
+    out = capsys.readouterr().out
+    assert "convolution-block cell" in out and "enhancement cell" in out and "sep_conv_3x3" in out
+    assert main(["genotype", "list"]) == 0
+    assert "BNASv2_PC_image" in capsys.readouterr().out
+
+
+def test_unknown_genotype_suggests_close_names(capsys):
+    assert main(["genotype", "show", "BNASv2_CLR_V1"]) == 2
+    err = capsys.readouterr().err
+    assert "BNASv2_CLR_v1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_genotype_json_roundtrip(tmp_path):
+    g = get_genotype("BNASv2_PC_cifar_v2")
+    g.save(tmp_path / "g.json")
+    assert get_genotype(str(tmp_path / "g.json")) == g
+
+
+def test_darts_text_import(tmp_path):
+    from bnas.genotype import from_darts_text
+
+    g = get_genotype("DARTS_V2")
+    text = g.to_darts_text().replace("[2, 3, 4, 5]", "range(2, 6)")
+    assert from_darts_text(text, space="darts") == g
+    (tmp_path / "g.txt").write_text(get_genotype("BNASv2_CLR_v2").to_darts_text())
+    assert get_genotype(str(tmp_path / "g.txt")) == get_genotype("BNASv2_CLR_v2")
