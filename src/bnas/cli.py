@@ -197,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="also print the JSON form")
     gsub.add_parser("list", help="list the bundled genotypes")
     g.set_defaults(func=cmd_genotype)
+
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"{commands.__name__}.{mod}").register(sub)
     return p
 
 
