@@ -34,7 +34,7 @@ test-fast: venv
 
 demo: venv data
 	$(BIN)/bnas search --method clr --dataset fashion-mnist --subset 2000 --epochs 4 \
-	  --batch-size 48 --init-channels 8 --out $(DEMO_OUT) --overwrite
+	  --batch-size 48 --init-channels 8 --download --out $(DEMO_OUT) --overwrite
 
 format: venv
 	$(BIN)/ruff format src tests

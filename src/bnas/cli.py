@@ -15,6 +15,7 @@ _HELP = {
     "space": "search space: the broad network (bcnn) or the DARTS stack (darts)",
     "dataset": "data set to search on",
     "data_dir": "directory holding the data set files",
+    "download": "download a missing data set with torchvision where the network allows it",
     "subset": "use only the first N training images (quick runs)",
     "synthetic_size": "number of training images of --dataset synthetic",
     "epochs": "search epochs",

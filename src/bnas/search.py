@@ -51,6 +51,7 @@ class SearchConfig:
     space: str = "bcnn"
     dataset: str = "cifar10"
     data_dir: str = "data"
+    download: bool = False  # fetch a missing data set with torchvision (where the network allows)
     subset: int | None = None  # first N training images only (quick runs)
     synthetic_size: int = 512
     epochs: int = 50
@@ -290,7 +291,7 @@ class Searcher:
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
         self.spec = get_dataset(cfg.dataset)
-        data = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, synthetic_size=cfg.synthetic_size)
+        data = load_split(cfg.dataset, cfg.data_dir, True, cfg.subset, cfg.synthetic_size, allow_download=cfg.download)
         n = data.images.shape[0]
         split = int(n * cfg.train_portion)
         self._split_sizes = (split, n - split)

@@ -77,15 +77,51 @@ def get_dataset(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+# torchvision classes that can fetch a data set into --data-dir in the official format (--download)
+_TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def download(name: str, data_dir: str | Path) -> None:
+    """Fetch a data set with torchvision where the network allows it; one clear sentence where it does not."""
+    import torchvision.datasets as tvd
+
+    root = Path(data_dir)
+    try:
+        if name == "svhn":
+            for split in ("train", "test"):
+                tvd.SVHN(str(root), split=split, download=True)
+        elif name in _TORCHVISION:
+            for train in (True, False):
+                getattr(tvd, _TORCHVISION[name])(str(root), train=train, download=True)
+        else:
+            raise DataError(f"{name} cannot be downloaded by bnas; place its files in {root}")
+    except DataError:
+        raise
+    except Exception as e:  # network errors come in many types; the message names the cause
+        raise DataError(f"could not download {name} into {root} ({type(e).__name__}: {e})") from None
+
+
 def load_split(
-    name: str, data_dir: str | Path, train: bool, subset: int | None = None, synthetic_size: int = 512, seed: int = 0
+    name: str,
+    data_dir: str | Path,
+    train: bool,
+    subset: int | None = None,
+    synthetic_size: int = 512,
+    seed: int = 0,
+    allow_download: bool = False,
 ) -> ArrayData:
     """One split as uint8 arrays; `subset` keeps the first N images (a fixed, reproducible slice)."""
     spec = get_dataset(name)
     if name == "synthetic":
         data = _synthetic(Path(data_dir), train, synthetic_size if train else max(synthetic_size // 4, 1), seed)
     else:
-        data = spec.read(Path(data_dir), train)
+        try:
+            data = spec.read(Path(data_dir), train)
+        except DataError:
+            if not allow_download:
+                raise
+            download(name, data_dir)
+            data = spec.read(Path(data_dir), train)
     if subset is not None and subset < data.images.shape[0]:
         data = ArrayData(data.images[:subset].contiguous(), data.labels[:subset].contiguous(), data.num_classes)
     return data
