@@ -17,6 +17,8 @@ _HELP = {
     "data_dir": "directory holding the data set files",
     "download": "download a missing data set with torchvision where the network allows it",
     "subset": "use only the first N training images (quick runs)",
+    "image_size": "input resolution of image-folder data sets (imagenet-subset)",
+    "workers": "image decoding workers (imagenet-subset)",
     "synthetic_size": "number of training images of --dataset synthetic",
     "epochs": "search epochs",
     "batch_size": "batch size of both the weight and the architecture step",
@@ -48,8 +50,11 @@ _HELP = {
     "channels_last": "channels-last memory format: auto (on for GPU), on, off",
     "eval_every": "evaluate the supernet on the architecture split every N epochs (0 = never)",
     "log_every": "steps between step records in metrics.jsonl",
+    "hessian_every": "every N epochs log the dominant eigenvalue of the validation-loss Hessian w.r.t. the alphas "
+    "(RobustDARTS' collapse indicator; 0 = off)",
+    "hessian_iters": "at most this many power-iteration steps of --hessian-every",
     "out": "run directory to write",
-    "quiet": "no progress bar or per-epoch lines (automatic when stdout is not a terminal)",
+    "quiet": "print only the final summary (when stdout is not a terminal the bar gives way to plain lines anyway)",
 }
 _CHOICES = {
     "space": ["bcnn", "darts"],
@@ -86,7 +91,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         elif f.name == "arch_betas":
             kw.update(type=float, nargs=2, metavar=("B1", "B2"))
         elif f.name == "dataset":
-            kw["choices"] = list(DATASETS)
+            kw["choices"] = [*DATASETS, "imagenet-subset"]
         else:
             t = {"int": int, "float": float, "str": str, "int | None": int}.get(str(f.type), str)
             kw["type"] = t
@@ -170,6 +175,11 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         print(g.describe())
         if args.json:
             print(json.dumps(g.to_json(), indent=1))
+    if args.genotype_cmd == "plot":
+        from .report import draw_genotype
+
+        out = draw_genotype(g, args.output, engine=args.engine, title=Path(str(args.name)).name)
+        print(f"wrote {out}")
     return 0
 
 
@@ -197,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name", help="bundled genotype name or genotype.json / run directory")
     show.add_argument("--json", action="store_true", help="also print the JSON form")
     gsub.add_parser("list", help="list the bundled genotypes")
+    plot = gsub.add_parser("plot", help="draw both cells as graphs (graphviz's dot if installed, else matplotlib)")
+    plot.add_argument("name", help="bundled genotype name or genotype.json / run directory")
+    plot.add_argument("-o", "--output", type=Path, default=Path("cell.svg"), help="file to write: .svg, .png or .pdf")
+    plot.add_argument("--engine", choices=["auto", "dot", "matplotlib"], default="auto", help="drawing program")
     g.set_defaults(func=cmd_genotype)
 
     import importlib

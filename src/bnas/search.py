@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .data.loaders import TensorLoader
-from .data.registry import get_dataset, load_split
+from .data.search_data import search_data
 from .errors import ConfigError
 from .genotype import Genotype
+from .ops import PRIMITIVES
 from .runs import RunDir, environment
 from .space import SpaceConfig, SuperNet
 
@@ -43,6 +44,15 @@ METHODS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# SPEC §7 ImageNet search (PC): applied over the method preset, under a config file and the command line.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "imagenet-subset": dict(
+        partial_k=2, edge_norm=True, batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-3, arch_start_epoch=35,
+        arch_grad_clip=5.0, clr_power=0.0, enhance_cells=1,
+    ),
+}  # fmt: skip
+
+
 @dataclass
 class SearchConfig:
     """Every knob of a search; `resolve(method, overrides)` fills the method's defaults."""
@@ -54,6 +64,8 @@ class SearchConfig:
     download: bool = False  # fetch a missing data set with torchvision (where the network allows)
     subset: int | None = None  # first N training images only (quick runs)
     synthetic_size: int = 512
+    image_size: int = 224  # input resolution of image-folder data sets (imagenet-subset)
+    workers: int = 4  # decoding workers of image-folder data sets
     epochs: int = 50
     batch_size: int = 256
     init_channels: int = 16
@@ -84,6 +96,8 @@ class SearchConfig:
     channels_last: str = "auto"  # auto | on | off
     eval_every: int = 1  # evaluate the supernet on the architecture split every N epochs (0 = never)
     log_every: int = 50  # steps between "step" records in metrics.jsonl
+    hessian_every: int = 0  # collapse diagnostic: dominant eigenvalue of the alpha Hessian every N epochs (0 = off)
+    hessian_iters: int = 20  # at most this many power-iteration steps (it stops once the estimate settles)
     out: str = "runs/search"
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +110,10 @@ class SearchConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown search option(s) {', '.join(unknown)}")
-        values = {**METHODS[method], **{k: v for k, v in overrides.items() if v is not None}, "method": method}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values = {**METHODS[method], **DATASET_DEFAULTS.get(given.get("dataset", ""), {}), **given, "method": method}
+        if given.get("dataset") == "imagenet-subset" and "lr_warmup_epochs" not in given:
+            values["lr_warmup_epochs"] = 5 if values["batch_size"] > 256 else 0  # SPEC §7: warm-up for big batches
         if isinstance(values.get("arch_betas"), list):
             values["arch_betas"] = tuple(values["arch_betas"])
         cfg = cls(**values)
@@ -116,6 +133,11 @@ class SearchConfig:
                 bad(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.order not in (1, 2):
             bad(f"--order must be 1 or 2, got {self.order}")
+        if self.hessian_every < 0 or self.hessian_iters < 1:
+            bad(
+                f"--hessian-every must be >= 0 and --hessian-iters >= 1 "
+                f"(got {self.hessian_every} and {self.hessian_iters})"
+            )
         if self.hvp not in ("fd", "exact"):
             bad(f"--hvp must be fd or exact, got {self.hvp!r}")
         if self.space not in ("bcnn", "darts"):
@@ -138,10 +160,10 @@ class SearchConfig:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def space_config(self, num_classes: int, in_channels: int) -> SpaceConfig:
+    def space_config(self, num_classes: int, in_channels: int, stem: str = "cifar") -> SpaceConfig:
         return SpaceConfig(
             space=self.space, channels=self.init_channels, blocks=self.blocks, enhance=self.enhance_cells,
-            layers=self.layers, num_classes=num_classes, in_channels=in_channels,
+            layers=self.layers, num_classes=num_classes, in_channels=in_channels, stem=stem,
             partial_k=self.partial_k, edge_norm=self.edge_norm,
         )  # fmt: skip
 
@@ -278,6 +300,73 @@ def upcast(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def dominant_eigenvalue(
+    hvp: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
+    like: Sequence[torch.Tensor],
+    iters: int = 20,
+    tol: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> float:
+    """The largest eigenvalue of a symmetric operator known by its products (RobustDARTS' lambda_max).
+
+    Power iteration finds the eigenvalue of largest magnitude; when that one is negative it is the smallest,
+    and a second power iteration on H - lambda I (all eigenvalues >= 0) finds the largest. Each stops once
+    two successive Rayleigh quotients agree to `tol` (relative); `generator` draws the start vector so that
+    the global random state (and with it a resumed run) is left untouched.
+    """
+    v0 = [torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in like]
+    lam = _power_iteration(hvp, v0, iters, tol)
+    if lam < 0:
+        low = lam
+
+        def shifted(v: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [h - low * t for h, t in zip(hvp(v), v, strict=True)]
+
+        lam = low + _power_iteration(shifted, v0, iters, tol)
+    return lam
+
+
+def _power_iteration(hvp, v: list[torch.Tensor], iters: int, tol: float) -> float:
+    eig: float | None = None
+    for _ in range(iters):
+        norm = torch.sqrt(sum((t * t).sum() for t in v))
+        if norm == 0:
+            return 0.0
+        v = [t / norm for t in v]
+        hv = [h.detach() for h in hvp(v)]
+        new = float(sum((h * t).sum() for h, t in zip(hv, v, strict=True)))
+        settled = eig is not None and abs(new - eig) <= tol * max(abs(new), 1e-12)
+        eig, v = new, hv
+        if settled:
+            break
+    return float(eig or 0.0)
+
+
+def alpha_hessian_eigenvalue(
+    model: SuperNet, x: torch.Tensor, y: torch.Tensor, iters: int = 20, tol: float = 1e-3, generator=None
+) -> float:
+    """RobustDARTS' collapse indicator: the dominant eigenvalue of the Hessian of the loss on (x, y) w.r.t.
+    the alphas (power iteration, each product by double backprop), in full precision. The model is used as
+    the architecture step uses it (train mode: BatchNorm on batch statistics); its buffers are restored."""
+    alphas = [model.arch[f"alpha_{k}"] for k in model.cell_types]
+    saved = [b.detach().clone() for b in model.buffers()]
+    was_training = model.training
+    model.train()
+    try:
+        loss = F.cross_entropy(upcast(model(x)), y)
+        grads = torch.autograd.grad(loss, alphas, create_graph=True)
+
+        def hvp(v: list[torch.Tensor]) -> Sequence[torch.Tensor]:
+            return torch.autograd.grad(grads, alphas, grad_outputs=v, retain_graph=True)
+
+        return dominant_eigenvalue(hvp, alphas, iters, tol, generator)
+    finally:
+        with torch.no_grad():
+            for b, s in zip(model.buffers(), saved, strict=True):
+                b.copy_(s)
+        model.train(was_training)
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return (top == y[:, None]).any(dim=1).float().mean().item()
@@ -290,26 +379,12 @@ class Searcher:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
-        self.spec = get_dataset(cfg.dataset)
-        data = load_split(cfg.dataset, cfg.data_dir, True, cfg.subset, cfg.synthetic_size, allow_download=cfg.download)
-        n = data.images.shape[0]
-        split = int(n * cfg.train_portion)
-        self._split_sizes = (split, n - split)
         cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
         self.channels_last = cl
-        imgs, labels = data.images.to(self.device), data.labels.to(self.device)
-        aug = self.spec.train_augment
-        self.train_loader = TensorLoader(
-            imgs[:split], labels[:split], cfg.batch_size, aug, drop_last=True, seed=cfg.seed, channels_last=cl
-        )
-        self.val_loader = TensorLoader(
-            imgs[split:], labels[split:], cfg.batch_size, aug, drop_last=True, seed=cfg.seed + 1, channels_last=cl
-        )
-        self.eval_loader = TensorLoader(
-            imgs[split:], labels[split:], cfg.batch_size, self.spec.eval_augment, train=False, shuffle=False,
-            channels_last=cl,
-        )  # fmt: skip
-        self.model = SuperNet(cfg.space_config(data.num_classes, data.images.shape[1])).to(self.device)
+        data = search_data(cfg, self.device, cl)
+        self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
+        self._split_sizes = data.split_sizes
+        self.model = SuperNet(cfg.space_config(data.num_classes, data.in_channels, data.stem)).to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
@@ -381,6 +456,7 @@ class Searcher:
                 "config.json",
                 {"command": "search", **cfg.to_json(), "counts": self.counts(), "environment": environment()},
             )
+            self.run.append("alphas.jsonl", self.alpha_record(-1))  # the starting point of the evolution plots
         return self.run
 
     def train_epoch(self, epoch: int, progress) -> dict[str, float]:
@@ -452,6 +528,9 @@ class Searcher:
                 stats = self.train_epoch(epoch, progress)
             if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 stats.update(self.evaluate())
+            if cfg.hessian_every and ((epoch + 1) % cfg.hessian_every == 0 or epoch + 1 == cfg.epochs):
+                t1 = time.perf_counter()
+                stats.update(hessian_eig=self.hessian_eigenvalue(epoch), hessian_s=time.perf_counter() - t1)
             genotype = self.model.genotype()
             record = {
                 "kind": "epoch",
@@ -462,11 +541,13 @@ class Searcher:
                 "alpha_entropy": self.alpha_entropy(),
                 "genotype": genotype.to_json(),
             }
-            # checkpoint first (atomic), then the records that refer to it
-            run.save_checkpoint(self.state_dict(epoch))
-            genotype.save(run.path / "genotypes" / f"epoch_{epoch:03d}.json")
-            genotype.save(run.path / "genotype.json")
+            # records first, the (atomic) checkpoint last: a resume drops the records of epochs after its
+            # checkpoint and recomputes them (runs.py), so a kill anywhere loses no complete epoch
+            run.write_json(f"genotypes/epoch_{epoch:03d}.json", genotype.to_json())
+            run.write_json("genotype.json", genotype.to_json())
+            run.append("alphas.jsonl", self.alpha_record(epoch))
             run.log(record)
+            run.save_checkpoint(self.state_dict(epoch))
             self.history.append(record)
             reporter.epoch_done(record, genotype)
         genotype = self.model.genotype()
@@ -487,14 +568,37 @@ class Searcher:
             "run_dir": str(run.path),
         }
         run.write_json("summary.json", summary)
+        run.close()
         reporter.summary(summary, genotype)
         return genotype
+
+    def hessian_eigenvalue(self, epoch: int) -> float:
+        """The dominant alpha-Hessian eigenvalue on the first unaugmented validation batch (the same batch
+        every time, so epochs compare)."""
+        if getattr(self, "_hessian_batch", None) is None:
+            self._hessian_batch = next(iter(self.eval_loader))
+        x, y = self._hessian_batch
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        return alpha_hessian_eigenvalue(self.model, x, y, self.cfg.hessian_iters, generator=gen)
+
+    def alpha_record(self, epoch: int) -> dict[str, Any]:
+        """The softmaxed op weights of every edge (and PC's normalised edge weights): alphas.jsonl, whose
+        lines the report plots as the alpha evolution per edge."""
+        rec: dict[str, Any] = {"epoch": epoch, "ops": list(PRIMITIVES), "alphas": {}}
+        for kind in self.model.cell_types:
+            p = torch.softmax(self.model.arch[f"alpha_{kind}"].detach().float(), dim=-1)
+            rec["alphas"][kind] = [[round(v, 5) for v in row] for row in p.tolist()]
+            if self.cfg.edge_norm:
+                b = self.model.edge_weights(self.model.arch[f"beta_{kind}"].detach().float())
+                rec.setdefault("betas", {})[kind] = [round(v, 5) for v in b.tolist()]
+        return rec
 
     def alpha_entropy(self) -> dict[str, float]:
         """Mean entropy of the op distribution per edge, per cell type (low = confident, maybe collapsed)."""
         out = {}
         for kind in self.model.cell_types:
-            p = torch.softmax(self.model.arch[f"alpha_{kind}"].detach().float(), dim=-1)
+            # float64: early in a search float32 rounds ln 8 - entropy to multiples of ~2e-7
+            p = torch.softmax(self.model.arch[f"alpha_{kind}"].detach().double(), dim=-1)
             out[kind] = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
         return out
 

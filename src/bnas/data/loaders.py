@@ -76,6 +76,8 @@ class TensorLoader:
         drop_last: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("TensorLoader expects uint8 images of shape (N, C, H, W)")
@@ -83,15 +85,22 @@ class TensorLoader:
         self.batch_size = batch_size
         self.augment, self.train, self.shuffle, self.drop_last = augment, train, shuffle, drop_last
         self.channels_last = channels_last
+        self.rank, self.world = rank, world  # torchrun: every rank takes a disjoint shard of each pass
         self.gen = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
+    def _shard_size(self) -> int:
         n = self.images.shape[0]
+        return n // self.world if self.world > 1 else n
+
+    def __len__(self) -> int:
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.images.shape[0]
         order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        if self.world > 1:
+            order = order[self.rank :: self.world][: self._shard_size()]
         order = order.to(self.images.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]

@@ -1,0 +1,94 @@
+"""ImageNet subset sampling (SPEC §10) and the ImageNet-stem search on a tiny tree of real JPEG files."""
+
+import os
+
+import pytest
+import torch
+
+from bnas.cli import main
+from bnas.data.imagenet import read_subset, sample_imagenet
+from bnas.errors import DataError
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+@pytest.fixture(scope="module")
+def imagenet_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet")
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(["n01440764", "n01443537", "n01484850"]):
+        d = root / "train" / name
+        d.mkdir(parents=True)
+        for i in range(16 + 4 * c):
+            h, w = 40 + 7 * i % 30, 50 + 11 * i % 40  # varied sizes
+            arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+            arr[..., c] = 255  # a class-dependent colour: learnable
+            PIL.fromarray(arr).save(d / f"{name}_{i}.JPEG", quality=90)
+    return root
+
+
+def _listing(dst, split):
+    pairs, classes = read_subset(dst, split)
+    return sorted((os.path.basename(p), classes[label]) for p, label in pairs)
+
+
+@pytest.mark.parametrize("mode", ["link", "list"])
+def test_subset_is_balanced_disjoint_and_reproducible(imagenet_tree, tmp_path, mode):
+    s = sample_imagenet(imagenet_tree, tmp_path / "a", fraction=0.5, val_share=0.25, seed=3, mode=mode)
+    assert s["classes"] == 3
+    train, val = _listing(tmp_path / "a", "train"), _listing(tmp_path / "a", "val")
+    assert not set(train) & set(val)  # disjoint
+    assert len(set(train)) == len(train) and len(set(val)) == len(val)  # no file drawn twice
+    per_class = {c: sum(1 for _, k in train + val if k == c) for c in {k for _, k in train}}
+    sizes = {"n01440764": 16, "n01443537": 20, "n01484850": 24}
+    assert per_class == {c: round(0.5 * n) for c, n in sizes.items()}  # balanced: the same share per class
+    assert sum(1 for _, k in val if k == "n01440764") == 2  # a quarter of the 8 drawn
+    sample_imagenet(imagenet_tree, tmp_path / "b", fraction=0.5, val_share=0.25, seed=3, mode=mode)
+    assert _listing(tmp_path / "b", "train") == train and _listing(tmp_path / "b", "val") == val
+    sample_imagenet(imagenet_tree, tmp_path / "c", fraction=0.5, val_share=0.25, seed=4, mode=mode)
+    assert _listing(tmp_path / "c", "train") != train
+
+
+def test_partial_run_is_completed_not_duplicated(imagenet_tree, tmp_path):
+    dst = tmp_path / "s"
+    sample_imagenet(imagenet_tree, dst, fraction=0.5, seed=1)
+    full = _listing(dst, "train")
+    victims = sorted((dst / "train" / "n01443537").iterdir())[:3]
+    for v in victims:
+        v.unlink()  # as if the first run was killed
+    sample_imagenet(imagenet_tree, dst, fraction=0.5, seed=1)
+    assert _listing(dst, "train") == full
+    with pytest.raises(DataError, match="other parameters"):
+        sample_imagenet(imagenet_tree, dst, fraction=0.25, seed=1)
+
+
+def test_cli_sample_and_search_one_epoch(imagenet_tree, tmp_path, capsys):
+    dst = tmp_path / "subset"
+    args = ["sample-imagenet", "--src", str(imagenet_tree), "--dst", str(dst), "--fraction", "0.5", "--quiet"]
+    assert main(args) == 0
+    assert "subset of 3 classes" in capsys.readouterr().out
+    out = tmp_path / "run"
+    args = ["search", "--method", "pc", "--dataset", "imagenet-subset", "--data-dir", str(dst), "--image-size", "64"]
+    args += ["--batch-size", "4", "--epochs", "1", "--init-channels", "8", "--arch-start-epoch", "0", "--workers", "0"]
+    args += ["--out", str(out), "--quiet"]
+    assert main(args) == 0
+    from bnas.search import resume_config
+
+    cfg = resume_config(out)
+    assert (cfg.partial_k, cfg.arch_lr, cfg.arch_grad_clip, cfg.lr_warmup_epochs) == (2, 6e-3, 5.0, 0)
+    assert (out / "genotype.json").exists()
+
+
+def test_imagenet_search_defaults():
+    from bnas.search import SearchConfig
+
+    cfg = SearchConfig.resolve("pc", dataset="imagenet-subset")
+    assert (cfg.batch_size, cfg.lr, cfg.arch_lr, cfg.arch_start_epoch, cfg.lr_warmup_epochs) == (512, 0.2, 6e-3, 35, 5)
+    assert cfg.partial_k == 2 and cfg.order == 1
+
+
+def test_imagenet_supernet_output_shape():
+    from bnas import SpaceConfig, SuperNet
+
+    model = SuperNet(SpaceConfig(channels=8, partial_k=2, edge_norm=True, stem="imagenet", num_classes=1000))
+    assert model(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
