@@ -45,6 +45,19 @@ def _synthetic(_: Path, train: bool, size: int = 512, seed: int = 0) -> ArrayDat
 _cifar10 = Augment(crop_padding=4, flip=True, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 _cifar100 = Augment(crop_padding=4, flip=True, mean=CIFAR100_MEAN, std=CIFAR100_STD)
 _plain_flip = Augment(flip=True)  # SPEC §9: flip + to-tensor, no normalisation
+# SPEC §9 says smallNORB is normalised without giving values; (0.5, 0.5) is our choice.
+_smallnorb = Augment(flip=True, mean=(0.5,), std=(0.5,))
+
+
+def _resized(data: ArrayData, size: int, chunk: int = 2048) -> ArrayData:
+    """Antialiased bilinear resize of uint8 images (smallNORB's 96x96 -> 32x32, as torchvision's Resize)."""
+    out = torch.empty(data.images.shape[0], data.images.shape[1], size, size, dtype=torch.uint8)
+    for i in range(0, data.images.shape[0], chunk):
+        x = data.images[i : i + chunk].float()
+        y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[i : i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return ArrayData(out, data.labels, data.num_classes)
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
@@ -64,6 +77,10 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "svhn": DatasetSpec(
         "svhn", 10, 3, 32, lambda d, t: formats.read_svhn(d, "train" if t else "test"), _plain_flip, Augment()
+    ),
+    "smallnorb": DatasetSpec(
+        "smallnorb", 5, 1, 32, lambda d, t: _resized(formats.read_smallnorb(d, t), 32), _smallnorb,
+        Augment(mean=(0.5,), std=(0.5,)),
     ),
     "synthetic": DatasetSpec("synthetic", 10, 3, 32, _synthetic, _cifar10, Augment(mean=CIFAR10_MEAN, std=CIFAR10_STD)),
 }  # fmt: skip

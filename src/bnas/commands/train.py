@@ -1,0 +1,188 @@
+"""`bnas train`, `bnas eval CHECKPOINT` and `bnas export CHECKPOINT`: parse, resolve the config, call bnas.train."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_HELP = {
+    "genotype": "bundled genotype name (bnas genotype list) or a genotype.json / search run directory",
+    "dataset": "data set to train and test on",
+    "data_dir": "directory holding the data set files",
+    "subset": "use only the first N training images (quick runs)",
+    "test_subset": "evaluate on the first N test images only (quick runs; results.json records N)",
+    "val_split": "share of the training set held out for model selection (0 = none; the test split never selects)",
+    "synthetic_size": "number of training images of --dataset synthetic",
+    "epochs": "training epochs",
+    "batch_size": "training batch size",
+    "init_channels": "C, initial channels",
+    "layers": "N, convolution-block cells (bcnn) or cells (darts)",
+    "blocks": "L, convolution blocks (bcnn)",
+    "enhance_cells": "E, enhancement cells (bcnn)",
+    "auxiliary": "DARTS' auxiliary head (darts-space genotypes)",
+    "auxiliary_weight": "weight of the auxiliary head's loss",
+    "cutout": "cutout square side in pixels (0 = off)",
+    "drop_path": "drop-path probability reached at the last epoch (linear in the epoch)",
+    "lr": "learning rate (SGD, cosine schedule)",
+    "lr_min": "final learning rate of the cosine schedule",
+    "lr_warmup_epochs": "linear warm-up epochs",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "grad_clip": "gradient norm clip (0 = off)",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "seed": "random seed",
+    "device": "auto, cpu, cuda or cuda:N",
+    "threads": "CPU threads of torch (0 = its default; 1 is fastest on a machine shared with other jobs)",
+    "download": "download a missing data set with torchvision where the network allows it",
+    "amp": "mixed precision: auto (bf16 on GPU, off on CPU), off, bf16, fp16",
+    "channels_last": "channels-last memory format: auto (on for GPU), on (also 1.3-2x faster on CPU for C >= 8), off",
+    "eval_batch_size": "batch size of evaluation",
+    "log_every": "steps between step records in metrics.jsonl",
+    "out": "run directory to write",
+    "quiet": "no progress bar or per-epoch lines",
+}
+_CHOICES = {"amp": ["auto", "off", "bf16", "fp16"], "channels_last": ["auto", "on", "off"]}
+# options that may change when a run is resumed (the rest would make the checkpoint meaningless)
+_RESUMABLE = ("epochs", "quiet", "log_every", "device", "threads", "data_dir", "eval_batch_size")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from ..data.registry import DATASETS
+    from ..train import RECIPES, TrainConfig
+
+    p.add_argument("--config", type=Path, help="JSON file of options (between the recipe and the command line)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    p.add_argument("--dry-run", action="store_true", help="build the network, print its size and cost, and exit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    base = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        per = ", ".join(f"{d} {r[f.name]}" for d, r in RECIPES.items() if f.name in r)
+        default_text = f"default: {getattr(base, f.name)}" + (f"; {per}" if per else "")
+        kw: dict[str, Any] = {"default": None, "dest": f.name, "help": f"{_HELP.get(f.name, f.name)} ({default_text})"}
+        if f.type in ("bool", bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.name == "dataset":
+            kw["choices"] = list(DATASETS)
+        else:
+            kw["type"] = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            if f.name in _CHOICES:
+                kw["choices"] = _CHOICES[f.name]
+        p.add_argument(flag, **kw)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    from ..errors import ConfigError
+
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object of options")
+    return {k.replace("-", "_"): v for k, v in obj.items()}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..progress import Reporter
+    from ..train import TrainConfig, Trainer, resume_config
+
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    for k in ("command", "func", "config", "resume", "dry_run", "overwrite", "debug"):
+        cli.pop(k, None)
+    if args.resume:
+        cfg = resume_config(args.resume)
+        for k in _RESUMABLE:
+            if k in cli:
+                setattr(cfg, k, cli[k])
+        cfg.validate()
+    else:
+        file_opts = _read_config_file(args.config) if args.config else {}
+        cfg = TrainConfig.resolve(**{**file_opts, **cli})
+    trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
+    g = trainer.genotype
+    print(
+        f"{cfg.genotype} ({g.space}) on {cfg.dataset}: {trainer.parameters} parameters, "
+        f"{trainer.macs} multiply-accumulates per image "
+        f"({trainer.spec.in_channels}x{trainer.spec.size}x{trainer.spec.size} input, C={cfg.init_channels}, "
+        f"{cfg.layers} cells" + (f", E={cfg.enhance_cells}" if g.space == "bcnn" else "") + ")"
+    )
+    if args.dry_run:
+        return 0
+    if not cfg.quiet:
+        sizes = ", ".join(f"{v} {k}" for k, v in trainer.sizes.items())
+        print(
+            f"device {trainer.device}, amp {trainer.amp_mode}, {len(trainer.loaders['train'])} steps/epoch of "
+            f"batch {cfg.batch_size}, images: {sizes}, run directory {cfg.out}"
+        )
+    trainer.open_run()
+    if args.resume:
+        print(f"resuming {cfg.out} at epoch {trainer.start_epoch + 1}/{cfg.epochs}")
+    try:
+        trainer.run_training(Reporter(quiet=cfg.quiet))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished epochs are saved; continue with bnas train --resume {cfg.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..train import evaluate_checkpoint
+
+    res = evaluate_checkpoint(
+        args.checkpoint, split=args.split, data_dir=args.data_dir, device=args.device,
+        batch_size=args.batch_size, subset=args.subset,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(
+            f"{res['checkpoint']} (epoch {res['epoch'] + 1}) on the {res['split']} split, {res['images']} images: "
+            f"top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f}, loss {res['loss']:.4f}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..train import export_checkpoint
+
+    src = Path(args.checkpoint)
+    out = args.out or (src if src.is_dir() else src.parent) / ("model.onnx" if args.format == "onnx" else "model.ts")
+    path = export_checkpoint(args.checkpoint, out, args.format)
+    print(f"wrote {path} ({args.format}); load it with torch.jit.load without bnas" if args.format == "torchscript"
+          else f"wrote {path} (onnx)")  # fmt: skip
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a genotype from scratch and test it (SPEC §9 recipes)",
+        description="Train a found (or bundled) genotype from scratch with the published recipe of the data set, "
+        "then report the final epoch's test accuracy in results.json. A --config JSON file overrides the "
+        "recipe, the command line overrides both.",
+    )
+    _add_train_args(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="re-evaluate a trained model")
+    e.add_argument("checkpoint", help="a training run directory, its checkpoint.pt or its best.pt")
+    e.add_argument("--split", choices=["test", "val", "train"], default="test", help="split to evaluate on")
+    e.add_argument("--data-dir", help="directory of the data set (default: the run's)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    e.add_argument("--subset", type=int, help="only the first N images of the split")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write a TorchScript or ONNX file that predicts without bnas")
+    x.add_argument("checkpoint", help="a training run directory, its checkpoint.pt or its best.pt")
+    x.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript", help="file format")
+    x.add_argument("--out", type=Path, help="file to write (default: model.ts or model.onnx next to the checkpoint)")
+    x.set_defaults(func=cmd_export)

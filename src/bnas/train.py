@@ -1,0 +1,590 @@
+"""Training a found network from scratch and evaluating it (SPEC §8-9).
+
+`TrainConfig` holds the published recipe (CIFAR: batch 128, SGD 0.025 cosine to 0, momentum 0.9, wd 3e-4,
+clip 5, drop-path 0.3 x epoch/epochs, cutout 16, 600 epochs); `RECIPES` adapts it per data set (transfer
+sets without cutout, ImageNet's own recipe) and DARTS-space genotypes get DARTS' 20 cells of 36 channels.
+`Trainer` owns a run directory (config.json, metrics.jsonl, checkpoint.pt each epoch, results.json) and
+resumes from the last complete epoch bit for bit. The reported number is always the *final* epoch on the
+test split; `val_split` holds out part of the training set, and only that split selects a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.loaders import TensorLoader
+from .data.registry import DatasetSpec, get_dataset, load_split
+from .errors import ConfigError
+from .genotype import Genotype, get_genotype
+from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
+from .search import accuracy, autocast_factory, cosine_lr, pick_device, upcast
+from .space import TrainedNet, build_network, count_parameters
+
+_TRANSFER = dict(cutout=0)  # SPEC §9: MNIST, Fashion-MNIST, SVHN, smallNORB: flip (+ resize), no cutout
+# Per data set overrides of the CIFAR recipe (SPEC §9).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar10": {},
+    "cifar100": {},
+    "synthetic": {},
+    "mnist": _TRANSFER,
+    "fashion-mnist": _TRANSFER,
+    "svhn": _TRANSFER,
+    "smallnorb": _TRANSFER,
+    "imagenet": dict(
+        epochs=250, batch_size=256, lr=0.1, weight_decay=3e-5, label_smoothing=0.1, drop_path=0.0, cutout=0,
+        init_channels=44,
+    ),
+}  # fmt: skip
+# DARTS' evaluation network (Liu et al. 2019): 20 cells of 36 initial channels, auxiliary weight 0.4.
+DARTS_SPACE = dict(init_channels=36, layers=20)
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; the defaults are the CIFAR recipe of the published code (SPEC §9)."""
+
+    genotype: str = "BNASv2_CLR_v1"  # bundled name or genotype.json / run directory
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    download: bool = False  # fetch a missing data set with torchvision (where the network allows)
+    subset: int | None = None  # first N training images only (quick runs)
+    test_subset: int | None = None  # first N test images only (quick runs; results.json says how many)
+    val_split: float = 0.0  # share of the training set held out for model selection (0 = none)
+    synthetic_size: int = 512
+    epochs: int = 600
+    batch_size: int = 128
+    init_channels: int = 48
+    layers: int = 6  # N convolution-block cells (bcnn) or cells (darts)
+    blocks: int = 2  # L convolution blocks (bcnn)
+    enhance_cells: int = 2  # E (bcnn)
+    auxiliary: bool = False  # DARTS' auxiliary head (darts-space genotypes only)
+    auxiliary_weight: float = 0.4
+    cutout: int = 16
+    drop_path: float = 0.3  # drop-path probability at the last epoch (linear in the epoch)
+    lr: float = 0.025
+    lr_min: float = 0.0
+    lr_warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # CPU threads of torch (0 = its default); 1 is fastest on a busy machine
+    amp: str = "auto"  # auto | off | bf16 | fp16
+    channels_last: str = "auto"  # auto | on | off
+    eval_batch_size: int = 256
+    log_every: int = 50
+    out: str = "runs/train"
+    quiet: bool = False
+
+    @classmethod
+    def resolve(cls, **overrides: Any) -> TrainConfig:
+        """Defaults, then the data set's recipe and the genotype's space, then the caller's overrides."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        dataset = given.get("dataset", cls.dataset)
+        get_dataset(dataset)  # a clear error for unknown names
+        values: dict[str, Any] = dict(RECIPES.get(dataset, {}))
+        if get_genotype(given.get("genotype", cls.genotype)).space == "darts":
+            values.update(DARTS_SPACE)
+        values.update(given)
+        if values.get("batch_size", cls.batch_size) > 256 and dataset == "imagenet":
+            values.setdefault("lr_warmup_epochs", 5)  # SPEC §9: warm-up when the batch exceeds 256
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        for name in ("epochs", "batch_size", "init_channels", "layers", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "lr_min", "weight_decay", "momentum", "grad_clip", "cutout", "auxiliary_weight"):
+            if getattr(self, name) < 0:
+                bad(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.drop_path < 1.0:
+            bad(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.val_split < 1.0:
+            bad(f"--val-split must be a share in [0, 1), got {self.val_split}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            bad(f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            bad(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
+        for name in ("subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def network_for(cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_classes: int | None = None) -> TrainedNet:
+    """The network a configuration trains (also what eval/export rebuild from a checkpoint)."""
+    if cfg.auxiliary and genotype.space != "darts":
+        raise ConfigError("--auxiliary exists only for DARTS-space genotypes; the broad network has no such head")
+    if genotype.space == "bcnn" and cfg.layers % cfg.blocks:
+        raise ConfigError(f"--layers {cfg.layers} must be a multiple of the {cfg.blocks} convolution blocks")
+    if genotype.space == "bcnn" and (cfg.blocks < 2 or cfg.enhance_cells < 1):
+        raise ConfigError("the broad network needs --blocks of at least 2 and --enhance-cells of at least 1")
+    return build_network(
+        genotype,
+        channels=cfg.init_channels,
+        layers=cfg.layers,
+        enhance=cfg.enhance_cells,
+        num_classes=num_classes or spec.num_classes,
+        in_channels=spec.in_channels,
+        stem="imagenet" if cfg.dataset == "imagenet" else "cifar",
+        blocks=cfg.blocks,
+        auxiliary=cfg.auxiliary,
+    )
+
+
+def count_macs(model: nn.Module, in_channels: int, size: int) -> int:
+    """Multiply-accumulates of one image at inference (FLOPs of convolutions and matmuls / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()  # no auxiliary head, no drop-path
+    device = next(model.parameters()).device
+    x = torch.zeros(1, in_channels, size, size, device=device)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def _genotype_of(cfg: TrainConfig, saved: dict | None = None) -> Genotype:
+    return Genotype.from_json(saved) if saved is not None else get_genotype(cfg.genotype)
+
+
+# -------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Owns a training run: data, network, optimiser, run directory, checkpoints, resume, results."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, load_data: bool = True):
+        self.cfg = cfg
+        self._resume, self._overwrite = resume, overwrite
+        torch.manual_seed(cfg.seed)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.device = pick_device(cfg.device)
+        self.spec = get_dataset(cfg.dataset)
+        saved_genotype = None
+        if resume:  # the run's own genotype, even if the file it came from has changed since
+            saved_genotype = RunDir(cfg.out).read_json("config.json").get("genotype_json")
+        self.genotype = _genotype_of(cfg, saved_genotype)
+        self.model = network_for(cfg, self.genotype, self.spec)
+        self.parameters = count_parameters(self.model)
+        self.macs = count_macs(self.model, self.spec.in_channels, self.spec.size)
+        # auto = GPU only. On CPU channels-last is 1.3-2x faster, but torch 2.14's oneDNN corrupts the heap in the
+        # backward of a 1x1 stride-2 convolution with <= 4 input channels (FactorizedReduce at C=4): opt in with "on".
+        cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
+        self.channels_last = cl
+        self.model = self.model.to(self.device)
+        if cl:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.start_epoch = 0
+        self.run: RunDir | None = None
+        self.history: list[dict[str, Any]] = []
+        self.best_val: dict[str, Any] | None = None
+        self.loaders: dict[str, TensorLoader] = {}
+        if load_data:
+            self._load_data()
+
+    # --- data
+    def _load_data(self) -> None:
+        cfg, spec = self.cfg, self.spec
+        kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download)
+        train = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
+        test = load_split(cfg.dataset, cfg.data_dir, train=False, subset=cfg.test_subset, **kw)
+        images, labels = train.images, train.labels
+        splits = {"test": (test.images, test.labels)}
+        if cfg.val_split > 0:
+            n_val = round(images.shape[0] * cfg.val_split)
+            if not 0 < n_val < images.shape[0]:
+                raise ConfigError(
+                    f"--val-split {cfg.val_split} of {images.shape[0]} training images leaves a split empty"
+                )
+            perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+            splits["val"] = (images[perm[:n_val]], labels[perm[:n_val]])
+            images, labels = images[perm[n_val:]], labels[perm[n_val:]]
+        if images.shape[0] < cfg.batch_size:
+            raise ConfigError(
+                f"--batch-size {cfg.batch_size} is larger than the {images.shape[0]} training images; "
+                "lower --batch-size or use more data"
+            )
+        self.sizes = {"train": images.shape[0], **{k: v[0].shape[0] for k, v in splits.items()}}
+        aug = dataclasses.replace(spec.train_augment, cutout=cfg.cutout)
+        dev, cl = self.device, self.channels_last
+        self.loaders["train"] = TensorLoader(
+            images.to(dev), labels.to(dev), cfg.batch_size, aug, drop_last=True, seed=cfg.seed, channels_last=cl
+        )
+        for name, (x, y) in splits.items():
+            self.loaders[name] = TensorLoader(
+                x.to(dev), y.to(dev), cfg.eval_batch_size, spec.eval_augment, train=False, shuffle=False,
+                channels_last=cl,
+            )  # fmt: skip
+
+    # --- state
+    def meta(self) -> dict[str, Any]:
+        """What eval/export need to rebuild the network and feed it, without the data set."""
+        aug = self.spec.eval_augment
+        return {
+            "genotype": self.genotype.to_json(),
+            "num_classes": self.spec.num_classes,
+            "in_channels": self.spec.in_channels,
+            "size": self.spec.size,
+            "mean": aug.mean,
+            "std": aug.std,
+            "parameters": self.parameters,
+            "macs": self.macs,
+        }
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "kind": "train",
+            "epoch": epoch,
+            "config": self.cfg.to_json(),
+            "meta": self.meta(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "train_loader": self.loaders["train"].state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "best_val": self.best_val,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loaders["train"].load_state_dict(state["train_loader"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.best_val = state.get("best_val")
+        self.start_epoch = state["epoch"] + 1
+
+    def open_run(self) -> RunDir:
+        cfg = self.cfg
+        if self._resume:
+            self.run = RunDir(cfg.out)
+            state = self.run.load_checkpoint("train", cfg.to_json())
+            self.load_state_dict(state)
+            self.run.truncate_metrics(state["epoch"])
+            self.history = self.run.metrics("epoch")
+        else:
+            self.run = RunDir.create(cfg.out, overwrite=self._overwrite)
+            for name in ("results.json", "best.pt"):
+                (self.run.path / name).unlink(missing_ok=True)
+            self.run.write_json(
+                "config.json",
+                {
+                    "command": "train",
+                    **cfg.to_json(),
+                    "genotype_json": self.genotype.to_json(),
+                    "parameters": self.parameters,
+                    "macs": self.macs,
+                    "environment": environment(),
+                },
+            )
+        return self.run
+
+    # --- one epoch
+    def train_epoch(self, epoch: int, progress) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_warmup_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        model.drop_prob = cfg.drop_path * epoch / cfg.epochs
+        model.train()
+        loss_sum = acc_sum = 0.0
+        steps, images, t0 = 0, 0, time.perf_counter()
+        for x, y in self.loaders["train"]:
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                logits = model(x)
+            loss = F.cross_entropy(upcast(logits), y, label_smoothing=cfg.label_smoothing)
+            aux = model.aux_logits
+            if aux is not None and cfg.auxiliary_weight > 0:
+                aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=cfg.label_smoothing)
+                loss = loss + cfg.auxiliary_weight * aux_loss
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            steps += 1
+            images += x.shape[0]
+            loss_sum += loss.item()
+            acc_sum += accuracy(logits, y)
+            rate = images / (time.perf_counter() - t0)
+            progress.update(loss=loss_sum / steps, acc=acc_sum / steps, rate=rate)
+            if cfg.log_every and steps % cfg.log_every == 0 and self.run is not None:
+                self.run.log({"kind": "step", "epoch": epoch, "step": steps, "train_loss": loss.item()})
+        return {
+            "train_loss": loss_sum / max(steps, 1),
+            "train_acc": acc_sum / max(steps, 1),
+            "lr": lr,
+            "drop_prob": model.drop_prob,
+            "images_per_s": images / (time.perf_counter() - t0),
+        }
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Loss, top-1 and top-5 accuracy of the current weights on a split, in eval mode."""
+        return evaluate(self.model, self.loaders[split], self.autocast)
+
+    def run_training(self, reporter=None) -> dict[str, Any]:
+        from .progress import Reporter
+
+        reporter = reporter or Reporter(quiet=self.cfg.quiet)
+        run = self.run or self.open_run()
+        cfg = self.cfg
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            with reporter.epoch(epoch, cfg.epochs, len(self.loaders["train"])) as progress:
+                stats = self.train_epoch(epoch, progress)
+            if "val" in self.loaders:
+                val = self.evaluate("val")
+                stats.update(valid_loss=val["loss"], valid_acc=val["top1"], valid_top5=val["top5"])
+                if self.best_val is None or val["top1"] > self.best_val["top1"]:
+                    self.best_val = {"epoch": epoch, **val}
+                    self._save_weights(run.path / "best.pt", epoch)
+            record = {"kind": "epoch", "epoch": epoch, **stats, "epoch_s": time.perf_counter() - t0}
+            run.save_checkpoint(self.state_dict(epoch))  # checkpoint first (atomic), then the record
+            run.log(record)
+            self.history.append(record)
+            reporter.epoch_done(record, None)
+        results = self.results()
+        run.write_json("results.json", results)
+        run.write_json("summary.json", {"command": "train", **results})
+        print_results(results, reporter.print)
+        return results
+
+    def _save_weights(self, path: Path, epoch: int) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "train",
+            "epoch": epoch,
+            "config": self.cfg.to_json(),
+            "meta": self.meta(),
+            "model": self.model.state_dict(),
+        }
+        atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+    def results(self) -> dict[str, Any]:
+        """Final-epoch test accuracy (never a best epoch chosen on test), size, cost, and where it ran."""
+        cfg = self.cfg
+        test = self.evaluate("test")
+        last = self.history[-1] if self.history else {}
+        out: dict[str, Any] = {
+            "genotype": cfg.genotype,
+            "space": self.genotype.space,
+            "dataset": cfg.dataset,
+            "epochs": cfg.epochs,
+            "final_epoch": {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]},
+            "images": self.sizes,
+            "parameters": self.parameters,
+            "macs_per_image": self.macs,
+            "train_s": sum(r.get("epoch_s", 0.0) for r in self.history),
+            "train_loss": last.get("train_loss"),
+            "train_acc": last.get("train_acc"),
+            "seed": cfg.seed,
+            "device": str(self.device),
+            "environment": environment(),
+            "run_dir": str(self.run.path if self.run else cfg.out),
+        }
+        if "val" in self.loaders and self.best_val is not None:
+            out["final_epoch"].update(val_top1=last.get("valid_acc"), val_top5=last.get("valid_top5"))
+            # the model selected on the held-out split, then measured once on the test split
+            best = torch.load(Path(out["run_dir"]) / "best.pt", map_location=self.device, weights_only=False)
+            final_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(best["model"])
+            sel = self.evaluate("test")
+            self.model.load_state_dict(final_state)
+            out["selected_on_val"] = {
+                "epoch": self.best_val["epoch"],
+                "val_top1": self.best_val["top1"],
+                "test_top1": sel["top1"],
+                "test_top5": sel["top5"],
+            }
+        return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, autocast=None) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    loss = top1 = top5 = n = 0.0
+    for x, y in loader:
+        if autocast is not None:
+            with autocast():
+                logits = upcast(model(x))
+        else:
+            logits = model(x)
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        top1 += accuracy(logits, y, 1) * y.shape[0]
+        top5 += accuracy(logits, y, 5) * y.shape[0]
+        n += y.shape[0]
+    model.train(was_training)
+    n = max(n, 1)
+    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "images": int(n)}
+
+
+def print_results(results: dict[str, Any], print_fn=print) -> None:
+    fe = results["final_epoch"]
+    lines = [
+        "",
+        f"== train finished: {results['genotype']} on {results['dataset']}, {results['epochs']} epochs, "
+        f"{results['train_s'] / 60:.1f} min ==",
+        f"network: {results['parameters']:,} parameters, {results['macs_per_image']:,} multiply-accumulates per image",
+        f"final epoch: test top-1 {fe['test_top1']:.4f}, top-5 {fe['test_top5']:.4f} "
+        f"({results['images']['test']} test images)",
+    ]
+    if "selected_on_val" in results:
+        s = results["selected_on_val"]
+        lines.append(
+            f"selected on the validation split: epoch {s['epoch'] + 1} (val top-1 {s['val_top1']:.4f}), "
+            f"test top-1 {s['test_top1']:.4f}"
+        )
+    lines.append(f"run directory: {results['run_dir']} (results.json, metrics.jsonl, checkpoint.pt)")
+    print_fn("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------ checkpoints: eval, export
+
+
+def _checkpoint_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "checkpoint.pt" if p.is_dir() else p
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> tuple[TrainedNet, TrainConfig, dict[str, Any]]:
+    """Rebuild a trained network from a run directory, its checkpoint.pt or its best.pt (eval mode)."""
+    state = load_checkpoint(_checkpoint_path(path), "train")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
+    meta = state["meta"]
+    model = network_for(cfg, Genotype.from_json(meta["genotype"]), get_dataset(cfg.dataset), meta["num_classes"])
+    model.load_state_dict(state["model"])
+    model.to(pick_device(device)).eval()
+    return model, cfg, {**meta, "epoch": state["epoch"]}
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    subset: int | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a trained model on a split of its data set (val = the run's own held-out split)."""
+    model, cfg, meta = load_trained(path, device)
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    spec = get_dataset(cfg.dataset)
+    dev = next(model.parameters()).device
+    kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    if split == "test":
+        data = load_split(cfg.dataset, cfg.data_dir, train=False, subset=subset, **kw)
+        x, y = data.images, data.labels
+    elif split in ("train", "val"):
+        data = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
+        x, y = data.images, data.labels
+        if cfg.val_split > 0:
+            n_val = round(x.shape[0] * cfg.val_split)
+            perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+            idx = perm[:n_val] if split == "val" else perm[n_val:]
+            x, y = x[idx], y[idx]
+        elif split == "val":
+            raise ConfigError("this run was trained without --val-split, so it has no validation split")
+        if subset is not None:
+            x, y = x[:subset], y[:subset]
+    else:
+        raise ConfigError(f"--split must be test, val or train, got {split!r}")
+    loader = TensorLoader(x.to(dev), y.to(dev), batch_size, spec.eval_augment, train=False, shuffle=False)
+    return {
+        "checkpoint": str(_checkpoint_path(path)),
+        "epoch": meta["epoch"],
+        "split": split,
+        **evaluate(model, loader),
+    }
+
+
+def export_checkpoint(path: str | Path, out: str | Path, fmt: str = "torchscript") -> Path:
+    """Write a TorchScript or ONNX file that predicts without bnas (input: normalised images; see bnas.json)."""
+    import json
+
+    model, cfg, meta = load_trained(path, "cpu")
+    x = torch.zeros(1, meta["in_channels"], meta["size"], meta["size"])
+    out = Path(out)
+    info = {k: meta[k] for k in ("num_classes", "in_channels", "size", "mean", "std", "genotype")}
+    info.update(dataset=cfg.dataset, input="float (N, C, H, W): pixels / 255, then (x - mean) / std if given")
+    if fmt not in ("torchscript", "onnx"):
+        raise ConfigError(f"--format must be torchscript or onnx, got {fmt!r}")
+    with warnings.catch_warnings():
+        # torch marks jit as deprecated, and the tracer notes the shape tests it freezes (the input size is fixed)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(model, x, check_trace=False)
+            extra = {"bnas.json": json.dumps(info)}
+            atomic_write_bytes(out, lambda f: torch.jit.save(traced, f, _extra_files=extra))
+            return out
+        try:
+            import onnx
+        except ImportError:
+            raise ConfigError(
+                "ONNX export needs the onnx package (pip install onnx); use --format torchscript"
+            ) from None
+        torch.onnx.export(
+            model, (x,), str(out), input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )  # fmt: skip
+    proto = onnx.load(str(out))
+    onnx.helper.set_model_props(proto, {"bnas.json": json.dumps(info)})
+    onnx.save(proto, str(out))
+    return out
+
+
+def train(cfg: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
+    """Train from Python: `bnas.train.train(genotype="BNASv2_CLR_v1", dataset="synthetic", epochs=2)`."""
+    cfg = cfg or TrainConfig.resolve(**overrides)
+    return Trainer(cfg, resume=resume, overwrite=overwrite).run_training()
+
+
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    saved = RunDir(run_dir).read_json("config.json")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in fields}
+    values["out"] = str(run_dir)
+    return TrainConfig(**values)
