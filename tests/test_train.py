@@ -112,6 +112,8 @@ def test_train_eval_export_end_to_end(tmp_path, capsys):
     assert main(["eval", str(out), "--split", "val", "--json"]) == 0
     val = json.loads(capsys.readouterr().out)
     assert val["images"] == 8 and val["top1"] == pytest.approx(res["final_epoch"]["val_top1"])
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_val_split_is_disjoint_and_reproducible(tmp_path):

@@ -23,7 +23,7 @@ from torch import nn
 
 from .data.loaders import TensorLoader
 from .data.registry import DatasetSpec, get_dataset, load_split
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .genotype import Genotype, get_genotype
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
 from .search import accuracy, autocast_factory, cosine_lr, pick_device, upcast
@@ -483,6 +483,8 @@ def print_results(results: dict[str, Any], print_fn=print) -> None:
 
 def _checkpoint_path(path: str | Path) -> Path:
     p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist: give a training run directory, its checkpoint.pt or its best.pt")
     return p / "checkpoint.pt" if p.is_dir() else p
 
 
