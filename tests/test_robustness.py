@@ -1,0 +1,203 @@
+"""Bad input gets one clear sentence, faults lose nothing, runs are reproducible (issue 6)."""
+
+import contextlib
+import errno
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bnas import build_network, get_genotype
+from bnas.cli import main
+from bnas.errors import CheckpointError, GenotypeError
+from bnas.genotype import CellGenotype, Genotype, derive
+from bnas.ops import PRIMITIVES
+from bnas.runs import RunDir
+
+TINY = ["--dataset", "synthetic", "--synthetic-size", "32", "--batch-size", "8", "--init-channels", "4", "--quiet"]
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bnas: error: "), err
+    return err
+
+
+def test_cli_errors_have_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnas.cli", "search", "--dataset", "svhn", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train_32x32.mat" in proc.stderr and str(tmp_path) in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--lr", "-0.1"], "--lr must not be negative"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--partial-k", "3"], "--partial-k 3 must divide --init-channels 4"),
+        (["--batch-size", "64"], "--batch-size 64 is larger than the 16 images"),
+        (["--order", "2", "--amp", "fp16"], "fp16"),
+    ],
+)
+def test_invalid_hyperparameters(capsys, tmp_path, extra, needle):
+    argv = ["search", *TINY, "--out", str(tmp_path / "r"), *extra]
+    assert needle in _error(capsys, argv)
+
+
+def test_unwritable_output_directory(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert "cannot write to the output directory" in _error(capsys, ["search", *TINY, "--out", str(blocker / "run")])
+
+
+def test_existing_run_is_not_overwritten_silently(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["search", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert "--resume" in _error(capsys, ["search", *TINY, "--epochs", "1", "--out", str(out)])
+
+
+_OK = [["skip_connect", 0], ["skip_connect", 1]]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (
+            json.dumps({"conv": {"edges": [["sep_conv_3x3", 0]]}, "enh": {"edges": [["skip_connect", 1]] * 2}}),
+            "two edges per node",
+        ),
+        (
+            json.dumps({"conv": {"edges": [["sep_conv_9x9", 0], ["skip_connect", 1]]}, "enh": {"edges": _OK}}),
+            "unknown operation 'sep_conv_9x9'",
+        ),
+        (json.dumps({"conv": {"edges": [["skip_connect", 0], ["skip_connect", 5]]}, "enh": {"edges": _OK}}), "input 5"),
+        ("{not json", "not valid JSON"),
+        (json.dumps({"space": "bcnn", "conv": {"edges": [["skip_connect", 0], ["skip_connect", 1]]}}), "missing"),
+    ],
+)
+def test_malformed_genotype_files(capsys, tmp_path, content, needle):
+    path = tmp_path / "g.json"
+    path.write_text(content)
+    assert needle in _error(capsys, ["genotype", "show", str(path)])
+
+
+def test_unknown_genotype_lists_close_names():
+    with pytest.raises(GenotypeError, match="did you mean BNASv2_PC_cifar_v1"):
+        get_genotype("BNASv2_PC_cifar_v11")
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run.load_checkpoint("search")
+    run.save_checkpoint({"kind": "train", "config": {}})
+    with pytest.raises(CheckpointError, match="not a search checkpoint"):
+        run.load_checkpoint("search")
+    run.save_checkpoint({"kind": "search", "config": {"init_channels": 16}})
+    with pytest.raises(CheckpointError, match="init_channels"):
+        run.load_checkpoint("search", {"init_channels": 8})
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state["format"] = 999
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="format 999"):
+        run.load_checkpoint("search")
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    run = RunDir(tmp_path)
+    run.save_checkpoint({"kind": "search", "epoch": 3, "config": {}})
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        run.save_checkpoint({"kind": "search", "epoch": 4, "config": {}})
+    monkeypatch.undo()
+    assert run.load_checkpoint("search")["epoch"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+
+
+def _alphas(out) -> dict:
+    return torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(tmp_path):
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        out = tmp_path / name
+        assert main(["search", *TINY, "--epochs", "2", "--seed", str(seed), "--out", str(out)]) == 0
+        runs[name] = _alphas(out)
+    for key in ("arch.alpha_conv", "arch.alpha_enh"):
+        assert torch.equal(runs["a"][key], runs["b"][key])
+        assert not torch.equal(runs["a"][key], runs["c"][key])
+    assert (tmp_path / "a" / "genotype.json").read_text() == (tmp_path / "b" / "genotype.json").read_text()
+    env = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert env["seed"] == 1 and env["environment"]["torch"] == torch.__version__
+
+
+# ---- property-based: genotype io and derivation
+
+_ops = st.sampled_from(PRIMITIVES[1:])
+
+
+@st.composite
+def cells(draw):
+    steps = draw(st.integers(1, 4))
+    edges = tuple((draw(_ops), draw(st.integers(0, 1 + i // 2))) for i in range(2 * steps))
+    return CellGenotype(edges, tuple(range(2, 2 + steps)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(cells(), cells(), st.sampled_from(["bcnn", "darts"]))
+def test_genotype_json_and_darts_text_roundtrip(a, b, space):
+    g = Genotype(a, b, space)
+    assert Genotype.from_json(json.loads(json.dumps(g.to_json()))) == g
+    from bnas.genotype import from_darts_text
+
+    assert from_darts_text(g.to_darts_text(), space) == g
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=200))
+def test_random_text_is_a_clear_genotype_error(text):
+    from bnas.genotype import from_darts_text
+
+    for parse in (lambda: from_darts_text(text), lambda: Genotype.from_json(_try_json(text))):
+        with contextlib.suppress(GenotypeError):
+            parse()
+
+
+def _try_json(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**31 - 1), st.booleans())
+def test_any_alphas_derive_a_valid_genotype_that_builds(seed, with_betas):
+    g_ = torch.Generator().manual_seed(seed)
+    alphas = [torch.randn(14, len(PRIMITIVES), generator=g_) * 3 for _ in range(2)]
+    betas = [torch.randn(14, generator=g_) for _ in range(2)] if with_betas else None
+    g = derive(alphas, betas)
+    assert all(op != "none" for cell in (g.conv, g.enh) for op, _ in cell.edges)
+    for cell in (g.conv, g.enh):
+        for node in range(4):
+            srcs = [src for _, src in cell.edges[2 * node : 2 * node + 2]]
+            assert len(set(srcs)) == 2 and all(0 <= s < node + 2 for s in srcs)
+    net = build_network(g, channels=4, layers=2, enhance=1)
+    assert net(torch.randn(1, 3, 8, 8)).shape == (1, 10)
