@@ -9,34 +9,61 @@ from typing import Any, TextIO
 
 
 class _Bar:
-    def __init__(self, total: int, desc: str, stream: TextIO, bar: bool):
+    """One epoch's progress: a tqdm bar on a terminal; in logs, a plain line at most every `line_every` s."""
+
+    def __init__(self, total: int, desc: str, stream: TextIO, bar: bool, line_every: float | None = None):
         self.total, self.desc, self.stream = total, desc, stream
         self.n = 0
+        self.line_every = line_every
+        self._last = time.perf_counter()
         self._tqdm = None
         if bar:
             from tqdm import tqdm
 
-            self._tqdm = tqdm(total=total, desc=desc, file=stream, leave=False, dynamic_ncols=True)
+            self._tqdm = tqdm(total=total, desc=desc, file=stream, leave=False, dynamic_ncols=True, unit="step")
 
     def update(self, **stats: float) -> None:
         self.n += 1
         if self._tqdm is not None:
-            self._tqdm.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+            self._tqdm.set_postfix({_LABELS.get(k, k): _fmt(k, v) for k, v in stats.items()}, refresh=False)
             self._tqdm.update(1)
+        elif self.line_every is not None and self.n < self.total:
+            now = time.perf_counter()
+            if now - self._last >= self.line_every:
+                self._last = now
+                shown = " ".join(f"{_LABELS.get(k, k)} {_fmt(k, v)}" for k, v in stats.items())
+                print(f"  {self.desc} step {self.n}/{self.total}: {shown}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._tqdm is not None:
             self._tqdm.close()
 
 
-class Reporter:
-    """Prints progress to stderr and results to stdout; quiet when asked or when stdout is not a terminal."""
+_LABELS = {"rate": "img/s"}
 
-    def __init__(self, quiet: bool = False, out: TextIO | None = None, err: TextIO | None = None):
+
+def _fmt(key: str, value: float) -> str:
+    return f"{value:.0f}" if key == "rate" else f"{value:.3g}"
+
+
+class Reporter:
+    """Prints progress to stderr and results to stdout, in one of three modes:
+
+    - terminal (stdout and stderr are terminals): a bar per epoch with loss, accuracy and images/s, then
+      one line per epoch;
+    - logs (stdout is not a terminal, e.g. redirected to a file or under a scheduler): no bar, which would
+      fill the log with carriage returns; one line per epoch and a progress line every `line_every` s;
+    - quiet (`--quiet`): only the summary at the end.
+    """
+
+    def __init__(
+        self, quiet: bool = False, out: TextIO | None = None, err: TextIO | None = None, line_every: float = 60.0
+    ):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.quiet = quiet
-        self.bar = not quiet and self.err.isatty()
+        self.bar = not quiet and _isatty(self.out) and _isatty(self.err)
+        self.line_every = None if quiet or self.bar else line_every
         self.t0 = time.perf_counter()
 
     def print(self, *args: Any) -> None:
@@ -44,7 +71,7 @@ class Reporter:
 
     @contextmanager
     def epoch(self, epoch: int, epochs: int, steps: int):
-        bar = _Bar(steps, f"epoch {epoch + 1}/{epochs}", self.err, self.bar)
+        bar = _Bar(steps, f"epoch {epoch + 1}/{epochs}", self.err, self.bar, self.line_every)
         try:
             yield bar
         finally:
@@ -65,6 +92,8 @@ class Reporter:
         parts.append(f"{rec.get('images_per_s', 0):.0f} img/s")
         if "parameter_free" in rec:
             parts.append("param-free " + "/".join(str(v) for v in rec["parameter_free"].values()))
+        if rec.get("hessian_eig") is not None:
+            parts.append(f"hessian eig {rec['hessian_eig']:.3g}")
         self.print(" | ".join(parts))
         if genotype is not None:
             self.print("  genotype: " + _compact(genotype))
@@ -83,8 +112,17 @@ class Reporter:
             )
         if genotype is not None:
             lines.append(genotype.describe())
-        lines.append(f"run directory: {summary.get('run_dir')} (genotype.json, metrics.jsonl, checkpoint.pt)")
+        run_dir = summary.get("run_dir")
+        lines.append(f"run directory: {run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
+        lines.append(f"plots and report: bnas report {run_dir}")
         self.print("\n".join(lines))
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _compact(genotype) -> str:

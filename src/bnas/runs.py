@@ -3,9 +3,15 @@
 Layout of a run directory:
   config.json        the fully resolved configuration (enough to rerun), with versions and hardware
   metrics.jsonl      one JSON object per line ("kind": "epoch" or "step")
+  alphas.jsonl       searches: the softmaxed op weights of every edge per epoch (epoch -1 = initial)
   checkpoint.pt      the last complete epoch, written to a temp file, fsync'ed, then renamed
   genotype.json      the current genotype (searches), genotypes/epoch_NNN.json per epoch
+  tb/                TensorBoard scalars of the epoch records, when tensorboard is installed
   summary.json       written when the run ends
+
+An epoch's records are written before its checkpoint; a resumed run drops the records of epochs after
+its checkpoint (`truncate_metrics`) and recomputes them, so a kill at any moment loses no complete epoch
+and never leaves a record twice.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import tempfile
 import time
@@ -25,6 +32,7 @@ import torch
 from .errors import BnasError, CheckpointError
 
 CHECKPOINT_FORMAT = 1
+JSONL_FILES = ("metrics.jsonl", "alphas.jsonl")  # per-epoch logs that a resume truncates together
 
 
 def environment() -> dict[str, Any]:
@@ -73,8 +81,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunDir:
     """A run's directory on disk; every write that matters is atomic."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, tensorboard: bool = True):
         self.path = Path(path)
+        self.tensorboard = tensorboard  # False: never write TensorBoard events, even when installed
+        self._tb: Any = None  # the SummaryWriter, opened at the first epoch record (False: unavailable)
+        self._tb_purge: int | None = None  # first epoch a resumed run rewrites (older events are kept)
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
@@ -92,8 +103,12 @@ class RunDir:
             raise BnasError(f"cannot write to the output directory {p} ({e.strerror}); choose another --out") from None
         run = cls(p)
         if overwrite:
-            for name in ("metrics.jsonl", "summary.json", "checkpoint.pt", "genotype.json"):
+            for name in (*JSONL_FILES, "summary.json", "checkpoint.pt", "genotype.json"):
                 (p / name).unlink(missing_ok=True)
+            for old in (p / "genotypes").glob("epoch_*.json"):
+                old.unlink()
+            for name in ("tb", "report"):
+                shutil.rmtree(p / name, ignore_errors=True)
         return run
 
     @property
@@ -112,12 +127,19 @@ class RunDir:
             raise BnasError(f"{self.path / name} is malformed; the run cannot be resumed") from None
 
     def log(self, record: dict[str, Any]) -> None:
+        """Append a record to metrics.jsonl; epoch records also go to TensorBoard when it is installed."""
         record = {"time": round(time.time(), 3), **record}
-        with open(self.path / "metrics.jsonl", "a") as f:
+        self.append("metrics.jsonl", record)
+        if record.get("kind") == "epoch" and "epoch" in record:
+            self.scalars(record, int(record["epoch"]))
+
+    def append(self, name: str, record: dict[str, Any]) -> None:
+        """One JSON line; a kill can only cut the last line, which readers skip."""
+        with open(self.path / name, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
 
-    def metrics(self, kind: str | None = "epoch") -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
+    def records(self, name: str) -> list[dict[str, Any]]:
+        path = self.path / name
         if not path.exists():
             return []
         out = []
@@ -126,24 +148,51 @@ class RunDir:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill; everything before it is intact
-            if kind is None or rec.get("kind") == kind:
+            if isinstance(rec, dict):
                 out.append(rec)
         return out
 
+    def metrics(self, kind: str | None = "epoch") -> list[dict[str, Any]]:
+        return [r for r in self.records("metrics.jsonl") if kind is None or r.get("kind") == kind]
+
     def truncate_metrics(self, after_epoch: int) -> None:
-        """Drop records of epochs after the checkpoint so a resumed run does not log them twice."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+        """Prepare a resume: drop records of epochs after the checkpoint (they are recomputed, not logged
+        twice), remove temp files a kill left behind, and have TensorBoard purge those epochs too."""
+        for name in JSONL_FILES:
+            path = self.path / name
+            if not path.exists():
                 continue
-            if rec.get("epoch", -1) <= after_epoch:
-                keep.append(line)
-        atomic_write_text(path, "".join(k + "\n" for k in keep))
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and rec.get("epoch", -1) <= after_epoch:
+                    keep.append(line)
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        self._tb_purge = after_epoch + 1
+
+    def scalars(self, record: dict[str, Any], step: int) -> None:
+        """Numbers of a record (nested dicts flattened to a/b) as TensorBoard scalars at `step`."""
+        writer = self._writer()
+        if writer is None:
+            return
+        for tag, value in flatten_scalars(record).items():
+            writer.add_scalar(tag, value, step)
+        writer.flush()  # epochs are minutes apart: a watcher should see each one at once
+
+    def _writer(self) -> Any:
+        if self._tb is None:
+            self._tb = (self.tensorboard and tensorboard_writer(self.path / "tb", self._tb_purge)) or False
+        return self._tb or None
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()
+        self._tb = None
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         state = {"format": CHECKPOINT_FORMAT, **state}
@@ -151,6 +200,32 @@ class RunDir:
 
     def load_checkpoint(self, kind: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint_path, kind, config)
+
+
+def tensorboard_writer(logdir: Path, purge_step: int | None = None) -> Any:
+    """A TensorBoard SummaryWriter, or None when tensorboard is not installed (an optional dependency)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch raises it when the tensorboard package is missing
+        return None
+    return SummaryWriter(str(logdir), purge_step=purge_step)
+
+
+_NOT_SCALARS = {"kind", "epoch", "time", "step"}
+
+
+def flatten_scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{'loss': 1.0, 'parameter_free': {'conv': 3}} -> {'loss': 1.0, 'parameter_free/conv': 3.0}."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if not prefix and key in _NOT_SCALARS:
+            continue
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_scalars(value, tag + "/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[tag] = float(value)
+    return out
 
 
 def load_checkpoint(path: str | Path, kind: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
