@@ -69,7 +69,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     from .data.registry import DATASETS
     from .search import METHODS, SearchConfig
 
-    p.add_argument("--method", choices=list(METHODS), default="clr", help="method preset (default: clr)")
+    p.add_argument("--method", choices=list(METHODS), default=None, help="method preset (default: clr)")
     p.add_argument("--config", type=Path, help="JSON file of options (between the preset and the command line)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
     p.add_argument("--dry-run", action="store_true", help="build everything, print the counts and exit")
@@ -113,13 +113,16 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from .dist import init_from_env
     from .progress import Reporter
     from .search import SearchConfig, Searcher, resume_config
+
+    rank, _ = init_from_env()  # under torchrun: join the process group; rank 0 alone prints and writes
 
     cli = {k: v for k, v in vars(args).items() if v is not None}
     for k in ("command", "func", "config", "resume", "dry_run", "overwrite", "debug", "genotype_cmd"):
         cli.pop(k, None)
-    method = cli.pop("method", "clr")
+    method = cli.pop("method", None)
     if args.resume:
         cfg = resume_config(args.resume)
         # only run-length and logging options may change on resume
@@ -129,17 +132,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         cfg.validate()
     else:
         file_opts = _read_config_file(args.config) if args.config else {}
-        method = file_opts.pop("method", None) if "method" not in sys.argv[1:] and "method" in file_opts else method
-        cfg = SearchConfig.resolve(method or "clr", **{**file_opts, **cli})
-    if not sys.stdout.isatty() and "quiet" not in cli:
-        cfg.quiet = cfg.quiet or False
+        method = method or file_opts.pop("method", None) or "clr"
+        file_opts.pop("method", None)
+        cfg = SearchConfig.resolve(method, **{**file_opts, **cli})
+    if rank != 0:
+        cfg.quiet = True
     searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     counts = searcher.counts()
     reporter = Reporter(quiet=cfg.quiet)
-    print(
-        f"supernet ({cfg.method}, {cfg.space}, {cfg.dataset}): {counts['weights']} weights, "
-        f"{counts['arch']} architecture parameters"
-    )
+    if rank == 0:
+        print(
+            f"supernet ({cfg.method}, {cfg.space}, {cfg.dataset}): {counts['weights']} weights, "
+            f"{counts['arch']} architecture parameters"
+        )
     if args.dry_run:
         return 0
     if not cfg.quiet:
@@ -148,7 +153,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"batch {cfg.batch_size}, order {cfg.order}, run directory {cfg.out}"
         )
     searcher.open_run()
-    if args.resume:
+    if args.resume and rank == 0:
         print(f"resuming {cfg.out} at epoch {searcher.start_epoch + 1}/{cfg.epochs}")
     try:
         searcher.run_search(reporter)

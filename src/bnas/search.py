@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .data.search_data import search_data
+from .dist import NullRun, all_reduce_mean, is_main
 from .errors import ConfigError
 from .genotype import Genotype
 from .ops import PRIMITIVES
@@ -264,11 +265,7 @@ class Architect:
 
     def step(self, x_train, y_train, x_val, y_val, eta: float) -> float:
         grads, loss = self.gradients(x_train, y_train, x_val, y_val, eta)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            for g in grads:  # autograd.grad bypasses DDP's hooks: average the ranks' gradients by hand
-                torch.distributed.all_reduce(g)
-                g.div_(world)
+        all_reduce_mean(grads)  # torchrun: autograd.grad bypasses DDP's hooks, so average the ranks' gradients
         for p, g in zip(self.model.arch_parameters(), grads, strict=True):
             p.grad = g
         if self.cfg.arch_grad_clip > 0:
@@ -444,11 +441,17 @@ class Searcher:
         cfg = self.cfg
         self.check_data()
         if self._resume:
-            self.run = RunDir(cfg.out)
-            state = self.run.load_checkpoint("search", cfg.to_json())
+            run = RunDir(cfg.out)
+            state = run.load_checkpoint("search", cfg.to_json())
             self.load_state_dict(state)
+            if not is_main():  # under torchrun only rank 0 writes
+                self.run = NullRun()
+                return self.run
+            self.run = run
             self.run.truncate_metrics(state["epoch"])
             self.history = self.run.metrics("epoch")
+        elif not is_main():
+            self.run = NullRun()
         else:
             self.run = RunDir.create(cfg.out, overwrite=self._overwrite)
             (self.run.path / "genotypes").mkdir(exist_ok=True)
@@ -484,6 +487,7 @@ class Searcher:
                 logits = model(x)
             loss = F.cross_entropy(upcast(logits), y)
             loss.backward()
+            all_reduce_mean([p.grad for p in weights if p.grad is not None])  # torchrun: average the shards
             nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
             self.w_optimizer.step()
             model.zero_grad(set_to_none=True)  # the weight step leaves alpha gradients behind
@@ -513,6 +517,9 @@ class Searcher:
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             n += y.shape[0]
+        totals = torch.tensor([loss, correct, n], dtype=torch.float64, device=self.device)
+        all_reduce_mean([totals])  # every rank evaluated its shard: combine them (the ratio is unaffected)
+        loss, correct, n = totals.tolist()
         self.model.train()
         return {"valid_loss": loss / n, "valid_acc": correct / n}
 
