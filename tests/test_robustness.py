@@ -201,3 +201,49 @@ def test_any_alphas_derive_a_valid_genotype_that_builds(seed, with_betas):
             assert len(set(srcs)) == 2 and all(0 <= s < node + 2 for s in srcs)
     net = build_network(g, channels=4, layers=2, enhance=1)
     assert net(torch.randn(1, 3, 8, 8)).shape == (1, 10)
+
+
+def _nan_after(calls: int):
+    """A forward hook that turns the supernet's output to NaN from the given call on (an injected fault)."""
+    count = {"n": 0}
+
+    def hook(module, args, output):
+        count["n"] += 1
+        return output * float("nan") if count["n"] >= calls else output
+
+    return hook
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from bnas.search import SearchConfig, Searcher
+
+    cfg = SearchConfig.resolve(
+        "clr", dataset="synthetic", synthetic_size=32, batch_size=8, init_channels=4, epochs=3, eval_every=0,
+        out=str(tmp_path / "r"), quiet=True,
+    )  # fmt: skip
+    searcher = Searcher(cfg)
+    # 2 steps per epoch, 2 forwards per step (architecture + weights): NaN from the 2nd epoch's 2nd step
+    searcher.model.net.register_forward_hook(_nan_after(7))
+    from bnas.errors import NumericalError
+
+    with pytest.raises(NumericalError, match="epoch 2, step 2.*checkpoint of epoch 1 is kept"):
+        searcher.run_search()
+    state = RunDir(tmp_path / "r").load_checkpoint("search")
+    assert state["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
+
+
+def test_nan_skip_counts_the_skipped_steps(tmp_path):
+    from bnas.search import SearchConfig, Searcher
+
+    cfg = SearchConfig.resolve(
+        "clr", dataset="synthetic", synthetic_size=32, batch_size=8, init_channels=4, epochs=2, eval_every=0,
+        out=str(tmp_path / "r"), quiet=True, on_nan="skip",
+    )  # fmt: skip
+    searcher = Searcher(cfg)
+    searcher.model.net.register_forward_hook(_nan_after(7))
+    searcher.run_search()
+    skipped = [r["skipped_steps"] for r in searcher.history]
+    assert skipped == [0, 2]  # the 2nd epoch's 2nd step: its architecture step and its weight step
+    assert all(torch.isfinite(p).all() for p in searcher.model.parameters())

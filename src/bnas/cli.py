@@ -54,12 +54,14 @@ _HELP = {
     "(RobustDARTS' collapse indicator; 0 = off)",
     "hessian_iters": "at most this many power-iteration steps of --hessian-every",
     "out": "run directory to write",
+    "on_nan": "on a NaN/infinite loss: stop (keep the last complete epoch) or skip the step and count it",
     "quiet": "print only the final summary (when stdout is not a terminal the bar gives way to plain lines anyway)",
 }
 _CHOICES = {
     "space": ["bcnn", "darts"],
     "order": [1, 2],
     "hvp": ["fd", "exact"],
+    "on_nan": ["stop", "skip"],
     "amp": ["auto", "off", "bf16", "fp16"],
     "channels_last": ["auto", "on", "off"],
 }

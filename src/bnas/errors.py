@@ -21,3 +21,7 @@ class ConfigError(BnasError):
 
 class CheckpointError(BnasError):
     """A checkpoint is corrupt or belongs to another configuration or version."""
+
+
+class NumericalError(BnasError):
+    """A loss or gradient became NaN or infinite; the last complete epoch's checkpoint is kept."""

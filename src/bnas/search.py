@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from .data.search_data import search_data
 from .dist import NullRun, all_reduce_mean, is_main
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 from .genotype import Genotype
 from .ops import PRIMITIVES
 from .runs import RunDir, environment
@@ -101,6 +101,7 @@ class SearchConfig:
     hessian_iters: int = 20  # at most this many power-iteration steps (it stops once the estimate settles)
     out: str = "runs/search"
     quiet: bool = False
+    on_nan: str = "stop"  # stop: end the run keeping the last good checkpoint | skip: skip the step and count it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -149,6 +150,8 @@ class SearchConfig:
             bad(f"--partial-k {self.partial_k} must divide --init-channels {self.init_channels}")
         if not 0.0 < self.train_portion < 1.0:
             bad(f"--train-portion must be between 0 and 1, got {self.train_portion}")
+        if self.on_nan not in ("stop", "skip"):
+            bad(f"--on-nan must be stop or skip, got {self.on_nan!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             bad(f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         if self.order == 2 and self.amp == "fp16":
@@ -266,6 +269,8 @@ class Architect:
     def step(self, x_train, y_train, x_val, y_val, eta: float) -> float:
         grads, loss = self.gradients(x_train, y_train, x_val, y_val, eta)
         all_reduce_mean(grads)  # torchrun: autograd.grad bypasses DDP's hooks, so average the ranks' gradients
+        if not all(torch.isfinite(g).all() for g in grads):
+            return float("nan")  # never let a non-finite gradient into Adam's moments; the caller decides
         for p, g in zip(self.model.arch_parameters(), grads, strict=True):
             p.grad = g
         if self.cfg.arch_grad_clip > 0:
@@ -473,6 +478,7 @@ class Searcher:
         val_iter = iter(self.val_loader)
         totals = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0}
         steps, images, t0 = 0, 0, time.perf_counter()
+        arch_steps = skipped = 0
         weights = model.weight_parameters()
         for x, y in self.train_loader:
             if arch_on:
@@ -481,15 +487,25 @@ class Searcher:
                 except StopIteration:
                     val_iter = iter(self.val_loader)
                     xv, yv = next(val_iter)
-                totals["arch_loss"] += self.architect.step(x, y, xv, yv, lr)
+                arch_loss = self.architect.step(x, y, xv, yv, lr)
+                if math.isfinite(arch_loss):
+                    totals["arch_loss"] += arch_loss
+                    arch_steps += 1
+                else:
+                    skipped += self._non_finite(epoch, steps, "architecture")
             self.w_optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 logits = model(x)
             loss = F.cross_entropy(upcast(logits), y)
             loss.backward()
             all_reduce_mean([p.grad for p in weights if p.grad is not None])  # torchrun: average the shards
-            nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
-            self.w_optimizer.step()
+            grad_norm = nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+            if torch.isfinite(grad_norm) and math.isfinite(loss.item()):
+                self.w_optimizer.step()
+            else:
+                skipped += self._non_finite(epoch, steps, "weight")
+                model.zero_grad(set_to_none=True)
+                continue
             model.zero_grad(set_to_none=True)  # the weight step leaves alpha gradients behind
             steps += 1
             images += x.shape[0]
@@ -500,12 +516,22 @@ class Searcher:
             if cfg.log_every and steps % cfg.log_every == 0 and self.run is not None:
                 self.run.log({"kind": "step", "epoch": epoch, "step": steps, "train_loss": loss.item()})
         out = {k: v / max(steps, 1) for k, v in totals.items()}
-        if not arch_on:
-            out["arch_loss"] = None
+        out["arch_loss"] = totals["arch_loss"] / arch_steps if arch_on and arch_steps else None
+        out["skipped_steps"] = skipped
         out.update(
             lr=lr, arch_lr=self.architect.lr if arch_on else 0.0, images_per_s=images / (time.perf_counter() - t0)
         )
         return out
+
+    def _non_finite(self, epoch: int, step: int, which: str) -> int:
+        """--on-nan stop (default): end the run keeping the last complete epoch; skip: count and go on."""
+        if self.cfg.on_nan == "skip":
+            return 1
+        kept = f"the checkpoint of epoch {epoch} is kept in {self.cfg.out}" if epoch else "no epoch had finished"
+        raise NumericalError(
+            f"the {which} loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; {kept}: "
+            "lower --lr/--arch-lr and resume with --resume, or rerun with --on-nan skip"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
