@@ -239,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(e)
-        print(f"bnas: error: {msg[0].lower() + msg[1:] if msg else 'failed'}", file=sys.stderr)
+        if len(msg) > 1 and msg[0].isupper() and msg[1].islower():  # "Image folder ..." but not "CIFAR-10 ..."
+            msg = msg[0].lower() + msg[1:]
+        print(f"bnas: error: {msg or 'failed'}", file=sys.stderr)
         return 2
 
 
