@@ -54,6 +54,7 @@ _HELP = {
     "(RobustDARTS' collapse indicator; 0 = off)",
     "hessian_iters": "at most this many power-iteration steps of --hessian-every",
     "out": "run directory to write",
+    "deterministic": "deterministic GPU kernels (slower); CPU runs with the same seed are bit-identical anyway",
     "on_nan": "on a NaN/infinite loss: stop (keep the last complete epoch) or skip the step and count it",
     "quiet": "print only the final summary (when stdout is not a terminal the bar gives way to plain lines anyway)",
 }

@@ -101,6 +101,7 @@ class SearchConfig:
     hessian_iters: int = 20  # at most this many power-iteration steps (it stops once the estimate settles)
     out: str = "runs/search"
     quiet: bool = False
+    deterministic: bool = False  # GPU: deterministic kernels (slower); CPU runs are reproducible anyway
     on_nan: str = "stop"  # stop: end the run keeping the last good checkpoint | skip: skip the step and count it
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -280,6 +281,16 @@ class Architect:
         return loss
 
 
+def set_deterministic() -> None:
+    """Deterministic kernels on GPU (cuDNN without autotuning, deterministic cuBLAS workspace)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -381,6 +392,8 @@ class Searcher:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
+        if cfg.deterministic:
+            set_deterministic()
         cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
         self.channels_last = cl
         data = search_data(cfg, self.device, cl)
