@@ -92,3 +92,14 @@ def test_imagenet_supernet_output_shape():
 
     model = SuperNet(SpaceConfig(channels=8, partial_k=2, edge_norm=True, stem="imagenet", num_classes=1000))
     assert model(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
+
+
+def test_trained_imagenet_bcnn_parameter_count():
+    from bnas import build_network, count_parameters, get_genotype
+
+    net = build_network(
+        get_genotype("BNASv2_PC_image"), channels=44, layers=6, enhance=2, num_classes=1000, stem="imagenet"
+    )
+    assert count_parameters(net) == 4_112_998  # stated in the README
+    net.eval()
+    assert net(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
