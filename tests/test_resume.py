@@ -116,7 +116,7 @@ def test_sigkill_mid_epoch_then_resume_loses_no_epoch(tmp_path):
     out = tmp_path / "run"
     steps = 4  # 64 synthetic images, half for the weights, batch 8
     args = ["--dataset", "synthetic", "--synthetic-size", "64", "--batch-size", "8", "--init-channels", "4"]
-    args += ["--epochs", "3", "--log-every", "1", "--eval-every", "0", "--out", str(out), "--quiet"]
+    args += ["--epochs", "3", "--log-every", "1", "--eval-every", "0", "--device", "cpu", "--out", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_bnas(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     loads, killed_in = 0, None

@@ -291,7 +291,7 @@ def curves_figure(run: RunData):
         twin.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         h1, l1 = ax_lr.get_legend_handles_labels()
         h2, l2 = twin.get_legend_handles_labels()
-        ax_lr.legend(h1 + h2, l1 + l2, fontsize=9, loc="lower left")
+        ax_lr.legend(h1 + h2, l1 + l2, fontsize=9, loc="center left")
     elif xs or ax_lr.lines:
         ax_lr.legend(fontsize=9)
     for ax in (ax_loss, ax_acc):
