@@ -19,7 +19,9 @@ def imagenet_tree(tmp_path_factory):
     for c, name in enumerate(["n01440764", "n01443537", "n01484850"]):
         d = root / "train" / name
         d.mkdir(parents=True)
+        (root / "val" / name).mkdir(parents=True)
         for i in range(16 + 4 * c):
+            d = root / "val" / name if i < 3 else root / "train" / name
             h, w = 40 + 7 * i % 30, 50 + 11 * i % 40  # varied sizes
             arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
             arr[..., c] = 255  # a class-dependent colour: learnable
@@ -40,9 +42,9 @@ def test_subset_is_balanced_disjoint_and_reproducible(imagenet_tree, tmp_path, m
     assert not set(train) & set(val)  # disjoint
     assert len(set(train)) == len(train) and len(set(val)) == len(val)  # no file drawn twice
     per_class = {c: sum(1 for _, k in train + val if k == c) for c in {k for _, k in train}}
-    sizes = {"n01440764": 16, "n01443537": 20, "n01484850": 24}
+    sizes = {"n01440764": 13, "n01443537": 17, "n01484850": 21}
     assert per_class == {c: round(0.5 * n) for c, n in sizes.items()}  # balanced: the same share per class
-    assert sum(1 for _, k in val if k == "n01440764") == 2  # a quarter of the 8 drawn
+    assert sum(1 for _, k in val if k == "n01440764") == 2  # a quarter of the 6.5 -> 6 drawn
     sample_imagenet(imagenet_tree, tmp_path / "b", fraction=0.5, val_share=0.25, seed=3, mode=mode)
     assert _listing(tmp_path / "b", "train") == train and _listing(tmp_path / "b", "val") == val
     sample_imagenet(imagenet_tree, tmp_path / "c", fraction=0.5, val_share=0.25, seed=4, mode=mode)
@@ -103,3 +105,18 @@ def test_trained_imagenet_bcnn_parameter_count():
     assert count_parameters(net) == 4_112_998  # stated in the README
     net.eval()
     assert net(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_imagenet_training_one_epoch(imagenet_tree, tmp_path, capsys):
+    out = tmp_path / "train"
+    args = ["train", "--genotype", "BNASv2_PC_image", "--dataset", "imagenet", "--data-dir", str(imagenet_tree)]
+    args += ["--image-size", "64", "--epochs", "1", "--batch-size", "8", "--init-channels", "8", "--layers", "2"]
+    args += ["--enhance-cells", "1", "--workers", "0", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    import json
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == {"train": 51, "test": 9}
+    assert 0.0 <= results["final_epoch"]["test_top1"] <= 1.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["label_smoothing"], cfg["weight_decay"]) == (0.1, 3e-5)  # SPEC §9 ImageNet recipe

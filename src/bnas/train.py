@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.folder import FolderLoader, imagenet_transform
+from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
 from .data.registry import DatasetSpec, get_dataset, load_split
+from .dist import NullRun, all_reduce_mean, broadcast_buffers, rank_world
 from .errors import CheckpointError, ConfigError
 from .genotype import Genotype, get_genotype
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
@@ -60,6 +63,8 @@ class TrainConfig:
     test_subset: int | None = None  # first N test images only (quick runs; results.json says how many)
     val_split: float = 0.0  # share of the training set held out for model selection (0 = none)
     synthetic_size: int = 512
+    image_size: int = 224  # input resolution of image-folder data sets (imagenet)
+    workers: int = 4  # decoding workers of image-folder data sets
     epochs: int = 600
     batch_size: int = 128
     init_channels: int = 48
@@ -197,9 +202,17 @@ class Trainer:
         if resume:  # the run's own genotype, even if the file it came from has changed since
             saved_genotype = RunDir(cfg.out).read_json("config.json").get("genotype_json")
         self.genotype = _genotype_of(cfg, saved_genotype)
-        self.model = network_for(cfg, self.genotype, self.spec)
+        self.rank, self.world = rank_world()
+        self._folders = None
+        if cfg.dataset == "imagenet":  # the tree decides the classes: a full ImageNet has 1000
+            self._folders = {split: read_image_folder(Path(cfg.data_dir) / split) for split in ("train", "val")}
+            if self._folders["train"][1] != self._folders["val"][1]:
+                raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val hold different classes")
+        n_classes = len(self._folders["train"][1]) if self._folders else None
+        self.model = network_for(cfg, self.genotype, self.spec, n_classes)
         self.parameters = count_parameters(self.model)
-        self.macs = count_macs(self.model, self.spec.in_channels, self.spec.size)
+        self.size = cfg.image_size if self._folders else self.spec.size
+        self.macs = count_macs(self.model, self.spec.in_channels, self.size)
         # auto = GPU only. On CPU channels-last is 1.3-2x faster, but torch 2.14's oneDNN corrupts the heap in the
         # backward of a 1x1 stride-2 convolution with <= 4 input channels (FactorizedReduce at C=4): opt in with "on".
         cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
@@ -220,8 +233,30 @@ class Trainer:
             self._load_data()
 
     # --- data
+    def _load_folders(self) -> None:
+        """ImageNet: decoding workers, SPEC §9 transforms, a disjoint shard per torchrun rank."""
+        cfg, (train, _), (val, _) = self.cfg, self._folders["train"], self._folders["val"]
+        if cfg.subset is not None:
+            train = train[: cfg.subset]
+        if cfg.test_subset is not None:
+            val = val[: cfg.test_subset]
+        kw = dict(device=self.device, workers=cfg.workers, rank=self.rank, world=self.world,
+                  channels_last=self.channels_last)  # fmt: skip
+        self.loaders["train"] = FolderLoader(
+            train, imagenet_transform(cfg.image_size, train=True), cfg.batch_size, seed=cfg.seed, **kw
+        )
+        self.loaders["test"] = FolderLoader(
+            val, imagenet_transform(cfg.image_size, train=False), cfg.eval_batch_size, shuffle=False,
+            drop_last=False, **kw,
+        )  # fmt: skip
+        if len(self.loaders["train"]) == 0:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images")
+        self.sizes = {"train": len(train), "test": len(val)}
+
     def _load_data(self) -> None:
         cfg, spec = self.cfg, self.spec
+        if self._folders is not None:
+            return self._load_folders()
         kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download)
         train = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
         test = load_split(cfg.dataset, cfg.data_dir, train=False, subset=cfg.test_subset, **kw)
@@ -244,13 +279,15 @@ class Trainer:
         self.sizes = {"train": images.shape[0], **{k: v[0].shape[0] for k, v in splits.items()}}
         aug = dataclasses.replace(spec.train_augment, cutout=cfg.cutout)
         dev, cl = self.device, self.channels_last
+        shard = dict(rank=self.rank, world=self.world)  # torchrun: every rank a disjoint shard of each pass
         self.loaders["train"] = TensorLoader(
-            images.to(dev), labels.to(dev), cfg.batch_size, aug, drop_last=True, seed=cfg.seed, channels_last=cl
-        )
+            images.to(dev), labels.to(dev), cfg.batch_size, aug, drop_last=True, seed=cfg.seed, channels_last=cl,
+            **shard,
+        )  # fmt: skip
         for name, (x, y) in splits.items():
             self.loaders[name] = TensorLoader(
                 x.to(dev), y.to(dev), cfg.eval_batch_size, spec.eval_augment, train=False, shuffle=False,
-                channels_last=cl,
+                channels_last=cl, **shard,
             )  # fmt: skip
 
     # --- state
@@ -294,6 +331,11 @@ class Trainer:
 
     def open_run(self) -> RunDir:
         cfg = self.cfg
+        if self.rank != 0:  # under torchrun only rank 0 writes
+            if self._resume:
+                self.load_state_dict(RunDir(cfg.out).load_checkpoint("train", cfg.to_json()))
+            self.run = NullRun()
+            return self.run
         if self._resume:
             self.run = RunDir(cfg.out)
             state = self.run.load_checkpoint("train", cfg.to_json())
@@ -337,6 +379,7 @@ class Trainer:
                 aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=cfg.label_smoothing)
                 loss = loss + cfg.auxiliary_weight * aux_loss
             loss.backward()
+            all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None])  # torchrun: average shards
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.optimizer.step()
@@ -371,6 +414,7 @@ class Trainer:
             t0 = time.perf_counter()
             with reporter.epoch(epoch, cfg.epochs, len(self.loaders["train"])) as progress:
                 stats = self.train_epoch(epoch, progress)
+            broadcast_buffers(self.model)  # every rank keeps rank 0's BatchNorm statistics, as DDP does
             if "val" in self.loaders:
                 val = self.evaluate("val")
                 stats.update(valid_loss=val["loss"], valid_acc=val["top1"], valid_top5=val["top5"])
@@ -454,8 +498,11 @@ def evaluate(model: nn.Module, loader, autocast=None) -> dict[str, float]:
         top5 += accuracy(logits, y, 5) * y.shape[0]
         n += y.shape[0]
     model.train(was_training)
-    n = max(n, 1)
-    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "images": int(n)}
+    totals = torch.tensor([loss, top1, top5, n], dtype=torch.float64)
+    all_reduce_mean([totals])  # torchrun: each rank evaluated its shard; ratios are unaffected by the mean
+    loss, top1, top5, n = totals.tolist()
+    n = max(n, 1e-12)
+    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "images": round(n * rank_world()[1])}
 
 
 def print_results(results: dict[str, Any], print_fn=print) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 _HELP = {
+    "image_size": "input resolution of image-folder data sets (imagenet)",
+    "workers": "image decoding workers (imagenet)",
     "genotype": "bundled genotype name (bnas genotype list) or a genotype.json / search run directory",
     "dataset": "data set to train and test on",
     "data_dir": "directory holding the data set files",
@@ -90,6 +92,20 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
+    from ..dist import init_from_env
+
+    rank, _ = init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
+    if rank != 0:  # only rank 0 prints; every rank trains its shard
+        with contextlib.redirect_stdout(io.StringIO()):
+            args.quiet = True
+            return _cmd_train(args)
+    return _cmd_train(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from ..progress import Reporter
     from ..train import TrainConfig, Trainer, resume_config
 
@@ -110,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"{cfg.genotype} ({g.space}) on {cfg.dataset}: {trainer.parameters} parameters, "
         f"{trainer.macs} multiply-accumulates per image "
-        f"({trainer.spec.in_channels}x{trainer.spec.size}x{trainer.spec.size} input, C={cfg.init_channels}, "
+        f"({trainer.spec.in_channels}x{trainer.size}x{trainer.size} input, C={cfg.init_channels}, "
         f"{cfg.layers} cells" + (f", E={cfg.enhance_cells}" if g.space == "bcnn" else "") + ")"
     )
     if args.dry_run:

@@ -86,6 +86,14 @@ DATASETS: dict[str, DatasetSpec] = {
 }  # fmt: skip
 
 
+def _folder_only(root: Path, train: bool) -> ArrayData:
+    raise DataError("imagenet is read as image folders by the training loop, not as arrays")
+
+
+# ImageNet-style trees (root/train/CLASS/*.JPEG, root/val/CLASS/*.JPEG); the class count comes from the tree
+DATASETS["imagenet"] = DatasetSpec("imagenet", 1000, 3, 224, _folder_only, Augment(), Augment())
+
+
 def get_dataset(name: str) -> DatasetSpec:
     if name not in DATASETS:
         close = difflib.get_close_matches(name, list(DATASETS), n=2)
