@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from . import fastops
 from .ops import PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, channel_shuffle, drop_path, make_op
 
 # `none` contributes zeros: mixed edges never build or run it and simply ignore its weight.
@@ -60,6 +61,8 @@ class Cell(nn.Module):
 
     The same class hosts search edges (called with per-edge op weights and optional per-edge
     normalisation weights) and fixed edges (one operation each, with drop-path in training).
+    `fast=True` lets a training search cell run `fastops.cell_forward`: the same mathematics computed
+    per source state instead of per edge (same modules and parameters; evaluation runs the plain one).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class Cell(nn.Module):
         reduction_prev: bool,
         affine: bool,
         concat: Sequence[int] | None = None,
+        fast: bool = False,
     ):
         super().__init__()
         self.reduction = reduction
@@ -88,6 +92,12 @@ class Cell(nn.Module):
             make_edge(i, c, 2 if reduction and src < 2 else 1) for i, (_, src) in enumerate(self.edge_list)
         )
         self._by_node = [[i for i, (n, _) in enumerate(self.edge_list) if n == node] for node in range(self.steps)]
+        # (edge index, node) of the edges leaving each state: the fast path computes them together
+        self.out_edges = [
+            [(i, n) for i, (n, s) in enumerate(self.edge_list) if s == src] for src in range(self.steps + 2)
+        ]
+        kinds = {type(e) for e in self.edges}
+        self.fast = fast and fastops.supported() and len(kinds) == 1 and kinds <= {MixedEdge, PartialEdge}
 
     def forward(
         self,
@@ -97,6 +107,8 @@ class Cell(nn.Module):
         edge_weights: torch.Tensor | None = None,
         drop_prob: float = 0.0,
     ) -> torch.Tensor:
+        if self.fast and op_weights is not None and self.training and drop_prob == 0.0:
+            return fastops.cell_forward(self, s0, s1, op_weights, edge_weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         drop = drop_prob > 0.0 and self.training
         for node_edges in self._by_node:

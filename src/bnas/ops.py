@@ -76,12 +76,23 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+        return self.reduce(self.relu(x))
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the ReLU (the fast search path shares one ReLU between several edges)."""
         shifted = x[:, :, 1:, 1:]
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             # odd maps (e.g. 7x7 on ImageNet): pad the shifted half so both halves have the same size
             shifted = nn.functional.pad(shifted, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        if x.device.type == "cpu" and x.shape[1] <= 4:
+            # oneDNN's 1x1 weight gradient (torch 2.x, AVX2) writes out of bounds for stride-2 convolutions
+            # with at most 4 input channels in channels-last: such tiny ones are a matrix product instead
+            return self.bn(torch.cat([_conv1x1_s2(self.conv_1, x), _conv1x1_s2(self.conv_2, shifted)], dim=1))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+def _conv1x1_s2(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nchw,oc->nohw", x[:, :, ::2, ::2], conv.weight[:, :, 0, 0])
 
 
 def _pool(kind: str, c: int, stride: int, affine: bool, bn: bool) -> nn.Module:

@@ -33,6 +33,7 @@ class SpaceConfig:
     partial_k: int = 1  # K; 1 = full edges
     edge_norm: bool = False
     steps: int = 4
+    fast: bool = True  # per-source-state cell forward (fastops): same mathematics, less work; False = plain
 
 
 def _check_space(space: str) -> None:
@@ -57,7 +58,7 @@ class SuperNet(nn.Module):
             return PartialEdge(c, stride, cfg.partial_k) if cfg.partial_k > 1 else MixedEdge(c, stride)
 
         def make_cell(kind: str, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> Cell:
-            return Cell(edges, make_edge, c_pp, c_p, c, reduction, reduction_prev, affine=False)
+            return Cell(edges, make_edge, c_pp, c_p, c, reduction, reduction_prev, affine=False, fast=cfg.fast)
 
         if cfg.space == "bcnn":
             shape = BroadShape(cfg.channels, cfg.num_classes, cfg.in_channels, cfg.blocks, 0, cfg.enhance, cfg.stem)

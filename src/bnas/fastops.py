@@ -1,0 +1,237 @@
+"""The fast forward of a search cell: the same mathematics as `Cell.forward` with less work (issue 7).
+
+Every edge leaving a state sees the same input, so per source state this computes once what the plain
+path computes once per edge: the leading ReLU that every parametric operation (and FactorizedReduce)
+starts with, both pools followed by their affine-free BatchNorm (batch statistics of one input are one
+set of statistics), the identity skip, and for partial-channel edges the channel split and the bypass of
+the channels that skip the mixture. Dilated depthwise convolutions run as undilated ones on polyphase
+sub-images, where ATen's CPU kernels differentiate them many times faster. A node's partial-channel edges
+are summed before their concatenation and channel shuffle, which are linear: one shuffle per node.
+
+The modules and their parameters are the plain path's (same parameter count, same state dict); the fast
+forward only reads them, so `functional_call` (second-order search) and checkpoints work unchanged.
+Nothing here changes the result beyond floating-point summation order; tests/test_fast.py checks alpha,
+beta and weight gradients against the plain path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import native
+from .ops import PRIMITIVES, DilConv, Identity, SepConv, channel_shuffle
+
+# positions in PRIMITIVES (the alpha columns) of the operations a mixed edge builds, in its `ops` order
+_MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (PRIMITIVES.index(n) for n in PRIMITIVES[1:])
+_EXPECTED = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5")
+_EXPECTED += ("dil_conv_3x3", "dil_conv_5x5")
+
+
+def supported() -> bool:
+    """The fast forward knows the operation set of SPEC §2 in this order, and nothing else."""
+    return tuple(PRIMITIVES) == _EXPECTED
+
+
+# --- depthwise convolutions: dilation 2 as undilated convolutions on polyphase sub-images
+
+
+def _space_to_batch(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (4N, C, H/2, W/2): the four pixel phases as separate images (memory format kept)."""
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        t = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5)
+        return t.reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * n, c, h // 2, w // 2)
+
+
+def _batch_to_space(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of `_space_to_batch`."""
+    n4, c, h, w = y.shape
+    n = n4 // 4
+    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        t = y.permute(0, 2, 3, 1).reshape(2, 2, n, h, w, c).permute(2, 3, 0, 4, 1, 5)
+        return t.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    return y.reshape(2, 2, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, 2 * h, 2 * w)
+
+
+class _Phases:
+    """Per source state: its sub-sampled (stride 2) or space-to-batch (stride 1) form, built at most once."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._even: torch.Tensor | None = None
+        self._s2b: torch.Tensor | None = None
+
+    def even(self) -> torch.Tensor:
+        if self._even is None:
+            fmt = torch.channels_last if _is_cl(self.x) else torch.contiguous_format
+            self._even = self.x[:, :, ::2, ::2].contiguous(memory_format=fmt)
+        return self._even
+
+    def s2b(self) -> torch.Tensor:
+        if self._s2b is None:
+            self._s2b = _space_to_batch(self.x)
+        return self._s2b
+
+
+def _is_cl(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """An undilated depthwise convolution whose weight gradient comes from `native` (ATen's is slow on CPU).
+
+    The weight enters as a view so that backward can ask the engine whether its gradient is wanted at all:
+    the first-order architecture step (`autograd.grad(loss, alphas)`) then skips it. Under create_graph
+    (exact second order, Hessians) backward uses ATen's differentiable convolution_backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, w.grad_fn)
+        return F.conv2d(x, w, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w = ctx.saved_tensors
+        stride, padding, w_node = ctx.conf
+        need_x = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[1] and (w_node is None or torch._C._will_engine_execute_node(w_node))
+        args = (g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], x.shape[1])
+        if torch.is_grad_enabled():
+            gx, gw, _ = torch.ops.aten.convolution_backward(*args, [need_x, need_w, False])
+            return gx, gw, None, None
+        gx = torch.ops.aten.convolution_backward(*args, [True, False, False])[0] if need_x else None
+        gw = native.dw_weight_grad(x, g, w.shape[-1], stride, 1, padding) if need_w else None
+        if need_w and gw is None:
+            gw = torch.ops.aten.convolution_backward(*args, [False, True, False])[1]
+        return gx, gw, None, None
+
+
+def _dw_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """Undilated depthwise convolution; 5x5 kernels on the CPU take the native weight gradient."""
+    if w.shape[-1] > 3 and x.device.type == "cpu" and x.dtype == torch.float32 and native.library() is not None:
+        return _DepthwiseConv.apply(x, w.view_as(w) if w.requires_grad else w, stride, padding)
+    return F.conv2d(x, w, None, stride, padding, 1, x.shape[1])
+
+
+def depthwise(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None = None) -> torch.Tensor:
+    """`conv(x)` for a bias-free depthwise convolution, with "same" dilation-2 kernels run undilated.
+
+    Stride 2: the dilated taps only ever touch even pixels, so it is an undilated convolution of the even
+    sub-image. Stride 1: each output phase sees only its input phase, so it is an undilated convolution of
+    the four phases stacked in the batch. Both are exact; other shapes use the convolution as it is.
+    """
+    (k, _), (s, _), (p, _), (d, _) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    w = conv.weight
+    if d == 2 and p == k - 1 and conv.groups == x.shape[1]:
+        ph = phases if phases is not None else _Phases(x)
+        if s == 2:
+            return _dw_conv(ph.even(), w, 1, p // 2)
+        if s == 1 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            return _batch_to_space(_dw_conv(ph.s2b(), w, 1, p // 2))
+    if d == 1 and conv.groups == x.shape[1] and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1]:
+        return _dw_conv(x, w, s, p)
+    return F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+# --- operations that start from a shared ReLU
+
+
+def _dil_conv(op: DilConv, r: torch.Tensor, phases: _Phases | None) -> torch.Tensor:
+    """DilConv without its leading ReLU (r is already rectified): depthwise, pointwise, BatchNorm."""
+    _, dw, pw, bn = op
+    return bn(pw(depthwise(dw, r, phases)))
+
+
+def _sep_conv(op: SepConv, r: torch.Tensor, phases: _Phases | None) -> torch.Tensor:
+    first, second = op
+    return _dil_conv(second, torch.relu(_dil_conv(first, r, phases)), None)
+
+
+def _shared_bn(bns: Sequence[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
+    """One affine-free BatchNorm for several edges that normalise the same tensor.
+
+    The first module normalises (and updates its running statistics); the others receive the same
+    running statistics they would have computed themselves (their inputs, hence updates, are equal).
+    """
+    y = bns[0](x)
+    if bns[0].training and bns[0].track_running_stats:
+        with torch.no_grad():
+            for bn in bns[1:]:
+                bn.running_mean.copy_(bns[0].running_mean)
+                bn.running_var.copy_(bns[0].running_var)
+                bn.num_batches_tracked.copy_(bns[0].num_batches_tracked)
+    return y
+
+
+def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor, stride: int) -> list:
+    """The outputs of the full mixed edges (`MixedEdge`) leaving one state x; weights: (edges, ops)."""
+    ops = [e.ops for e in edges]
+    r = torch.relu(x)
+    phases = _Phases(r)
+    max_pool = _shared_bn([o[0][1] for o in ops], ops[0][0][0](x))
+    avg_pool = _shared_bn([o[1][1] for o in ops], ops[0][1][0](x))
+    outs = []
+    for o, w in zip(ops, weights, strict=True):
+        skip = x if isinstance(o[2], Identity) else o[2].reduce(r)
+        out = w[_MAX] * max_pool
+        out = torch.addcmul(out, w[_AVG], avg_pool)
+        out = torch.addcmul(out, w[_SKIP], skip)
+        out = torch.addcmul(out, w[_SEP3], _sep_conv(o[3], r, phases))
+        out = torch.addcmul(out, w[_SEP5], _sep_conv(o[4], r, phases))
+        out = torch.addcmul(out, w[_DIL3], _dil_conv(o[5], r, phases))
+        out = torch.addcmul(out, w[_DIL5], _dil_conv(o[6], r, phases))
+        outs.append(out)
+    return outs
+
+
+def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights, edge_weights) -> torch.Tensor:
+    """`Cell.forward` for a search cell, state by state: all edges leaving a state are computed together.
+
+    A node is complete once the edges from every earlier state have been added, in the plain path's order.
+    Partial-channel edges (PC) add the mixed parts and the bypassed parts of a node separately (times the
+    edge-normalisation weights) and concatenate and shuffle once per node.
+    """
+    from .cells import PartialEdge  # cells imports this module
+
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    steps = cell.steps
+    partial = isinstance(cell.edges[0], PartialEdge)
+    acc: list = [None] * steps
+    rest_acc: list = [None] * steps
+    for src in range(steps + 2):
+        if src >= 2:
+            node = src - 2
+            states.append(_finish(acc[node], rest_acc[node], cell.edges[0]) if partial else acc[node])
+        out_edges = cell.out_edges[src]
+        if not out_edges:
+            continue
+        x = states[src]
+        stride = 2 if cell.reduction and src < 2 else 1
+        mods = [cell.edges[i] for i, _ in out_edges]
+        idx = [i for i, _ in out_edges]
+        if partial:
+            part, rest = x[:, : mods[0].c_part], x[:, mods[0].c_part :]
+            if mods[0].bypass is not None:
+                rest = mods[0].bypass(rest)
+            hs = mixed_outputs([m.mixed for m in mods], part, op_weights[idx], stride)
+        else:
+            hs = mixed_outputs(mods, x, op_weights[idx], stride)
+        for (i, node), h in zip(out_edges, hs, strict=True):
+            if edge_weights is not None:
+                h = h * edge_weights[i]
+            acc[node] = h if acc[node] is None else acc[node] + h
+            if partial:
+                r = rest if edge_weights is None else rest * edge_weights[i]
+                rest_acc[node] = r if rest_acc[node] is None else rest_acc[node] + r
+    return torch.cat([states[i] for i in cell.concat], dim=1)
+
+
+def _finish(mixed: torch.Tensor, rest: torch.Tensor, edge: nn.Module) -> torch.Tensor:
+    return channel_shuffle(torch.cat([mixed, rest], dim=1), edge.k)

@@ -1,0 +1,135 @@
+"""The fast search path computes the plain path's mathematics: same loss, alpha/beta and weight gradients."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnas import native
+from bnas.fastops import depthwise
+from bnas.search import Architect, SearchConfig
+from bnas.space import SpaceConfig, SuperNet
+
+CL = torch.channels_last
+
+
+def _pair(space: str, k: int, dtype=torch.float32, cl: bool = False, channels: int = 8):
+    """A plain and a fast supernet with the same weights and (non-uniform) architecture parameters."""
+    cfg = SpaceConfig(space=space, channels=channels, layers=5, partial_k=k, edge_norm=k > 1, fast=False)
+    torch.manual_seed(0)
+    plain = SuperNet(cfg).to(dtype)
+    with torch.no_grad():
+        for a in plain.arch_parameters():
+            a.normal_()
+    fast = SuperNet(dataclasses.replace(cfg, fast=True)).to(dtype)
+    fast.load_state_dict(plain.state_dict())
+    if cl:
+        fast = fast.to(memory_format=CL)
+    return plain, fast
+
+
+def _grads(model: SuperNet, x: torch.Tensor, y: torch.Tensor):
+    loss = F.cross_entropy(model(x), y)
+    names = [n for n, _ in model.named_parameters()]
+    return loss, dict(zip(names, torch.autograd.grad(loss, list(model.parameters())), strict=True))
+
+
+def _close(a: dict, b: dict, rtol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        scale = a[name].abs().max().clamp_min(1e-12)
+        err = (a[name] - b[name]).abs().max() / scale
+        assert err < rtol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("space", ["bcnn", "darts"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_fast_equals_plain_in_float64(space, k):
+    """Structural equality: in float64 the two paths agree to rounding (the fast one only regroups sums)."""
+    plain, fast = _pair(space, k, torch.float64)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(2)
+    loss_p, g_p = _grads(plain, x, y)
+    loss_f, g_f = _grads(fast, x, y)
+    assert torch.allclose(loss_p, loss_f, rtol=1e-12)
+    _close(g_p, g_f, 1e-8)
+    # the shared pool BatchNorms leave every edge's running statistics as the plain path does
+    for (name, b_p), b_f in zip(plain.named_buffers(), fast.buffers(), strict=True):
+        assert torch.allclose(b_p.double(), b_f.double(), rtol=1e-12, atol=1e-12), name
+
+
+@pytest.mark.parametrize(("space", "k", "cl"), [("bcnn", 1, True), ("bcnn", 4, True), ("darts", 1, False)])
+def test_fast_equals_plain_at_fp32(space, k, cl):
+    """At fp32 with the default switches (channels-last, native depthwise gradients): alpha, beta and weight
+    gradients agree to fp32 tolerance."""
+    plain, fast = _pair(space, k, torch.float32, cl)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # BatchNorm over >= 16 values
+    y = torch.arange(4)
+    loss_p, g_p = _grads(plain, x, y)
+    loss_f, g_f = _grads(fast, x.contiguous(memory_format=CL) if cl else x, y)
+    assert torch.allclose(loss_p, loss_f, rtol=1e-5)
+    arch = {n: g for n, g in g_p.items() if n.startswith("arch.")}
+    assert arch and all(g.abs().sum() > 0 for g in arch.values())
+    _close(arch, {n: g_f[n] for n in arch}, 1e-4)
+    _close(g_p, g_f, 1e-3)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_architect_gradients_fast_equal_plain(order):
+    """The architecture step's gradients (first order; second order with exact Hessian-vector products,
+    which differentiates through the fast path's custom backward) are the same on both paths."""
+    cfg = SearchConfig.resolve("pc", order=order, hvp="exact", init_channels=8, batch_size=2)
+    plain, fast = _pair("bcnn", 4, torch.float32, cl=True)
+    gen = torch.Generator().manual_seed(2)
+    xt, xv = torch.randn(2, 3, 8, 8, generator=gen), torch.randn(2, 3, 8, 8, generator=gen)
+    yt, yv = torch.arange(2), torch.arange(2, 4)
+    out = []
+    for model in (plain, fast):
+        w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9)
+        grads, _ = Architect(model, cfg, w_opt).gradients(xt, yt, xv, yv, eta=0.1)
+        out.append({str(i): g for i, g in enumerate(grads)})
+    _close(out[0], out[1], 1e-3)
+
+
+def test_eval_mode_uses_running_statistics_like_plain():
+    plain, fast = _pair("bcnn", 1)
+    x = torch.randn(2, 3, 8, 8)
+    plain(x), fast(x)  # one training forward updates the running statistics on both paths
+    plain.eval(), fast.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(x), fast(x), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_keeps_parameters_and_state_dict():
+    plain, fast = _pair("bcnn", 1)
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert all(cell.fast for cell in fast.modules() if hasattr(cell, "out_edges"))
+    assert not any(cell.fast for cell in plain.modules() if hasattr(cell, "out_edges"))
+
+
+@pytest.mark.parametrize(("k", "stride", "size"), [(3, 1, 8), (5, 1, 8), (3, 2, 8), (5, 2, 7), (5, 1, 7)])
+def test_dilated_depthwise_as_undilated(k, stride, size):
+    """Dilation-2 depthwise convolutions run undilated on polyphase sub-images: same values and gradients."""
+    conv = torch.nn.Conv2d(6, 6, k, stride, k - 1, dilation=2, groups=6, bias=False).double()
+    for fmt in (torch.contiguous_format, CL):
+        x = torch.randn(3, 6, size, size, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+        ref = conv(x)
+        out = depthwise(conv, x)
+        assert out.shape == ref.shape and torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(ref)
+        assert torch.allclose(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=1e-12)
+
+
+@pytest.mark.skipif(native.library() is None, reason="no C compiler: the ATen fallback is used")
+@pytest.mark.parametrize(("k", "s", "d", "size"), [(5, 1, 1, 8), (5, 2, 1, 9), (3, 1, 2, 6), (5, 2, 1, 4)])
+def test_native_depthwise_weight_gradient(k, s, d, size):
+    c, p = 5, d * (k - 1) // 2
+    x = torch.randn(3, c, size, size).contiguous(memory_format=CL)
+    w = torch.randn(c, 1, k, k)
+    g = torch.randn_like(F.conv2d(x, w, None, s, p, d, c))
+    mask = [False, True, False]
+    ref = torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [d, d], False, [0, 0], c, mask)[1]
+    out = native.dw_weight_grad(x, g, k, s, d, p)
+    assert out.shape == ref.shape and torch.allclose(out, ref, rtol=1e-4, atol=1e-4)
