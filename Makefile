@@ -27,7 +27,7 @@ lint: venv
 	$(BIN)/ruff format --check src tests
 
 test: venv data lint
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
