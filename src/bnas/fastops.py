@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from . import fastfn
 from .ops import PRIMITIVES, DilConv, Identity, SepConv, channel_shuffle
 
 # positions in PRIMITIVES (the alpha columns) of the operations a mixed edge builds, in its `ops` order
@@ -82,76 +82,61 @@ def _is_cl(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-class _DepthwiseConv(torch.autograd.Function):
-    """An undilated depthwise convolution whose weight gradient comes from `native` (ATen's is slow on CPU).
-
-    The weight enters as a view so that backward can ask the engine whether its gradient is wanted at all:
-    the first-order architecture step (`autograd.grad(loss, alphas)`) then skips it. Under create_graph
-    (exact second order, Hessians) backward uses ATen's differentiable convolution_backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.conf = (stride, padding, w.grad_fn)
-        return F.conv2d(x, w, None, stride, padding, 1, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        x, w = ctx.saved_tensors
-        stride, padding, w_node = ctx.conf
-        need_x = ctx.needs_input_grad[0]
-        need_w = ctx.needs_input_grad[1] and (w_node is None or torch._C._will_engine_execute_node(w_node))
-        args = (g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], x.shape[1])
-        if torch.is_grad_enabled():
-            gx, gw, _ = torch.ops.aten.convolution_backward(*args, [need_x, need_w, False])
-            return gx, gw, None, None
-        gx = torch.ops.aten.convolution_backward(*args, [True, False, False])[0] if need_x else None
-        gw = native.dw_weight_grad(x, g, w.shape[-1], stride, 1, padding) if need_w else None
-        if need_w and gw is None:
-            gw = torch.ops.aten.convolution_backward(*args, [False, True, False])[1]
-        return gx, gw, None, None
-
-
-def _dw_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-    """Undilated depthwise convolution; 5x5 kernels on the CPU take the native weight gradient."""
-    if w.shape[-1] > 3 and x.device.type == "cpu" and x.dtype == torch.float32 and native.library() is not None:
-        return _DepthwiseConv.apply(x, w.view_as(w) if w.requires_grad else w, stride, padding)
-    return F.conv2d(x, w, None, stride, padding, 1, x.shape[1])
-
-
-def depthwise(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None = None) -> torch.Tensor:
-    """`conv(x)` for a bias-free depthwise convolution, with "same" dilation-2 kernels run undilated.
+def _dw_plan(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None):
+    """(input, stride, padding, phases stacked in the batch) of an undilated equivalent of `conv(x)`, or None.
 
     Stride 2: the dilated taps only ever touch even pixels, so it is an undilated convolution of the even
     sub-image. Stride 1: each output phase sees only its input phase, so it is an undilated convolution of
-    the four phases stacked in the batch. Both are exact; other shapes use the convolution as it is.
+    the four phases stacked in the batch. Both are exact; other shapes keep the dilated convolution.
     """
-    (k, _), (s, _), (p, _), (d, _) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    w = conv.weight
-    if d == 2 and p == k - 1 and conv.groups == x.shape[1]:
+    (k, k2), (s, s2), (p, p2), (d, d2) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if conv.groups != x.shape[1] or k != k2 or s != s2 or p != p2 or d != d2:
+        return None
+    if d == 1:
+        return x, s, p, False
+    if d == 2 and p == k - 1:
         ph = phases if phases is not None else _Phases(x)
         if s == 2:
-            return _dw_conv(ph.even(), w, 1, p // 2)
+            return ph.even(), 1, p // 2, False
         if s == 1 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
-            return _batch_to_space(_dw_conv(ph.s2b(), w, 1, p // 2))
-    if d == 1 and conv.groups == x.shape[1] and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1]:
-        return _dw_conv(x, w, s, p)
-    return F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+            return ph.s2b(), 1, p // 2, True
+    return None
 
 
-# --- operations that start from a shared ReLU
+def depthwise(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None = None) -> torch.Tensor:
+    """`conv(x)` for a bias-free depthwise convolution, with "same" dilation-2 kernels run undilated."""
+    plan = _dw_plan(conv, x, phases)
+    if plan is None:
+        return conv(x)
+    inp, s, p, stacked = plan
+    y = F.conv2d(inp, conv.weight, None, s, p, 1, conv.groups)
+    return _batch_to_space(y) if stacked else y
 
 
-def _dil_conv(op: DilConv, r: torch.Tensor, phases: _Phases | None) -> torch.Tensor:
-    """DilConv without its leading ReLU (r is already rectified): depthwise, pointwise, BatchNorm."""
+def _dw_pw(dw: nn.Conv2d, pw: nn.Conv2d, r: torch.Tensor, phases: _Phases | None) -> torch.Tensor:
+    """pw(dw(r)) through `fastfn.dw_pw` (saves only its input); the pointwise convolution commutes with the
+    phase stacking, so stacked phases are unstacked once at the end."""
+    plan = _dw_plan(dw, r, phases)
+    if plan is None:
+        return pw(dw(r))
+    inp, s, p, stacked = plan
+    y = fastfn.dw_pw(inp, dw, pw, s, p)
+    return _batch_to_space(y) if stacked else y
+
+
+# --- operations that start from a shared ReLU; `*_pre` stop before the final BatchNorm
+
+
+def _dil_pre(op: DilConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torch.Tensor, nn.BatchNorm2d]:
+    """DilConv without its leading ReLU (r is already rectified) and without its BatchNorm (returned)."""
     _, dw, pw, bn = op
-    return bn(pw(depthwise(dw, r, phases)))
+    return _dw_pw(dw, pw, r, phases), bn
 
 
-def _sep_conv(op: SepConv, r: torch.Tensor, phases: _Phases | None) -> torch.Tensor:
+def _sep_pre(op: SepConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torch.Tensor, nn.BatchNorm2d]:
     first, second = op
-    return _dil_conv(second, torch.relu(_dil_conv(first, r, phases)), None)
+    z, bn = _dil_pre(first, r, phases)
+    return _dil_pre(second, torch.relu(bn(z)), None)
 
 
 def _shared_bn(bns: Sequence[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
@@ -170,23 +155,62 @@ def _shared_bn(bns: Sequence[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+# mix_bn order: the pools, the four convolutions, then the skip (identity or FactorizedReduce)
+_COLUMNS = (_MAX, _AVG, _SEP3, _SEP5, _DIL3, _DIL5, _SKIP)
+
+
+def _fused(x: torch.Tensor, bn: nn.Module) -> bool:
+    """`fastfn.mix_bn` runs in full precision only (under autocast the plain BatchNorms keep their own)."""
+    return x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled() and fastfn.fusable_bn(bn)
+
+
 def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor, stride: int) -> list:
     """The outputs of the full mixed edges (`MixedEdge`) leaving one state x; weights: (edges, ops)."""
     ops = [e.ops for e in edges]
     r = torch.relu(x)
     phases = _Phases(r)
-    max_pool = _shared_bn([o[0][1] for o in ops], ops[0][0][0](x))
-    avg_pool = _shared_bn([o[1][1] for o in ops], ops[0][1][0](x))
+    max_pre, avg_pre = ops[0][0][0](x), ops[0][1][0](x)
+    if not _fused(x, ops[0][0][1]):
+        return _mixed_unfused(ops, x, r, phases, max_pre, avg_pre, weights)
+    pools = [max_pre, avg_pre]
+    pool_stats = [
+        fastfn.batch_stats(max_pre, [o[0][1] for o in ops]),
+        fastfn.batch_stats(avg_pre, [o[1][1] for o in ops]),
+    ]
+    identity = isinstance(ops[0][2], Identity)
+    columns = torch.tensor(_COLUMNS, device=weights.device)
+    outs = []
+    for o, w in zip(ops, weights, strict=True):
+        pre = [_sep_pre(o[3], r, phases), _sep_pre(o[4], r, phases), _dil_pre(o[5], r, phases)]
+        pre.append(_dil_pre(o[6], r, phases))
+        if not identity:
+            pre.append((o[2].reduce_convs(r), o[2].bn))
+        zs = pools + [z for z, _ in pre]
+        stats = pool_stats + [fastfn.batch_stats(z, [bn]) for z, bn in pre]
+        outs.append(fastfn.mix_bn(w[columns], zs, stats, x if identity else None))
+    return outs
+
+
+def _mixed_unfused(ops, x, r, phases, max_pre, avg_pre, weights) -> list:
+    max_pool = _shared_bn([o[0][1] for o in ops], max_pre)
+    avg_pool = _shared_bn([o[1][1] for o in ops], avg_pre)
     outs = []
     for o, w in zip(ops, weights, strict=True):
         skip = x if isinstance(o[2], Identity) else o[2].reduce(r)
         out = w[_MAX] * max_pool
         out = torch.addcmul(out, w[_AVG], avg_pool)
         out = torch.addcmul(out, w[_SKIP], skip)
-        out = torch.addcmul(out, w[_SEP3], _sep_conv(o[3], r, phases))
-        out = torch.addcmul(out, w[_SEP5], _sep_conv(o[4], r, phases))
-        out = torch.addcmul(out, w[_DIL3], _dil_conv(o[5], r, phases))
-        out = torch.addcmul(out, w[_DIL5], _dil_conv(o[6], r, phases))
+        for col, (z, bn) in zip(
+            (_SEP3, _SEP5, _DIL3, _DIL5),
+            (
+                _sep_pre(o[3], r, phases),
+                _sep_pre(o[4], r, phases),
+                _dil_pre(o[5], r, phases),
+                _dil_pre(o[6], r, phases),
+            ),
+            strict=True,
+        ):
+            out = torch.addcmul(out, w[col], bn(z))
         outs.append(out)
     return outs
 

@@ -80,6 +80,10 @@ class FactorizedReduce(nn.Module):
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the ReLU (the fast search path shares one ReLU between several edges)."""
+        return self.bn(self.reduce_convs(x))
+
+    def reduce_convs(self, x: torch.Tensor) -> torch.Tensor:
+        """The two convolutions after the ReLU, concatenated (the input of the BatchNorm)."""
         shifted = x[:, :, 1:, 1:]
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             # odd maps (e.g. 7x7 on ImageNet): pad the shifted half so both halves have the same size
@@ -87,8 +91,8 @@ class FactorizedReduce(nn.Module):
         if x.device.type == "cpu" and x.shape[1] <= 4:
             # oneDNN's 1x1 weight gradient (torch 2.x, AVX2) writes out of bounds for stride-2 convolutions
             # with at most 4 input channels in channels-last: such tiny ones are a matrix product instead
-            return self.bn(torch.cat([_conv1x1_s2(self.conv_1, x), _conv1x1_s2(self.conv_2, shifted)], dim=1))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+            return torch.cat([_conv1x1_s2(self.conv_1, x), _conv1x1_s2(self.conv_2, shifted)], dim=1)
+        return torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
 
 
 def _conv1x1_s2(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,274 @@
+"""Throughput and memory of a search step and of a training step, behind `bnas bench` (issue 7).
+
+A search step is what `Searcher.train_epoch` does per batch: one architecture step on a validation batch
+(first or second order, through the same `Architect`) and one weight step on a training batch, on random
+CIFAR-shaped data with the SPEC §7 configuration of the chosen method. A training step is one SGD step of
+the trained network of a genotype (SPEC §8-9). Steps are timed after a warm-up; `images_per_s` is the
+images a step consumes over the median step time: 2 x batch for a search step (a training and a validation
+batch; a CIFAR-10 search epoch is 25,000 of each, so it takes 50,000 / images_per_s seconds), the batch
+for a training step.
+Peak memory is the process's peak resident set on the CPU (so run one configuration per process, as the
+CLI does) and the peak allocated memory on a GPU. `cpu_s` (process CPU time per step) is recorded too:
+on a machine shared with other jobs it moves less than the wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .genotype import get_genotype
+from .search import Architect, SearchConfig, autocast_factory, pick_device, upcast
+from .space import SuperNet, build_network, count_parameters
+
+# SPEC §8: the trained networks of each space (CIFAR); DARTS' evaluation network for darts genotypes
+TRAIN_SHAPES = {"bcnn": dict(channels=48, layers=6, enhance=2), "darts": dict(channels=36, layers=20, enhance=0)}
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark configuration; the switches default to the fast ones."""
+
+    kind: str = "search"  # search | train
+    method: str = "clr"
+    space: str = "bcnn"
+    order: int = 1
+    genotype: str = "BNASv2_CLR_v1"  # train
+    batch_size: int = 32
+    init_channels: int = 0  # 0 = the method's (16) or the trained network's default
+    steps: int = 5
+    warmup: int = 2
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    seed: int = 0
+    # speed switches
+    fast: bool = True  # per-source-state search cells (fastops); False = the plain per-edge forward
+    channels_last: str = "auto"  # auto (on) | on | off
+    amp: str = "off"  # off | bf16 | fp16 | auto (bf16 on GPU, off on CPU)
+    arch_grads: str = "alpha"  # alpha: autograd for the architecture parameters only; all: full backward
+    weight_grads: str = "weights"  # weights: the weight step skips alpha gradients; all: plain backward()
+    compile: bool = False  # torch.compile the network
+
+    def validate(self) -> None:
+        if self.kind not in ("search", "train"):
+            raise ConfigError(f"bench kind must be search or train, got {self.kind!r}")
+        if self.steps < 1 or self.warmup < 0:
+            raise ConfigError(f"--steps must be at least 1 and --warmup at least 0 (got {self.steps}, {self.warmup})")
+        if self.batch_size < 2:
+            raise ConfigError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {self.batch_size}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ConfigError(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
+        if self.arch_grads not in ("alpha", "all") or self.weight_grads not in ("weights", "all"):
+            raise ConfigError("--arch-grads must be alpha or all and --weight-grads weights or all")
+
+
+def device_name(device: torch.device) -> str:
+    """The CPU model (from /proc/cpuinfo) or the GPU name: every figure is paired with its hardware."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if platform.system() == "Darwin" else 2**10)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step, n_warmup: int, n_steps: int, device: torch.device) -> tuple[list[float], list[float]]:
+    for _ in range(n_warmup):
+        step()
+    _sync(device)
+    wall, cpu = [], []
+    for _ in range(n_steps):
+        t, c = time.perf_counter(), time.process_time()
+        step()
+        _sync(device)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return wall, cpu
+
+
+def _batches(n: int, batch: int, in_channels: int, size: int, device: torch.device, cl: bool):
+    """Random CIFAR-shaped batches, made before timing (normalised images are roughly standard normal)."""
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        x = torch.randn(batch, in_channels, size, size, generator=gen).to(device)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append((x, torch.randint(0, 10, (batch,), generator=gen).to(device)))
+    return out
+
+
+def _setup(cfg: BenchConfig) -> tuple[torch.device, bool]:
+    cfg.validate()
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return device, cfg.channels_last in ("auto", "on")
+
+
+def bench_search(cfg: BenchConfig) -> dict[str, Any]:
+    """Time full search steps (architecture step + weight step) of a method's SPEC §7 configuration."""
+    device, cl = _setup(cfg)
+    overrides = dict(space=cfg.space, order=cfg.order, batch_size=cfg.batch_size, device=str(device), amp=cfg.amp)
+    if cfg.init_channels:
+        overrides["init_channels"] = cfg.init_channels
+    scfg = SearchConfig.resolve(cfg.method, **overrides)
+    model = SuperNet(dataclasses.replace(scfg.space_config(10, 3), fast=cfg.fast)).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.net = torch.compile(model.net)
+    autocast, amp_mode = autocast_factory(scfg.amp, device)
+    w_opt = torch.optim.SGD(
+        model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay
+    )
+    architect = Architect(model, scfg, w_opt, autocast)
+    weights, arch = model.weight_parameters(), model.arch_parameters()
+    data = _batches(2 * (cfg.warmup + cfg.steps), cfg.batch_size, 3, 32, device, cl)
+    it = iter(range(len(data) // 2))
+    model.train()
+
+    def step() -> None:
+        i = next(it)
+        (x, y), (xv, yv) = data[2 * i], data[2 * i + 1]
+        if cfg.arch_grads == "all" and cfg.order == 1:  # the published code: backward() through everything
+            architect._loss(xv, yv).backward()
+            for p in weights:
+                p.grad = None
+            architect.optimizer.step()
+            architect.optimizer.zero_grad(set_to_none=True)
+        else:
+            architect.step(x, y, xv, yv, scfg.lr)
+        w_opt.zero_grad(set_to_none=True)
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(upcast(logits), y)
+        loss.backward(inputs=weights if cfg.weight_grads == "weights" else None)
+        nn.utils.clip_grad_norm_(weights, scfg.grad_clip)
+        w_opt.step()
+        model.zero_grad(set_to_none=True)
+
+    base = peak_rss_mb()
+    wall, cpu = _timed(step, cfg.warmup, cfg.steps, device)
+    return _result(cfg, device, wall, cpu, base, amp_mode, cl) | {
+        "method": cfg.method,
+        "space": cfg.space,
+        "order": cfg.order,
+        "init_channels": scfg.init_channels,
+        "partial_k": scfg.partial_k,
+        "weights": sum(p.numel() for p in weights),
+        "arch_params": sum(p.numel() for p in arch),
+    }
+
+
+def bench_train(cfg: BenchConfig) -> dict[str, Any]:
+    """Time SGD steps of a genotype's trained network (SPEC §8 shape, drop-path on, gradient clip 5)."""
+    device, cl = _setup(cfg)
+    genotype = get_genotype(cfg.genotype)
+    shape = dict(TRAIN_SHAPES[genotype.space])
+    if cfg.init_channels:
+        shape["channels"] = cfg.init_channels
+    if genotype.space == "bcnn":
+        net = build_network(genotype, shape["channels"], shape["layers"], shape["enhance"])
+    else:
+        net = build_network(genotype, shape["channels"], shape["layers"])
+    net = net.to(device)
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    net.train()
+    net.drop_prob = 0.15  # mid-run of the recipe's 0.3 x epoch / epochs
+    model = torch.compile(net) if cfg.compile else net
+    autocast, amp_mode = autocast_factory(cfg.amp, device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    data = _batches(cfg.warmup + cfg.steps, cfg.batch_size, 3, 32, device, cl)
+    it = iter(data)
+
+    def step() -> None:
+        x, y = next(it)
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            logits = model(x)
+        F.cross_entropy(upcast(logits), y).backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+
+    base = peak_rss_mb()
+    wall, cpu = _timed(step, cfg.warmup, cfg.steps, device)
+    return _result(cfg, device, wall, cpu, base, amp_mode, cl) | {
+        "genotype": cfg.genotype,
+        "init_channels": shape["channels"],
+        "weights": count_parameters(net),
+    }
+
+
+def _result(cfg, device, wall, cpu, base_mb, amp_mode, cl) -> dict[str, Any]:
+    med = statistics.median(wall)
+    images = 2 * cfg.batch_size if cfg.kind == "search" else cfg.batch_size
+    if device.type == "cuda":
+        peak, base = torch.cuda.max_memory_allocated(device) / 2**20, None
+    else:
+        peak, base = peak_rss_mb(), base_mb
+    return {
+        "kind": cfg.kind,
+        "images_per_s": images / med,
+        "images_per_step": images,
+        "step_s": {"median": med, "min": min(wall), "max": max(wall)},
+        "cpu_s": {"median": statistics.median(cpu), "min": min(cpu)},
+        "peak_memory_mb": peak,
+        "start_memory_mb": base,  # CPU: resident set before the first step (libraries, model, data)
+        "batch_size": cfg.batch_size,
+        "steps": cfg.steps,
+        "warmup": cfg.warmup,
+        "switches": {
+            "fast": cfg.fast,
+            "channels_last": cl,
+            "amp": amp_mode,
+            "arch_grads": cfg.arch_grads,
+            "weight_grads": cfg.weight_grads,
+            "compile": cfg.compile,
+            "native_depthwise_grad": _native_on(),
+        },
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def _native_on() -> bool:
+    from . import native
+
+    return native.library() is not None
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Run one benchmark configuration (in this process) and return its record."""
+    return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)

@@ -1,0 +1,194 @@
+"""Autograd functions of the fast search path (`fastops`): the same mathematics, less time and memory.
+
+* `dw_pw`: a depthwise then a pointwise convolution that saves only its input; the depthwise output is
+  recomputed in backward, and only when the pointwise weight's gradient is wanted (never in a first-order
+  architecture step). The depthwise weight gradient of 5x5 kernels comes from `native` on the CPU.
+* `mix_bn`: the end of a mixed edge, sum_k w_k * BN(z_k) (+ w_skip * skip), with the affine-free
+  training-mode BatchNorms folded in: it saves the BatchNorm inputs only, where the plain path also keeps
+  every normalised output for the weights' gradients, and runs fewer passes over memory.
+
+Weights enter as views so that backward can ask the autograd engine whether their gradients are wanted
+at all (`autograd.grad(loss, alphas)` does not want them). Under `create_graph` (exact second order,
+Hessian eigenvalues) backward differentiates a plain recomputation instead, so double backward works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import native
+
+_ATEN_CONV_BWD = torch.ops.aten.convolution_backward
+
+
+def param(w: torch.Tensor) -> torch.Tensor:
+    """A view of a parameter whose grad_fn lets backward ask whether the parameter's gradient is wanted."""
+    return w.view_as(w) if w.requires_grad and torch.is_grad_enabled() else w
+
+
+def _wanted(node) -> bool:
+    return node is None or torch._C._will_engine_execute_node(node)
+
+
+def _dw_weight_grad(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    k = w.shape[-1]
+    out = native.dw_weight_grad(x, g, k, stride, 1, padding) if k > 3 else None
+    if out is None:
+        args = (g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], x.shape[1])
+        out = _ATEN_CONV_BWD(*args, [False, True, False])[1]
+    return out
+
+
+def _dw_input_grad(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    args = (g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], x.shape[1])
+    return _ATEN_CONV_BWD(*args, [True, False, False])[0]
+
+
+def _recompute_grads(ctx, fn, inputs: Sequence, grad_out: torch.Tensor) -> list:
+    """Gradients by differentiating a recomputation (keeps a graph: used under create_graph)."""
+    need = [ctx.needs_input_grad[i] and isinstance(t, torch.Tensor) for i, t in enumerate(inputs)]
+    with torch.enable_grad():
+        # fresh aliases: an input may also be an ancestor of another input (a skip and a pool of the same
+        # state), and this function's gradient is the partial derivative by each input, not the total one
+        inputs = [t.view_as(t) if n else t for t, n in zip(inputs, need, strict=True)]
+        out = fn(*inputs)
+    wanted = [t for t, n in zip(inputs, need, strict=True) if n]
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    return [next(grads) if n else None for n in need]
+
+
+def _dw_pw_forward(x, w_dw, w_pw, stride: int, padding: int) -> torch.Tensor:
+    return F.conv2d(F.conv2d(x, w_dw, None, stride, padding, 1, x.shape[1]), w_pw)
+
+
+class _DwPw(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_dw, w_pw, stride: int, padding: int):
+        ctx.save_for_backward(x, w_dw, w_pw)
+        ctx.conf = (stride, padding, w_dw.grad_fn, w_pw.grad_fn)
+        return _dw_pw_forward(x, w_dw, w_pw, stride, padding)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w_dw, w_pw = ctx.saved_tensors
+        stride, padding, node_dw, node_pw = ctx.conf
+        if torch.is_grad_enabled():
+            fn = lambda a, b, c: _dw_pw_forward(a, b, c, stride, padding)  # noqa: E731
+            return (*_recompute_grads(ctx, fn, (x, w_dw, w_pw), g), None, None)
+        need_x, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and _wanted(node_dw)
+        need_pw = ctx.needs_input_grad[2] and _wanted(node_pw)
+        g_x = g_dw = g_pw = None
+        if need_pw:
+            t = F.conv2d(x, w_dw, None, stride, padding, 1, x.shape[1])
+            g_pw = _ATEN_CONV_BWD(g, t, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+        if need_x or need_dw:
+            g_t = F.conv2d(g, w_pw.transpose(0, 1))  # a 1x1 convolution's input gradient
+            if need_x:
+                g_x = _dw_input_grad(x, g_t, w_dw, stride, padding)
+            if need_dw:
+                g_dw = _dw_weight_grad(x, g_t, w_dw, stride, padding)
+        return g_x, g_dw, g_pw, None, None
+
+
+def dw_pw(x: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, stride: int, padding: int) -> torch.Tensor:
+    """pw(dw(x)) for an undilated depthwise `dw` run with (stride, padding) and a 1x1 `pw`; saves only x."""
+    return _DwPw.apply(x, param(dw.weight), param(pw.weight), stride, padding)
+
+
+# --- BatchNorm statistics and the fused end of a mixed edge
+
+
+def batch_stats(z: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Batch mean, 1/std (and eps) of z per channel, as training-mode BatchNorm computes them; every module
+    in `bns` (all normalise z) gets the running-statistics update it would have made itself."""
+    bn = bns[0]
+    with torch.no_grad():
+        if bn.training and bn.track_running_stats:
+            # ATen's BatchNorm statistics kernel (torch.var_mean is ~10x slower on channels-last tensors)
+            mean, var = torch.batch_norm_update_stats(z, bn.running_mean, bn.running_var, bn.momentum)
+            for b in bns:
+                if b is not bn:
+                    b.running_mean.copy_(bn.running_mean)  # equal inputs, equal updates
+                    b.running_var.copy_(bn.running_var)
+                b.num_batches_tracked.add_(1)
+        else:
+            mean, var = torch.batch_norm_update_stats(z, None, None, 0.0)
+        invstd = torch.rsqrt(var + bn.eps)
+    return mean, invstd, bn.eps
+
+
+def fusable_bn(bn: nn.Module) -> bool:
+    """mix_bn folds affine-free training-mode BatchNorms with a fixed momentum (the supernet's)."""
+    return isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.training and bn.momentum is not None
+
+
+def _mix_forward(w, eps, skip, *zs):
+    """The plain formula, statistics included (differentiated under create_graph)."""
+    out = None
+    for k, z in enumerate(zs):
+        y = F.batch_norm(z, None, None, None, None, True, 0.0, eps[k]) * w[k]
+        out = y if out is None else out + y
+    return out if skip is None else out + w[len(zs)] * skip
+
+
+def _bc(t: torch.Tensor) -> torch.Tensor:
+    return t[:, None, None]
+
+
+class _MixBN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, stats, skip, *zs):
+        stats, ctx.eps = [st[:2] for st in stats], [st[2] for st in stats]
+        a = [w[k] * inv for k, (_, inv) in enumerate(stats)]
+        shift = -sum(mean * a_k for (mean, _), a_k in zip(stats, a, strict=True))
+        out = zs[0] * _bc(a[0])
+        out.add_(_bc(shift))
+        for z, a_k in zip(zs[1:], a[1:], strict=True):
+            out.addcmul_(z, _bc(a_k))
+        if skip is not None:
+            out.add_(skip * w[len(zs)])
+        ctx.save_for_backward(w, skip, *zs)
+        ctx.stats = stats
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        w, skip, *zs = ctx.saved_tensors
+        stats = ctx.stats
+        if torch.is_grad_enabled():
+            g_w, _, g_skip, *g_zs = _recompute_grads(ctx, _mix_forward, (w, ctx.eps, skip, *zs), g)
+            return (g_w, None, g_skip, *g_zs)
+        dims = (0, 2, 3)
+        m = g.numel() // g.shape[1]
+        g_sum = g.sum(dims)
+        g_w = torch.empty_like(w)
+        g_zs = []
+        for k, z in enumerate(zs):
+            mean, invstd = stats[k]
+            # sum over the batch of g * xhat, per channel
+            d = invstd * ((g * z).sum(dims) - mean * g_sum)
+            g_w[k] = d.sum()
+            if ctx.needs_input_grad[3 + k]:
+                a = w[k] * invstd
+                beta = -a * invstd * d / m
+                gamma = -a * g_sum / m - beta * mean
+                g_z = g * _bc(a)
+                g_z.addcmul_(z, _bc(beta)).add_(_bc(gamma))
+                g_zs.append(g_z)
+            else:
+                g_zs.append(None)
+        g_skip = None
+        if skip is not None:
+            g_w[len(zs)] = (g * skip).sum()
+            g_skip = g * w[len(zs)] if ctx.needs_input_grad[2] else None
+        return (g_w if ctx.needs_input_grad[0] else None, None, g_skip, *g_zs)
+
+
+def mix_bn(w: torch.Tensor, zs: Sequence[torch.Tensor], stats: Sequence, skip: torch.Tensor | None = None):
+    """sum_k w[k] * (zs[k] - mean_k) * invstd_k (+ w[-1] * skip) with stats = [(mean_k, invstd_k, eps_k)] from
+    `batch_stats`; gradients are those of training-mode BatchNorm (statistics depend on z) and the sum."""
+    return _MixBN.apply(w, list(stats), skip, *zs)

@@ -1,0 +1,57 @@
+"""`bnas bench` runs with tiny settings and reports its JSON fields (no timing assertions: the CPU is shared)."""
+
+import json
+
+import pytest
+
+from bnas.cli import main
+
+TINY = ["--batch-size", "4", "--init-channels", "8", "--steps", "2", "--warmup", "1", "--threads", "1", "--json"]
+
+
+def _run(capsys, *args: str) -> dict:
+    assert main(["bench", *args, *TINY]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # one JSON object
+    return json.loads(out[0])
+
+
+def _check_common(rec: dict, images_per_step: int) -> None:
+    step = rec["step_s"]
+    assert 0 < step["min"] <= step["median"] <= step["max"]
+    assert rec["images_per_s"] == pytest.approx(images_per_step / step["median"])
+    assert rec["images_per_step"] == images_per_step
+    assert rec["peak_memory_mb"] >= rec["start_memory_mb"] > 0
+    assert rec["cpu_s"]["median"] > 0 and rec["threads"] == 1 and rec["device"] == "cpu"
+    assert rec["device_name"] and rec["torch"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fast", "cl"),
+    [
+        (["--method", "clr", "--order", "1"], True, True),
+        (["--method", "pc", "--order", "2", "--no-fast", "--channels-last", "off"], False, False),
+        (["--method", "bnas-d", "--space", "darts", "--order", "1", "--weight-grads", "all"], True, True),
+    ],
+)
+def test_bench_search_json(capsys, args, fast, cl):
+    rec = _run(capsys, "search", *args)
+    _check_common(rec, 2 * 4)  # a training and a validation batch per step
+    assert rec["kind"] == "search" and rec["init_channels"] == 8
+    assert rec["switches"]["fast"] is fast and rec["switches"]["channels_last"] is cl
+    assert rec["method"] == args[1] and rec["order"] == int(args[args.index("--order") + 1])
+    assert rec["arch_params"] == (252 if args[1] == "pc" else 224)
+
+
+def test_bench_train_json(capsys):
+    rec = _run(capsys, "train", "--genotype", "BNASv2_PC_cifar_v1")
+    _check_common(rec, 4)
+    assert rec["kind"] == "train" and rec["genotype"] == "BNASv2_PC_cifar_v1" and rec["weights"] > 0
+
+
+def test_bench_bad_input_is_one_line(capsys):
+    assert main(["bench", "search", "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--steps" in err[0]
+    assert main(["bench", "train", "--genotype", "NOPE", "--steps", "1"]) == 2
+    assert "unknown genotype" in capsys.readouterr().err
