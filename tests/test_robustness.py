@@ -247,3 +247,68 @@ def test_nan_skip_counts_the_skipped_steps(tmp_path):
     skipped = [r["skipped_steps"] for r in searcher.history]
     assert skipped == [0, 2]  # the 2nd epoch's 2nd step: its architecture step and its weight step
     assert all(torch.isfinite(p).all() for p in searcher.model.parameters())
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_unknown_dataset_is_one_sentence(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--dataset", "imagenet1k"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "invalid choice: 'imagenet1k'" in err and "'cifar10'" in err and f"bnas {command} --help" in err
+
+
+def _nan_at(call: int):
+    """A forward hook that turns exactly one forward's output (the given call) to NaN: a transient fault."""
+    count = {"n": 0}
+
+    def hook(module, args, output):
+        count["n"] += 1
+        return output * float("nan") if count["n"] == call else output
+
+    return hook
+
+
+def _tiny_train(tmp_path, **kw):
+    from bnas.train import TrainConfig, Trainer
+
+    cfg = TrainConfig.resolve(
+        dataset="synthetic", synthetic_size=32, batch_size=8, eval_batch_size=16, init_channels=4, layers=2,
+        enhance_cells=1, quiet=True, log_every=0, out=str(tmp_path / "t"), **kw,
+    )  # fmt: skip
+    return Trainer(cfg)
+
+
+def test_training_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    from bnas.errors import NumericalError
+
+    trainer = _tiny_train(tmp_path, epochs=3)
+    trainer.model.register_forward_hook(_nan_after(6))  # 4 steps per epoch: the 2nd epoch's 2nd step
+    with pytest.raises(
+        NumericalError, match="training loss .*epoch 2, step 2.*checkpoint of epoch 1 is kept.*--resume"
+    ):
+        trainer.run_training()
+    state = RunDir(tmp_path / "t").load_checkpoint("train")
+    assert state["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
+
+
+def test_training_nan_skip_counts_the_step_and_keeps_weights_finite(tmp_path):
+    trainer = _tiny_train(tmp_path, epochs=2, on_nan="skip")
+    trainer.model.register_forward_hook(_nan_at(6))
+    trainer.run_training()
+    assert [r["skipped_steps"] for r in trainer.history] == [0, 1]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    momenta = [s["momentum_buffer"] for s in trainer.optimizer.state.values() if "momentum_buffer" in s]
+    assert momenta and all(torch.isfinite(m).all() for m in momenta)
+
+
+def test_training_on_nan_can_change_on_resume_and_deterministic_is_recorded(tmp_path, capsys):
+    argv = ["train", *TINY, "--layers", "2", "--enhance-cells", "1", "--epochs", "1", "--out", str(tmp_path / "t")]
+    assert main([*argv, "--deterministic"]) == 0
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["deterministic"] is True and config["on_nan"] == "stop"
+    assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "2", "--on-nan", "skip", "--quiet"]) == 0
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["on_nan"] == "skip"

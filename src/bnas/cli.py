@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import BnasError, ConfigError
 
@@ -129,7 +129,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = resume_config(args.resume)
         # only run-length and logging options may change on resume
-        for k in ("epochs", "quiet", "log_every", "eval_every", "device"):
+        for k in ("epochs", "quiet", "log_every", "eval_every", "device", "on_nan", "deterministic"):
             if k in cli:
                 setattr(cfg, k, cli[k])
         cfg.validate()
@@ -191,10 +191,17 @@ def cmd_genotype(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes (an unknown data set, a missing value) are one sentence on stderr, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="bnas", description="BNAS-v2: broad neural architecture search")
+    p = Parser(prog="bnas", description="BNAS-v2: broad neural architecture search")
     p.add_argument("--version", action="version", version=f"bnas {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)

@@ -126,6 +126,10 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BnasError(f"{self.path / name} is malformed; the run cannot be resumed") from None
 
+    def update_config(self, options: dict[str, Any]) -> None:
+        """A resumed run records the options it continues with (a longer --epochs, --on-nan skip)."""
+        self.write_json("config.json", {**self.read_json("config.json"), **options})
+
     def log(self, record: dict[str, Any]) -> None:
         """Append a record to metrics.jsonl; epoch records also go to TensorBoard when it is installed."""
         record = {"time": round(time.time(), 3), **record}

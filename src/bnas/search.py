@@ -468,6 +468,7 @@ class Searcher:
             self.run = run
             self.run.truncate_metrics(state["epoch"])
             self.history = self.run.metrics("epoch")
+            self.run.update_config(cfg.to_json())
         elif not is_main():
             self.run = NullRun()
         else:
@@ -540,10 +541,15 @@ class Searcher:
         """--on-nan stop (default): end the run keeping the last complete epoch; skip: count and go on."""
         if self.cfg.on_nan == "skip":
             return 1
-        kept = f"the checkpoint of epoch {epoch} is kept in {self.cfg.out}" if epoch else "no epoch had finished"
+        out = self.cfg.out
+        if epoch:
+            kept = f"the checkpoint of epoch {epoch} is kept in {out}: "
+            kept += f"continue with bnas search --resume {out} --on-nan skip"
+        else:
+            kept = "no epoch had finished: rerun with --on-nan skip"
         raise NumericalError(
-            f"the {which} loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; {kept}: "
-            "lower --lr/--arch-lr and resume with --resume, or rerun with --on-nan skip"
+            f"the {which} loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
+            f"{kept}, or start again with a lower --lr/--arch-lr"
         )
 
     @torch.no_grad()

@@ -26,10 +26,10 @@ from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
 from .data.registry import DatasetSpec, get_dataset, load_split
 from .dist import NullRun, all_reduce_mean, broadcast_buffers, rank_world
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, NumericalError
 from .genotype import Genotype, get_genotype
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
-from .search import accuracy, autocast_factory, cosine_lr, pick_device, upcast
+from .search import accuracy, autocast_factory, cosine_lr, pick_device, set_deterministic, upcast
 from .space import TrainedNet, build_network, count_parameters
 
 _TRANSFER = dict(cutout=0)  # SPEC §9: MNIST, Fashion-MNIST, SVHN, smallNORB: flip (+ resize), no cutout
@@ -88,6 +88,8 @@ class TrainConfig:
     amp: str = "auto"  # auto | off | bf16 | fp16
     channels_last: str = "auto"  # auto | on | off
     eval_batch_size: int = 256
+    on_nan: str = "stop"  # stop: end the run keeping the last complete epoch | skip: skip the step and count it
+    deterministic: bool = False  # GPU: deterministic kernels (slower); CPU runs are reproducible anyway
     log_every: int = 50
     out: str = "runs/train"
     quiet: bool = False
@@ -132,6 +134,8 @@ class TrainConfig:
             bad(f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         if self.channels_last not in ("auto", "on", "off"):
             bad(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
+        if self.on_nan not in ("stop", "skip"):
+            bad(f"--on-nan must be stop or skip, got {self.on_nan!r}")
         for name in ("subset", "test_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -197,6 +201,8 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg.device)
+        if cfg.deterministic:
+            set_deterministic()
         self.spec = get_dataset(cfg.dataset)
         saved_genotype = None
         if resume:  # the run's own genotype, even if the file it came from has changed since
@@ -342,6 +348,7 @@ class Trainer:
             self.load_state_dict(state)
             self.run.truncate_metrics(state["epoch"])
             self.history = self.run.metrics("epoch")
+            self.run.update_config(cfg.to_json())
         else:
             self.run = RunDir.create(cfg.out, overwrite=self._overwrite)
             for name in ("results.json", "best.pt"):
@@ -368,7 +375,7 @@ class Trainer:
         model.drop_prob = cfg.drop_path * epoch / cfg.epochs
         model.train()
         loss_sum = acc_sum = 0.0
-        steps, images, t0 = 0, 0, time.perf_counter()
+        steps, images, skipped, t0 = 0, 0, 0, time.perf_counter()
         for x, y in self.loaders["train"]:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
@@ -380,8 +387,14 @@ class Trainer:
                 loss = loss + cfg.auxiliary_weight * aux_loss
             loss.backward()
             all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None])  # torchrun: average shards
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # the norm is needed anyway for clipping; without clipping it is one cheap reduction per step
+            grad_norm = nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            )
+            if not (torch.isfinite(grad_norm) and torch.isfinite(loss.detach())):
+                skipped += self._non_finite(epoch, steps)
+                self.optimizer.zero_grad(set_to_none=True)  # no NaN reaches the weights or the momentum buffers
+                continue
             self.optimizer.step()
             steps += 1
             images += x.shape[0]
@@ -396,8 +409,24 @@ class Trainer:
             "train_acc": acc_sum / max(steps, 1),
             "lr": lr,
             "drop_prob": model.drop_prob,
+            "skipped_steps": skipped,
             "images_per_s": images / (time.perf_counter() - t0),
         }
+
+    def _non_finite(self, epoch: int, step: int) -> int:
+        """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""
+        if self.cfg.on_nan == "skip":
+            return 1
+        out = self.cfg.out
+        if epoch:
+            kept = f"the checkpoint of epoch {epoch} is kept in {out}: "
+            kept += f"continue with bnas train --resume {out} --on-nan skip"
+        else:
+            kept = "no epoch had finished: rerun with --on-nan skip"
+        raise NumericalError(
+            f"the training loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
+            f"{kept}, or start again with a lower --lr"
+        )
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, float]:

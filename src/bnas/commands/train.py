@@ -43,13 +43,25 @@ _HELP = {
     "amp": "mixed precision: auto (bf16 on GPU, off on CPU), off, bf16, fp16",
     "channels_last": "channels-last memory format: auto (on for GPU), on (also 1.3-2x faster on CPU for C >= 8), off",
     "eval_batch_size": "batch size of evaluation",
+    "on_nan": "on a NaN or infinite loss or gradient: stop (keep the last complete epoch) or skip and count the step",
+    "deterministic": "deterministic GPU kernels (slower; CPU runs are reproducible anyway)",
     "log_every": "steps between step records in metrics.jsonl",
     "out": "run directory to write",
     "quiet": "no progress bar or per-epoch lines",
 }
-_CHOICES = {"amp": ["auto", "off", "bf16", "fp16"], "channels_last": ["auto", "on", "off"]}
+_CHOICES = {"amp": ["auto", "off", "bf16", "fp16"], "channels_last": ["auto", "on", "off"], "on_nan": ["stop", "skip"]}
 # options that may change when a run is resumed (the rest would make the checkpoint meaningless)
-_RESUMABLE = ("epochs", "quiet", "log_every", "device", "threads", "data_dir", "eval_batch_size")
+_RESUMABLE = (
+    "epochs",
+    "quiet",
+    "log_every",
+    "device",
+    "threads",
+    "data_dir",
+    "eval_batch_size",
+    "on_nan",
+    "deterministic",
+)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
