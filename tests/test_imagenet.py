@@ -120,3 +120,60 @@ def test_imagenet_training_one_epoch(imagenet_tree, tmp_path, capsys):
     assert 0.0 <= results["final_epoch"]["test_top1"] <= 1.0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["label_smoothing"], cfg["weight_decay"]) == (0.1, 3e-5)  # SPEC §9 ImageNet recipe
+
+
+def _samples(root, split="val"):
+    from bnas.data.formats import read_image_folder
+
+    return read_image_folder(root / split)[0]
+
+
+def test_tensor_decoding_matches_pil_decoding(imagenet_tree):
+    """The --decode gpu pipeline (bytes in the workers, batched decode and tensor transforms on a device), run on
+    the CPU here, gives the PIL path's evaluation batches up to resampling differences."""
+    from bnas.data.folder import FolderLoader, imagenet_transform
+
+    samples = _samples(imagenet_tree)
+    kw = dict(batch_size=4, device=torch.device("cpu"), shuffle=False, drop_last=False, workers=0)
+    pil = FolderLoader(samples, imagenet_transform(32, train=False), **kw)
+    dev = FolderLoader(samples, imagenet_transform(32, train=False), decode_device=torch.device("cpu"), **kw)
+    n = 0
+    for (xp, yp), (xd, yd) in zip(pil, dev, strict=True):
+        assert xd.shape == xp.shape == (yp.shape[0], 3, 32, 32) and xd.dtype == torch.float32
+        assert torch.equal(yp, yd)
+        # same libjpeg-turbo decode; PIL's and torch's antialiased resizes differ by rounding (measured mean 1e-4)
+        assert (xd - xp).abs().mean() < 0.005
+        n += yp.shape[0]
+    assert n == len(samples)
+    train = FolderLoader(samples, imagenet_transform(24, train=True), decode_device=torch.device("cpu"), **kw)
+    x, _ = next(iter(train))
+    assert x.shape == (4, 3, 24, 24) and torch.isfinite(x).all()
+
+
+def test_decoding_falls_back_for_non_jpeg_and_names_broken_files(imagenet_tree, tmp_path):
+    from bnas.data.folder import decode_images
+
+    jpeg = (imagenet_tree / "val" / "n01440764" / "n01440764_0.JPEG").read_bytes()
+    png = tmp_path / "disguised.JPEG"  # ImageNet holds a PNG named .JPEG
+    PIL.new("RGB", (9, 7), (10, 20, 30)).save(png, format="PNG")
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in (jpeg, png.read_bytes())]
+    images = decode_images(data, ["a.JPEG", str(png)], torch.device("cpu"))
+    assert images[1].shape == (3, 7, 9) and images[1][:, 0, 0].tolist() == [10, 20, 30]
+    assert images[0].dtype == torch.uint8 and images[0].shape[0] == 3
+    with pytest.raises(DataError, match="cannot decode image broken.JPEG"):
+        decode_images([data[0][:50]], ["broken.JPEG"], torch.device("cpu"))
+
+
+def test_decode_gpu_without_a_gpu_falls_back_to_pil(imagenet_tree, tmp_path):
+    from bnas.data.folder import gpu_decoding
+
+    with pytest.warns(UserWarning, match="decoding with PIL"):
+        assert gpu_decoding("gpu", torch.device("cpu")) is None
+    assert gpu_decoding("pil", torch.device("cpu")) is None
+    out = tmp_path / "train"
+    args = ["train", "--genotype", "BNASv2_PC_image", "--dataset", "imagenet", "--data-dir", str(imagenet_tree)]
+    args += ["--image-size", "32", "--epochs", "1", "--batch-size", "16", "--init-channels", "8", "--layers", "2"]
+    args += ["--enhance-cells", "1", "--workers", "0", "--out", str(out), "--quiet", "--decode", "gpu"]
+    with pytest.warns(UserWarning, match="--decode gpu needs a CUDA device"):
+        assert main(args) == 0
+    assert (out / "results.json").exists()

@@ -19,6 +19,7 @@ _HELP = {
     "subset": "use only the first N training images (quick runs)",
     "image_size": "input resolution of image-folder data sets (imagenet-subset)",
     "workers": "image decoding workers (imagenet-subset)",
+    "decode": "JPEG decoding of imagenet-subset: pil (in the workers) or gpu (nvJPEG; falls back to pil without a GPU)",
     "synthetic_size": "number of training images of --dataset synthetic",
     "epochs": "search epochs",
     "batch_size": "batch size of both the weight and the architecture step",
@@ -63,6 +64,7 @@ _CHOICES = {
     "order": [1, 2],
     "hvp": ["fd", "exact"],
     "on_nan": ["stop", "skip"],
+    "decode": ["pil", "gpu"],
     "amp": ["auto", "off", "bf16", "fp16"],
     "channels_last": ["auto", "on", "off"],
 }
@@ -129,7 +131,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = resume_config(args.resume)
         # only run-length and logging options may change on resume
-        for k in ("epochs", "quiet", "log_every", "eval_every", "device", "on_nan", "deterministic"):
+        for k in (
+            "epochs",
+            "quiet",
+            "log_every",
+            "eval_every",
+            "device",
+            "on_nan",
+            "deterministic",
+            "decode",
+            "workers",
+        ):
             if k in cli:
                 setattr(cfg, k, cli[k])
         cfg.validate()

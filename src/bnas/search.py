@@ -67,6 +67,7 @@ class SearchConfig:
     synthetic_size: int = 512
     image_size: int = 224  # input resolution of image-folder data sets (imagenet-subset)
     workers: int = 4  # decoding workers of image-folder data sets
+    decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
     epochs: int = 50
     batch_size: int = 256
     init_channels: int = 16
@@ -153,6 +154,8 @@ class SearchConfig:
             bad(f"--train-portion must be between 0 and 1, got {self.train_portion}")
         if self.on_nan not in ("stop", "skip"):
             bad(f"--on-nan must be stop or skip, got {self.on_nan!r}")
+        if self.decode not in ("pil", "gpu"):
+            bad(f"--decode must be pil or gpu, got {self.decode!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             bad(f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         if self.order == 2 and self.amp == "fp16":

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.folder import FolderLoader, imagenet_transform
+from .data.folder import FolderLoader, gpu_decoding, imagenet_transform
 from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
 from .data.registry import DatasetSpec, get_dataset, load_split
@@ -65,6 +65,7 @@ class TrainConfig:
     synthetic_size: int = 512
     image_size: int = 224  # input resolution of image-folder data sets (imagenet)
     workers: int = 4  # decoding workers of image-folder data sets
+    decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
     epochs: int = 600
     batch_size: int = 128
     init_channels: int = 48
@@ -136,6 +137,8 @@ class TrainConfig:
             bad(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
         if self.on_nan not in ("stop", "skip"):
             bad(f"--on-nan must be stop or skip, got {self.on_nan!r}")
+        if self.decode not in ("pil", "gpu"):
+            bad(f"--decode must be pil or gpu, got {self.decode!r}")
         for name in ("subset", "test_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -247,7 +250,7 @@ class Trainer:
         if cfg.test_subset is not None:
             val = val[: cfg.test_subset]
         kw = dict(device=self.device, workers=cfg.workers, rank=self.rank, world=self.world,
-                  channels_last=self.channels_last)  # fmt: skip
+                  channels_last=self.channels_last, decode_device=gpu_decoding(cfg.decode, self.device))  # fmt: skip
         self.loaders["train"] = FolderLoader(
             train, imagenet_transform(cfg.image_size, train=True), cfg.batch_size, seed=cfg.seed, **kw
         )

@@ -12,6 +12,7 @@ from typing import Any
 _HELP = {
     "image_size": "input resolution of image-folder data sets (imagenet)",
     "workers": "image decoding workers (imagenet)",
+    "decode": "JPEG decoding of imagenet: pil (in the workers) or gpu (nvJPEG; falls back to pil without a GPU)",
     "genotype": "bundled genotype name (bnas genotype list) or a genotype.json / search run directory",
     "dataset": "data set to train and test on",
     "data_dir": "directory holding the data set files",
@@ -49,9 +50,16 @@ _HELP = {
     "out": "run directory to write",
     "quiet": "no progress bar or per-epoch lines",
 }
-_CHOICES = {"amp": ["auto", "off", "bf16", "fp16"], "channels_last": ["auto", "on", "off"], "on_nan": ["stop", "skip"]}
+_CHOICES = {
+    "amp": ["auto", "off", "bf16", "fp16"],
+    "channels_last": ["auto", "on", "off"],
+    "on_nan": ["stop", "skip"],
+    "decode": ["pil", "gpu"],
+}
 # options that may change when a run is resumed (the rest would make the checkpoint meaningless)
 _RESUMABLE = (
+    "decode",
+    "workers",
     "epochs",
     "quiet",
     "log_every",

@@ -6,6 +6,7 @@ pass counter alone, and every rank of a torchrun job takes a disjoint shard of t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,17 +16,47 @@ from torch.utils.data import DataLoader, Dataset
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def imagenet_transform(size: int, train: bool, jitter: bool = True):
-    """SPEC §9: random-resized crop + flip + colour jitter for training; resize 256/224 then centre crop."""
-    from torchvision import transforms as T
+class ImageTransform:
+    """SPEC §9 transforms, applicable to PIL images in decoding workers or to decoded uint8 tensors on the GPU.
 
-    if train:
-        ops = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
-        if jitter:
-            ops.append(T.ColorJitter(0.4, 0.4, 0.4, 0.2))
-    else:
-        ops = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
-    return T.Compose([*ops, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    Training: random-resized crop, flip and (optionally) colour jitter; evaluation: resize to 256/224 of the size,
+    centre crop. Both end normalised with the ImageNet mean and deviation.
+    """
+
+    def __init__(self, size: int, train: bool, jitter: bool = True):
+        self.size, self.train, self.jitter = size, train, jitter
+        self._pil = self._tensor = None
+
+    def _ops(self, T) -> list:
+        if self.train:
+            ops = [T.RandomResizedCrop(self.size, antialias=True), T.RandomHorizontalFlip()]
+            if self.jitter:
+                ops.append(T.ColorJitter(0.4, 0.4, 0.4, 0.2))
+            return ops
+        return [T.Resize(round(self.size * 256 / 224), antialias=True), T.CenterCrop(self.size)]
+
+    def __call__(self, img) -> torch.Tensor:
+        """One PIL image -> a normalised float tensor (the decoding-worker path)."""
+        if self._pil is None:
+            from torchvision import transforms as T
+
+            self._pil = T.Compose([*self._ops(T), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return self._pil(img)
+
+    def on_tensors(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Decoded uint8 CHW images (any sizes, on any device) -> one normalised float batch on that device."""
+        if self._tensor is None:
+            from torchvision.transforms import v2 as T
+
+            self._tensor = T.Compose(
+                [*self._ops(T), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+            )
+        return torch.stack([self._tensor(img) for img in images])
+
+
+def imagenet_transform(size: int, train: bool, jitter: bool = True) -> ImageTransform:
+    """SPEC §9: random-resized crop + flip + colour jitter for training; resize 256/224 then centre crop."""
+    return ImageTransform(size, train, jitter)
 
 
 class ImageList(Dataset):
@@ -49,6 +80,75 @@ class ImageList(Dataset):
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"cannot decode image {path} ({e}); remove or replace the file") from None
         return self.transform(img), label
+
+
+class ImageBytes(Dataset):
+    """(file bytes, label, path): workers only read files; decoding happens in the main process, on the GPU."""
+
+    def __init__(self, samples: list[tuple[Path, int]]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import read_file
+
+        from ..errors import DataError
+
+        path, label = self.samples[i]
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+                return read_file(str(path)), label, str(path)
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"cannot read image {path} ({e}); remove or replace the file") from None
+
+
+def _collate_bytes(batch):
+    return [b for b, _, _ in batch], torch.tensor([label for _, label, _ in batch]), [p for _, _, p in batch]
+
+
+def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes -> RGB uint8 CHW tensors on `device`: one batched nvJPEG call on a GPU (libjpeg-turbo on CPU).
+
+    A file the batched decoder refuses (a PNG named .JPEG, a CMYK JPEG: ImageNet has a few of each) is decoded
+    alone by torchvision's general CPU decoder and moved to the device.
+    """
+    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, which has no batched nvJPEG path yet
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+        return _decode(data, paths, device)
+
+
+def _decode(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    from ..errors import DataError
+
+    try:
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    out = []
+    for raw, path in zip(data, paths, strict=True):
+        try:
+            out.append(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            try:
+                out.append(decode_image(raw, mode=ImageReadMode.RGB).to(device))
+            except RuntimeError as e:
+                raise DataError(f"cannot decode image {path} ({e}); remove or replace the file") from None
+    return out
+
+
+def gpu_decoding(requested: str, device: torch.device) -> torch.device | None:
+    """--decode gpu|pil -> the device to decode on, or None for PIL in the workers (the fallback without a GPU)."""
+    if requested != "gpu":
+        return None
+    if device.type != "cuda":
+        warnings.warn("--decode gpu needs a CUDA device; decoding with PIL in the workers instead", stacklevel=2)
+        return None
+    return device
 
 
 class _EpochSampler(torch.utils.data.Sampler):
@@ -93,17 +193,24 @@ class FolderLoader:
         rank: int = 0,
         world: int = 1,
         channels_last: bool = False,
+        decode_device: torch.device | None = None,
     ):
         self.sampler = _EpochSampler(len(samples), seed, shuffle, rank, world, batch_size, drop_last)
         self.batch_size, self.device, self.channels_last = batch_size, device, channels_last
+        self.transform, self.decode_device = transform, decode_device
+        if decode_device is None:  # PIL decodes and transforms in the workers
+            dataset, collate = ImageList(samples, transform), None
+        else:  # the workers read bytes; decoding and transforms run on decode_device in this process
+            dataset, collate = ImageBytes(samples), _collate_bytes
         self.loader = DataLoader(
-            ImageList(samples, transform),
+            dataset,
             batch_size=batch_size,
             sampler=self.sampler,
             num_workers=workers,
-            pin_memory=device.type == "cuda",
+            pin_memory=device.type == "cuda" and decode_device is None,
             drop_last=drop_last,
             persistent_workers=workers > 0,
+            collate_fn=collate,
         )
 
     def __len__(self) -> int:
@@ -111,7 +218,12 @@ class FolderLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         try:
-            for x, y in self.loader:
+            for batch in self.loader:
+                if self.decode_device is None:
+                    x, y = batch
+                else:
+                    data, y, paths = batch
+                    x = self.transform.on_tensors(decode_images(data, paths, self.decode_device))
                 x = x.to(self.device, non_blocking=True)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

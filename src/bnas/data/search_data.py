@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .folder import FolderLoader, imagenet_transform
+from .folder import FolderLoader, gpu_decoding, imagenet_transform
 from .imagenet import read_subset
 from .loaders import TensorLoader
 from .registry import get_dataset, load_split
@@ -45,7 +45,8 @@ def search_data(cfg, device: torch.device, channels_last: bool) -> SearchData:
             raise ConfigError(f"the subset in {cfg.data_dir} has different classes in train and val; draw it again")
         if cfg.subset is not None:
             train, val = train[: cfg.subset], val[: max(cfg.subset // 4, 1)]
-        kw = dict(device=device, workers=cfg.workers, rank=rank, world=world, channels_last=channels_last)
+        kw = dict(device=device, workers=cfg.workers, rank=rank, world=world, channels_last=channels_last,
+                  decode_device=gpu_decoding(cfg.decode, device))  # fmt: skip
         t_train = imagenet_transform(cfg.image_size, train=True, jitter=False)
         return SearchData(
             FolderLoader(train, t_train, cfg.batch_size, seed=cfg.seed, **kw),
