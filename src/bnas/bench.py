@@ -29,6 +29,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .genotype import get_genotype
+from .optim import SGD
 from .search import Architect, SearchConfig, autocast_factory, pick_device, upcast
 from .space import SuperNet, build_network, count_parameters
 
@@ -147,9 +148,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.compile:
         model.net = torch.compile(model.net)
     autocast, amp_mode = autocast_factory(scfg.amp, device)
-    w_opt = torch.optim.SGD(
-        model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay
-    )
+    w_opt = SGD(model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay)
     architect = Architect(model, scfg, w_opt, autocast)
     weights, arch = model.weight_parameters(), model.arch_parameters()
     data = _batches(2 * (cfg.warmup + cfg.steps), cfg.batch_size, 3, 32, device, cl)
@@ -207,7 +206,7 @@ def bench_train(cfg: BenchConfig) -> dict[str, Any]:
     net.drop_prob = 0.15  # mid-run of the recipe's 0.3 x epoch / epochs
     model = torch.compile(net) if cfg.compile else net
     autocast, amp_mode = autocast_factory(cfg.amp, device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    opt = SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     data = _batches(cfg.warmup + cfg.steps, cfg.batch_size, 3, 32, device, cl)
     it = iter(data)
 

@@ -25,6 +25,7 @@ from .dist import NullRun, all_reduce_mean, is_main
 from .errors import ConfigError, NumericalError
 from .genotype import Genotype
 from .ops import PRIMITIVES
+from .optim import SGD, Adam
 from .runs import RunDir, environment
 from .space import SpaceConfig, SuperNet
 
@@ -191,12 +192,12 @@ def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
 class Architect:
     """Updates the architecture parameters on validation batches (first or second order)."""
 
-    def __init__(self, model: SuperNet, cfg: SearchConfig, w_optimizer: torch.optim.SGD, autocast=None):
+    def __init__(self, model: SuperNet, cfg: SearchConfig, w_optimizer: SGD, autocast=None):
         self.model = model
         self.cfg = cfg
         self.w_optimizer = w_optimizer
         self.autocast = autocast or contextlib.nullcontext
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = Adam(
             model.arch_parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
         )
 
@@ -406,7 +407,7 @@ class Searcher:
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
-        self.w_optimizer = torch.optim.SGD(
+        self.w_optimizer = SGD(
             self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.architect = Architect(self.model, cfg, self.w_optimizer, self.autocast)

@@ -28,6 +28,7 @@ from .data.registry import DatasetSpec, get_dataset, load_split
 from .dist import NullRun, all_reduce_mean, broadcast_buffers, rank_world
 from .errors import CheckpointError, ConfigError, NumericalError
 from .genotype import Genotype, get_genotype
+from .optim import SGD
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
 from .search import accuracy, autocast_factory, cosine_lr, pick_device, set_deterministic, upcast
 from .space import TrainedNet, build_network, count_parameters
@@ -230,9 +231,7 @@ class Trainer:
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        self.optimizer = SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.start_epoch = 0
         self.run: RunDir | None = None
         self.history: list[dict[str, Any]] = []
