@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 # name -> extra `bnas bench search` flags. "published" redoes the published code's work: one module call per
-# edge and operation, channels-first, and a full backward (all weight gradients too) in the architecture step.
+# edge and operation, channels-first, a full backward (all weight gradients too) in the architecture step, and
+# torch.optim (whose first use imports torch._dynamo, ~150 MB resident).
 VARIANTS = {
-    "published": "--no-fast --channels-last off --arch-grads all --weight-grads all",
+    "published": "--no-fast --channels-last off --arch-grads all --weight-grads all --torch-optim",
     "plain": "--no-fast --channels-last off",
     "plain+cl": "--no-fast",
     "fast-cl": "--channels-last off",

@@ -43,6 +43,25 @@ def test_bench_search_json(capsys, args, fast, cl):
     assert rec["arch_params"] == (252 if args[1] == "pc" else 224)
 
 
+@pytest.mark.parametrize("space", ["bcnn", "darts"])
+def test_bench_search_every_method_and_order(capsys, space):
+    """The acceptance list: every method x order x space runs and reports (one step each, batch 2)."""
+    for method in ("bnas-d", "clr", "pc"):
+        for order in ("1", "2"):
+            argv = ["bench", "search", "--method", method, "--order", order, "--space", space, "--batch-size", "2"]
+            argv += ["--init-channels", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--json"]
+            assert main(argv) == 0
+            rec = json.loads(capsys.readouterr().out)
+            assert (rec["method"], rec["order"], rec["space"]) == (method, int(order), space)
+            assert rec["images_per_s"] > 0 and rec["peak_memory_mb"] > 0
+
+
+def test_bench_published_variant_uses_torch_optim(capsys):
+    rec = _run(capsys, "search", "--method", "pc", "--no-fast", "--channels-last", "off", "--arch-grads", "all",
+               "--weight-grads", "all", "--torch-optim")  # fmt: skip
+    assert rec["switches"]["torch_optim"] is True and rec["switches"]["fast"] is False
+
+
 def test_bench_train_json(capsys):
     rec = _run(capsys, "train", "--genotype", "BNASv2_PC_cifar_v1")
     _check_common(rec, 4)

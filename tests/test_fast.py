@@ -182,3 +182,13 @@ def test_dw_pw_gradients_and_double_backward():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
     # only what is asked for: the architecture step's autograd.grad does not want weight gradients
     assert torch.autograd.grad(fastfn.dw_pw(x, dw, pw, 2, 2).sum(), [x])[0].shape == x.shape
+
+
+def test_channel_shuffle_keeps_channels_last_and_values():
+    from bnas.ops import channel_shuffle
+
+    x = torch.randn(2, 12, 5, 4)
+    ref = channel_shuffle(x, 4)
+    out = channel_shuffle(x.contiguous(memory_format=torch.channels_last), 4)
+    assert torch.equal(out, ref) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ref[:, 1], x[:, 3])  # (groups=4, 3 per group) transposed: channel 1 comes from channel 3

@@ -60,6 +60,7 @@ class BenchConfig:
     arch_grads: str = "alpha"  # alpha: autograd for the architecture parameters only; all: full backward
     weight_grads: str = "weights"  # weights: the weight step skips alpha gradients; all: plain backward()
     compile: bool = False  # torch.compile the network
+    torch_optim: bool = False  # torch.optim's SGD/Adam as the published code (imports torch._dynamo: +150 MB)
 
     def validate(self) -> None:
         if self.kind not in ("search", "train"):
@@ -148,8 +149,13 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.compile:
         model.net = torch.compile(model.net)
     autocast, amp_mode = autocast_factory(scfg.amp, device)
-    w_opt = SGD(model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay)
+    sgd = torch.optim.SGD if cfg.torch_optim else SGD
+    w_opt = sgd(model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay)
     architect = Architect(model, scfg, w_opt, autocast)
+    if cfg.torch_optim:
+        architect.optimizer = torch.optim.Adam(
+            model.arch_parameters(), lr=scfg.arch_lr, betas=scfg.arch_betas, weight_decay=scfg.arch_weight_decay
+        )
     weights, arch = model.weight_parameters(), model.arch_parameters()
     data = _batches(2 * (cfg.warmup + cfg.steps), cfg.batch_size, 3, 32, device, cl)
     it = iter(range(len(data) // 2))
@@ -206,7 +212,7 @@ def bench_train(cfg: BenchConfig) -> dict[str, Any]:
     net.drop_prob = 0.15  # mid-run of the recipe's 0.3 x epoch / epochs
     model = torch.compile(net) if cfg.compile else net
     autocast, amp_mode = autocast_factory(cfg.amp, device)
-    opt = SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    opt = (torch.optim.SGD if cfg.torch_optim else SGD)(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     data = _batches(cfg.warmup + cfg.steps, cfg.batch_size, 3, 32, device, cl)
     it = iter(data)
 
@@ -253,6 +259,7 @@ def _result(cfg, device, wall, cpu, base_mb, amp_mode, cl) -> dict[str, Any]:
             "arch_grads": cfg.arch_grads,
             "weight_grads": cfg.weight_grads,
             "compile": cfg.compile,
+            "torch_optim": cfg.torch_optim,
             "native_depthwise_grad": _native_on(),
         },
         "device": str(device),

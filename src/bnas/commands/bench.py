@@ -18,6 +18,11 @@ def _common(p: argparse.ArgumentParser, batch: int) -> None:
         "--amp", choices=["off", "bf16", "fp16", "auto"], default="off", help="mixed precision (default off)"
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument(
+        "--torch-optim",
+        action="store_true",
+        help="use torch.optim's SGD/Adam as the published code does (they import torch._dynamo: ~150 MB more)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary line")
 
