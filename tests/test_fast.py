@@ -192,3 +192,20 @@ def test_channel_shuffle_keeps_channels_last_and_values():
     out = channel_shuffle(x.contiguous(memory_format=torch.channels_last), 4)
     assert torch.equal(out, ref) and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(ref[:, 1], x[:, 3])  # (groups=4, 3 per group) transposed: channel 1 comes from channel 3
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_fast_path_under_bf16_autocast(k):
+    """Mixed precision (the GPU default, --amp bf16 on CPU) runs through the fused functions, and its alpha
+    gradients follow the fp32 ones (bf16 keeps 8 bits of mantissa: a direction check, not an equality)."""
+    plain, fast = _pair("bcnn", k, channels=4)
+    x, y = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
+    ref = torch.autograd.grad(F.cross_entropy(plain(x), y), plain.arch_parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = fast(x)
+    assert logits.dtype == torch.bfloat16
+    loss = F.cross_entropy(logits.float(), y)
+    grads = torch.autograd.grad(loss, fast.arch_parameters() + fast.weight_parameters())
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    a, b = torch.cat([g.flatten() for g in ref]), torch.cat([g.flatten() for g in grads[: len(ref)]])
+    assert F.cosine_similarity(a, b, dim=0) > 0.9

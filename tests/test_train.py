@@ -82,6 +82,18 @@ def test_macs_are_half_the_flops_of_convolutions_and_matmuls():
     assert net.training  # counting does not leave the model in eval mode
 
 
+@pytest.mark.parametrize(("genotype", "kw"), [("BNASv2_PC_cifar_v1", dict(layers=2, enhance=1)), ("DARTS_V2", {})])
+def test_macs_agree_with_torch_flop_counter(genotype, kw):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = get_genotype(genotype)
+    net = build_network(g, 8, **kw) if g.space == "bcnn" else build_network(g, 8, 5)
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, 32, 32))
+    assert count_macs(net, 3, 32) == counter.get_total_flops() // 2
+
+
 # --------------------------------------------------------------------------------------- a whole run
 
 

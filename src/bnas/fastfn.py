@@ -68,14 +68,19 @@ def _dw_pw_forward(x, w_dw, w_pw, stride: int, padding: int) -> torch.Tensor:
 class _DwPw(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_dw, w_pw, stride: int, padding: int):
-        ctx.save_for_backward(x, w_dw, w_pw)
         ctx.conf = (stride, padding, w_dw.grad_fn, w_pw.grad_fn)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # compute (and differentiate) in autocast's dtype throughout
+            dtype = torch.get_autocast_dtype(device)
+            x, w_dw, w_pw = x.to(dtype), w_dw.to(dtype), w_pw.to(dtype)
+        ctx.save_for_backward(x, w_dw, w_pw)
         return _dw_pw_forward(x, w_dw, w_pw, stride, padding)
 
     @staticmethod
     def backward(ctx, g):
         x, w_dw, w_pw = ctx.saved_tensors
         stride, padding, node_dw, node_pw = ctx.conf
+        g = g.to(x.dtype)  # the autograd engine casts each returned gradient to its input's dtype
         if torch.is_grad_enabled():
             fn = lambda a, b, c: _dw_pw_forward(a, b, c, stride, padding)  # noqa: E731
             return (*_recompute_grads(ctx, fn, (x, w_dw, w_pw), g), None, None)

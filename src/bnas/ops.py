@@ -64,15 +64,20 @@ class Zero(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halves the resolution with two offset 1x1 stride-2 convolutions, so no pixel is dropped."""
+    """Halves the resolution with two offset 1x1 stride-2 convolutions, so no pixel is dropped.
+
+    Written as 1x1 convolutions of the two sub-sampled phases (even pixels, odd pixels): the same products as
+    stride-2 convolutions of the map and of its one-pixel shift, but autograd keeps a quarter of the input
+    instead of the whole input and a shifted copy of it.
+    """
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
         super().__init__()
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of output channels, got {c_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,19 +89,22 @@ class FactorizedReduce(nn.Module):
 
     def reduce_convs(self, x: torch.Tensor) -> torch.Tensor:
         """The two convolutions after the ReLU, concatenated (the input of the BatchNorm)."""
-        shifted = x[:, :, 1:, 1:]
-        if x.shape[-1] % 2 or x.shape[-2] % 2:
-            # odd maps (e.g. 7x7 on ImageNet): pad the shifted half so both halves have the same size
-            shifted = nn.functional.pad(shifted, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        even = x[:, :, ::2, ::2].contiguous(memory_format=fmt)
+        odd = x[:, :, 1::2, 1::2]
+        if odd.shape[-2:] != even.shape[-2:]:
+            # odd maps (e.g. 7x7 on ImageNet): the shifted half ends in a zero row/column, as the padded original
+            odd = nn.functional.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
+        odd = odd.contiguous(memory_format=fmt)
         if x.device.type == "cpu" and x.shape[1] <= 4:
-            # oneDNN's 1x1 weight gradient (torch 2.x, AVX2) writes out of bounds for stride-2 convolutions
-            # with at most 4 input channels in channels-last: such tiny ones are a matrix product instead
-            return torch.cat([_conv1x1_s2(self.conv_1, x), _conv1x1_s2(self.conv_2, shifted)], dim=1)
-        return torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
+            # oneDNN's 1x1 weight gradient (torch 2.x, AVX2) has written out of bounds with at most 4 input
+            # channels in channels-last: such tiny ones are a matrix product instead
+            return torch.cat([_conv1x1(self.conv_1, even), _conv1x1(self.conv_2, odd)], dim=1)
+        return torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1)
 
 
-def _conv1x1_s2(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("nchw,oc->nohw", x[:, :, ::2, ::2], conv.weight[:, :, 0, 0])
+def _conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nchw,oc->nohw", x, conv.weight[:, :, 0, 0])
 
 
 def _pool(kind: str, c: int, stride: int, affine: bool, bn: bool) -> nn.Module:
