@@ -96,7 +96,8 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto | off | bf16 | fp16
-    channels_last: str = "auto"  # auto | on | off
+    channels_last: str = "auto"  # auto (= on) | on | off
+    fast: bool = True  # per-source-state search cells (fastops): the same gradients, less time and memory
     eval_every: int = 1  # evaluate the supernet on the architecture split every N epochs (0 = never)
     log_every: int = 50  # steps between "step" records in metrics.jsonl
     hessian_every: int = 0  # collapse diagnostic: dominant eigenvalue of the alpha Hessian every N epochs (0 = off)
@@ -173,7 +174,7 @@ class SearchConfig:
         return SpaceConfig(
             space=self.space, channels=self.init_channels, blocks=self.blocks, enhance=self.enhance_cells,
             layers=self.layers, num_classes=num_classes, in_channels=in_channels, stem=stem,
-            partial_k=self.partial_k, edge_norm=self.edge_norm,
+            partial_k=self.partial_k, edge_norm=self.edge_norm, fast=self.fast,
         )  # fmt: skip
 
 
@@ -398,7 +399,7 @@ class Searcher:
         self.device = pick_device(cfg.device)
         if cfg.deterministic:
             set_deterministic()
-        cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
+        cl = cfg.channels_last != "off"  # faster on GPUs and, for these convolutions, on CPUs (docs/benchmarks.md)
         self.channels_last = cl
         data = search_data(cfg, self.device, cl)
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
