@@ -25,3 +25,18 @@ class CheckpointError(BnasError):
 
 class NumericalError(BnasError):
     """A loss or gradient became NaN or infinite; the last complete epoch's checkpoint is kept."""
+
+
+def non_finite(on_nan: str, command: str, which: str, epoch: int, step: int, out: str, lrs: str) -> int:
+    """--on-nan skip: 1 (a skipped step to count); stop (the default): raise, naming the checkpoint that is kept."""
+    if on_nan == "skip":
+        return 1
+    if epoch:
+        kept = f"the checkpoint of epoch {epoch} is kept in {out}: "
+        kept += f"continue with bnas {command} --resume {out} --on-nan skip"
+    else:
+        kept = "no epoch had finished: rerun with --on-nan skip"
+    raise NumericalError(
+        f"the {which} loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
+        f"{kept}, or start again with a lower {lrs}"
+    )

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from .data.search_data import search_data
 from .dist import NullRun, all_reduce_mean, is_main
-from .errors import ConfigError, NumericalError
+from .errors import ConfigError, non_finite
 from .genotype import Genotype
 from .ops import PRIMITIVES
 from .optim import SGD, Adam
@@ -543,19 +543,8 @@ class Searcher:
         return out
 
     def _non_finite(self, epoch: int, step: int, which: str) -> int:
-        """--on-nan stop (default): end the run keeping the last complete epoch; skip: count and go on."""
-        if self.cfg.on_nan == "skip":
-            return 1
-        out = self.cfg.out
-        if epoch:
-            kept = f"the checkpoint of epoch {epoch} is kept in {out}: "
-            kept += f"continue with bnas search --resume {out} --on-nan skip"
-        else:
-            kept = "no epoch had finished: rerun with --on-nan skip"
-        raise NumericalError(
-            f"the {which} loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
-            f"{kept}, or start again with a lower --lr/--arch-lr"
-        )
+        """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""
+        return non_finite(self.cfg.on_nan, "search", which, epoch, step, self.cfg.out, "--lr/--arch-lr")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

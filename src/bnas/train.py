@@ -26,7 +26,7 @@ from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
 from .data.registry import DatasetSpec, get_dataset, load_split
 from .dist import NullRun, all_reduce_mean, broadcast_buffers, rank_world
-from .errors import CheckpointError, ConfigError, NumericalError
+from .errors import CheckpointError, ConfigError, non_finite
 from .genotype import Genotype, get_genotype
 from .optim import SGD
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
@@ -431,18 +431,7 @@ class Trainer:
 
     def _non_finite(self, epoch: int, step: int) -> int:
         """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""
-        if self.cfg.on_nan == "skip":
-            return 1
-        out = self.cfg.out
-        if epoch:
-            kept = f"the checkpoint of epoch {epoch} is kept in {out}: "
-            kept += f"continue with bnas train --resume {out} --on-nan skip"
-        else:
-            kept = "no epoch had finished: rerun with --on-nan skip"
-        raise NumericalError(
-            f"the training loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
-            f"{kept}, or start again with a lower --lr"
-        )
+        return non_finite(self.cfg.on_nan, "train", "training", epoch, step, self.cfg.out, "--lr")
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, float]:
