@@ -24,13 +24,7 @@ matplotlib = pytest.importorskip("matplotlib")
 report = pytest.importorskip("bnas.report")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread, and a loaded 2-core machine punishes oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the collapse diagnostic: dominant eigenvalue of the alpha Hessian --------------------------------------

@@ -17,14 +17,7 @@ from bnas.progress import Reporter
 from bnas.runs import RunDir, load_checkpoint
 from bnas.search import SearchConfig, Searcher
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread, and a loaded 2-core machine punishes oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(out, order: int, **kw) -> SearchConfig:
