@@ -143,7 +143,8 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.init_channels:
         overrides["init_channels"] = cfg.init_channels
     scfg = SearchConfig.resolve(cfg.method, **overrides)
-    model = SuperNet(dataclasses.replace(scfg.space_config(10, 3), fast=cfg.fast)).to(device)
+    fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
+    model = SuperNet(dataclasses.replace(scfg.space_config(10, 3), fast=fast)).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -253,7 +254,7 @@ def _result(cfg, device, wall, cpu, base_mb, amp_mode, cl) -> dict[str, Any]:
         "steps": cfg.steps,
         "warmup": cfg.warmup,
         "switches": {
-            "fast": cfg.fast,
+            "fast": cfg.fast and not cfg.compile,
             "channels_last": cl,
             "amp": amp_mode,
             "arch_grads": cfg.arch_grads,

@@ -49,6 +49,7 @@ _HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "mixed precision: auto (bf16 on GPU, off on CPU), off, bf16, fp16",
     "channels_last": "channels-last memory format: auto (= on), on, off",
+    "compile": "torch.compile the network with this backend (inductor; eager to debug); off = plain PyTorch",
     "fast": "per-source-state search cells: the same gradients as the per-edge cells, less time and memory",
     "eval_every": "evaluate the supernet on the architecture split every N epochs (0 = never)",
     "log_every": "steps between step records in metrics.jsonl",

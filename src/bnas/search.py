@@ -97,6 +97,10 @@ class SearchConfig:
     device: str = "auto"
     amp: str = "auto"  # auto | off | bf16 | fp16
     channels_last: str = "auto"  # auto (= on) | on | off
+    # off, or a torch.compile backend for the network (inductor; eager to debug). Compiling uses the plain cells:
+    # the fast cells' backward asks the autograd engine at run time which gradients are wanted, an answer
+    # torch.compile would bake into the graph (measured: a different search).
+    compile: str = "off"
     fast: bool = True  # per-source-state search cells (fastops): the same gradients, less time and memory
     eval_every: int = 1  # evaluate the supernet on the architecture split every N epochs (0 = never)
     log_every: int = 50  # steps between "step" records in metrics.jsonl
@@ -174,7 +178,7 @@ class SearchConfig:
         return SpaceConfig(
             space=self.space, channels=self.init_channels, blocks=self.blocks, enhance=self.enhance_cells,
             layers=self.layers, num_classes=num_classes, in_channels=in_channels, stem=stem,
-            partial_k=self.partial_k, edge_norm=self.edge_norm, fast=self.fast,
+            partial_k=self.partial_k, edge_norm=self.edge_norm, fast=self.fast and self.compile == "off",
         )  # fmt: skip
 
 
@@ -407,6 +411,8 @@ class Searcher:
         self.model = SuperNet(cfg.space_config(data.num_classes, data.in_channels, data.stem)).to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile != "off":  # in place: parameter names, checkpoints and functional_call stay as they are
+            self.model.net.compile(backend=cfg.compile)
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
         self.w_optimizer = SGD(
             self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

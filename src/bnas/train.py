@@ -88,7 +88,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # CPU threads of torch (0 = its default); 1 is fastest on a busy machine
     amp: str = "auto"  # auto | off | bf16 | fp16
-    channels_last: str = "auto"  # auto | on | off
+    channels_last: str = "auto"  # auto (= on) | on | off
+    compile: str = "off"  # off, or a torch.compile backend for the network (inductor; eager to debug)
     eval_batch_size: int = 256
     on_nan: str = "stop"  # stop: end the run keeping the last complete epoch | skip: skip the step and count it
     deterministic: bool = False  # GPU: deterministic kernels (slower); CPU runs are reproducible anyway
@@ -244,6 +245,8 @@ class Trainer:
         self.model = self.model.to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile != "off":  # in place: parameter names and checkpoints stay as they are
+            self.model.compile(backend=cfg.compile)
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
         self.optimizer = SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.start_epoch = 0
