@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnas import native
+from bnas import fastfn, native
 from bnas.fastops import depthwise
 from bnas.search import Architect, SearchConfig
 from bnas.space import SpaceConfig, SuperNet
@@ -30,7 +30,8 @@ def _pair(space: str, k: int, dtype=torch.float32, cl: bool = False, channels: i
 
 
 def _grads(model: SuperNet, x: torch.Tensor, y: torch.Tensor):
-    loss = F.cross_entropy(model(x), y)
+    with fastfn.backward_once():  # as the search steps run it (output-saving BatchNorms on)
+        loss = F.cross_entropy(model(x), y)
     names = [n for n, _ in model.named_parameters()]
     return loss, dict(zip(names, torch.autograd.grad(loss, list(model.parameters())), strict=True))
 
@@ -182,6 +183,67 @@ def test_dw_pw_gradients_and_double_backward():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
     # only what is asked for: the architecture step's autograd.grad does not want weight gradients
     assert torch.autograd.grad(fastfn.dw_pw(x, dw, pw, 2, 2).sum(), [x])[0].shape == x.shape
+
+
+def test_dw_pw_with_batchnorm_relu_in_front():
+    """dw_pw(z, norm=stats) = pw(dw(relu(BN(z)))) with training-mode BatchNorm, saving z only: first and
+    second derivatives (the second through a plain recomputation), and the running statistics."""
+    from torch import nn
+
+    from bnas import fastfn
+
+    z = torch.randn(3, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+    bn_p, bn_f = (nn.BatchNorm2d(4, affine=False).double() for _ in range(2))
+    dw = nn.Conv2d(4, 4, 3, 1, 1, groups=4, bias=False).double()
+    pw = nn.Conv2d(4, 6, 1, bias=False).double()
+    g = torch.randn(3, 6, 9, 9, dtype=torch.float64)
+    params = [z, dw.weight, pw.weight]
+    for create_graph in (False, True):
+        ref = torch.autograd.grad(pw(dw(torch.relu(bn_p(z)))), params, g, create_graph=create_graph)
+        out = fastfn.dw_pw(z, dw, pw, 1, 1, norm=fastfn.batch_stats(z, [bn_f]))
+        got = torch.autograd.grad(out, params, g, create_graph=create_graph)
+        for a, b in zip(ref, got, strict=True):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+        if create_graph:
+            hr = torch.autograd.grad((ref[0] * g[:, :4]).sum(), [z, pw.weight])
+            hg = torch.autograd.grad((got[0] * g[:, :4]).sum(), [z, pw.weight])
+            for a, b in zip(hr, hg, strict=True):
+                assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(bn_p.running_var, bn_f.running_var) and torch.allclose(bn_p.running_mean, bn_f.running_mean)
+
+
+def test_bn_out_and_max_pool_match_plain_and_keep_less():
+    """Inside backward_once, bn_out keeps only its output; max_pool never keeps int64 indices; both give the
+    modules' gradients. Outside backward_once bn_out is the module (twice differentiable); inside, a second
+    differentiation is refused with one clear sentence."""
+    from torch import nn
+
+    from bnas import fastfn
+
+    z = torch.randn(4, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    bn_p, bn_f = (nn.BatchNorm2d(3, affine=False).double() for _ in range(2))
+    pool = nn.MaxPool2d(3, 1, 1)
+    g = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    yp = bn_p(z)
+    ref = torch.autograd.grad(pool(yp) * yp, z, g)[0]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with fastfn.backward_once():
+            y = fastfn.bn_out(z, bn_f)
+        out = fastfn.max_pool(y, pool) * y
+    got = torch.autograd.grad(out, z, g)[0]
+    assert torch.allclose(ref, got, rtol=1e-10, atol=1e-12)
+    assert all(t.dtype == torch.float64 for t in saved)  # no indices
+    assert not any(t.data_ptr() == z.data_ptr() for t in saved)  # the input z is not kept
+    assert torch.allclose(bn_p.running_var, bn_f.running_var, rtol=1e-12)
+    with fastfn.backward_once():
+        y1 = fastfn.bn_out(z, bn_f)
+    with pytest.raises(RuntimeError, match="backward_once"):
+        torch.autograd.grad(y1.pow(3).sum(), z, create_graph=True)
+    (gz,) = torch.autograd.grad(fastfn.bn_out(z, bn_f).pow(3).sum(), z, create_graph=True)
+    (gz_ref,) = torch.autograd.grad(bn_p(z).pow(3).sum(), z, create_graph=True)
+    h = torch.autograd.grad(gz.sum(), z)[0]
+    assert torch.allclose(h, torch.autograd.grad(gz_ref.sum(), z)[0], rtol=1e-9, atol=1e-11)
 
 
 def test_channel_shuffle_keeps_channels_last_and_values():

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fastfn
 from .errors import ConfigError
 from .genotype import get_genotype
 from .optim import SGD
@@ -174,7 +175,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         else:
             architect.step(x, y, xv, yv, scfg.lr)
         w_opt.zero_grad(set_to_none=True)
-        with autocast():
+        with autocast(), fastfn.backward_once():
             logits = model(x)
         loss = F.cross_entropy(upcast(logits), y)
         loss.backward(inputs=weights if cfg.weight_grads == "weights" else None)

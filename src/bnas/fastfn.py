@@ -14,7 +14,9 @@ Hessian eigenvalues) backward differentiates a plain recomputation instead, so d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -61,47 +63,105 @@ def _recompute_grads(ctx, fn, inputs: Sequence, grad_out: torch.Tensor) -> list:
     return [next(grads) if n else None for n in need]
 
 
-def _dw_pw_forward(x, w_dw, w_pw, stride: int, padding: int) -> torch.Tensor:
+def _normalise_relu(z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
+    """relu((z - mean) * invstd) per channel: an affine-free BatchNorm with given statistics, rectified."""
+    return torch.addcmul(_bc(-mean * invstd), z, _bc(invstd)).relu_()
+
+
+def _dw_pw_forward(x, w_dw, w_pw, stride: int, padding: int, eps: float | None = None) -> torch.Tensor:
+    if eps is not None:  # x is the input of an affine-free training-mode BatchNorm followed by a ReLU
+        x = torch.relu(F.batch_norm(x, None, None, None, None, True, 0.0, eps))
     return F.conv2d(F.conv2d(x, w_dw, None, stride, padding, 1, x.shape[1]), w_pw)
 
 
 class _DwPw(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_dw, w_pw, stride: int, padding: int):
+    def forward(ctx, x, w_dw, w_pw, stride: int, padding: int, norm):
         ctx.conf = (stride, padding, w_dw.grad_fn, w_pw.grad_fn)
+        ctx.norm = norm
         device = x.device.type
         if torch.is_autocast_enabled(device):  # compute (and differentiate) in autocast's dtype throughout
             dtype = torch.get_autocast_dtype(device)
             x, w_dw, w_pw = x.to(dtype), w_dw.to(dtype), w_pw.to(dtype)
         ctx.save_for_backward(x, w_dw, w_pw)
-        return _dw_pw_forward(x, w_dw, w_pw, stride, padding)
+        a = x if norm is None else _normalise_relu(x, *norm[:2])
+        return _dw_pw_forward(a, w_dw, w_pw, stride, padding)
 
     @staticmethod
     def backward(ctx, g):
         x, w_dw, w_pw = ctx.saved_tensors
         stride, padding, node_dw, node_pw = ctx.conf
+        norm = ctx.norm
         g = g.to(x.dtype)  # the autograd engine casts each returned gradient to its input's dtype
         if torch.is_grad_enabled():
-            fn = lambda a, b, c: _dw_pw_forward(a, b, c, stride, padding)  # noqa: E731
-            return (*_recompute_grads(ctx, fn, (x, w_dw, w_pw), g), None, None)
+            eps = None if norm is None else norm[2]
+            fn = lambda a, b, c: _dw_pw_forward(a, b, c, stride, padding, eps)  # noqa: E731
+            return (*_recompute_grads(ctx, fn, (x, w_dw, w_pw), g), None, None, None)
         need_x, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and _wanted(node_dw)
         need_pw = ctx.needs_input_grad[2] and _wanted(node_pw)
         g_x = g_dw = g_pw = None
+        a = x if norm is None or not (need_x or need_dw or need_pw) else _normalise_relu(x, *norm[:2])
         if need_pw:
-            t = F.conv2d(x, w_dw, None, stride, padding, 1, x.shape[1])
+            t = F.conv2d(a, w_dw, None, stride, padding, 1, a.shape[1])
             g_pw = _ATEN_CONV_BWD(g, t, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
         if need_x or need_dw:
             g_t = F.conv2d(g, w_pw.transpose(0, 1))  # a 1x1 convolution's input gradient
             if need_x:
-                g_x = _dw_input_grad(x, g_t, w_dw, stride, padding)
+                g_x = _dw_input_grad(a, g_t, w_dw, stride, padding)
+                if norm is not None:  # through the ReLU, then the BatchNorm (batch statistics depend on x)
+                    g_x = torch.ops.aten.threshold_backward(g_x, a, 0)
+                    mean, invstd, eps = norm
+                    args = (g_x, x, None, None, None, mean, invstd, True, eps, [True, False, False])
+                    g_x = torch.ops.aten.native_batch_norm_backward(*args)[0]
             if need_dw:
-                g_dw = _dw_weight_grad(x, g_t, w_dw, stride, padding)
-        return g_x, g_dw, g_pw, None, None
+                g_dw = _dw_weight_grad(a, g_t, w_dw, stride, padding)
+        return g_x, g_dw, g_pw, None, None, None
 
 
-def dw_pw(x: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, stride: int, padding: int) -> torch.Tensor:
-    """pw(dw(x)) for an undilated depthwise `dw` run with (stride, padding) and a 1x1 `pw`; saves only x."""
-    return _DwPw.apply(x, param(dw.weight), param(pw.weight), stride, padding)
+def dw_pw(x: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, stride: int, padding: int, norm=None) -> torch.Tensor:
+    """pw(dw(x)) for an undilated depthwise `dw` run with (stride, padding) and a 1x1 `pw`; saves only x.
+
+    With `norm` = (mean, invstd, eps) from `batch_stats`, x is first normalised by that affine-free
+    training-mode BatchNorm and rectified (a SepConv's middle), and still only x is saved.
+    """
+    return _DwPw.apply(x, param(dw.weight), param(pw.weight), stride, padding, norm)
+
+
+# --- max pooling that keeps no indices
+
+
+class _MaxPool(torch.autograd.Function):
+    """Max pooling that saves only its input (usually kept anyway) and recomputes the argmax in backward,
+    instead of keeping an int64 index per output (twice the output's own size at fp32)."""
+
+    @staticmethod
+    def forward(ctx, x, k: int, s: int, p: int):
+        ctx.conf = (k, s, p)
+        ctx.save_for_backward(x)
+        return F.max_pool2d(x, k, s, p)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        k, s, p = ctx.conf
+        if torch.is_grad_enabled():
+            return (*_recompute_grads(ctx, lambda a: F.max_pool2d(a, k, s, p), (x,), g), None, None, None)
+        _, idx = torch.ops.aten.max_pool2d_with_indices(x, [k, k], [s, s], [p, p])
+        return (
+            torch.ops.aten.max_pool2d_with_indices_backward(g, x, [k, k], [s, s], [p, p], [1, 1], False, idx),
+            None,
+            None,
+            None,
+        )
+
+
+def max_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+    """`pool(x)` for a square, undilated, floor-mode `nn.MaxPool2d` (anything else runs the module)."""
+    k, s, p = pool.kernel_size, pool.stride, pool.padding
+    square = all(isinstance(v, int) for v in (k, s, p)) and pool.dilation == 1
+    if not square or pool.ceil_mode or pool.return_indices or not torch.is_grad_enabled():
+        return pool(x)
+    return _MaxPool.apply(x, k, s, p)
 
 
 # --- BatchNorm statistics and the fused end of a mixed edge
@@ -191,6 +251,57 @@ class _MixBN(torch.autograd.Function):
             g_w[len(zs)] = (g * skip).sum()
             g_skip = g * w[len(zs)] if ctx.needs_input_grad[2] else None
         return (g_w if ctx.needs_input_grad[0] else None, None, g_skip, *g_zs)
+
+
+_ONCE: ContextVar[bool] = ContextVar("bnas_backward_once", default=False)
+
+
+@contextmanager
+def backward_once() -> Iterator[None]:
+    """Declares that forwards run in this block are differentiated once, never twice (the search's weight
+    and architecture steps; not Hessian-vector products): `bn_out` may then keep its output only."""
+    token = _ONCE.set(True)
+    try:
+        yield
+    finally:
+        _ONCE.reset(token)
+
+
+class _BNOut(torch.autograd.Function):
+    """Affine-free training-mode BatchNorm that saves its output, not its input: with no affine the output
+    is the normalised input itself, and a cell's preprocessed state is kept for backward anyway (by the
+    pools and the skip of its mixed edges), so this BatchNorm costs no memory of its own."""
+
+    @staticmethod
+    def forward(ctx, z, mean, invstd):
+        y = torch.addcmul(_bc(-mean * invstd), z, _bc(invstd))
+        ctx.save_for_backward(y, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "bnas: a forward run inside bnas.fastfn.backward_once() was differentiated twice; "
+                "run it outside that block"
+            )
+        y, invstd = ctx.saved_tensors
+        zero, one = torch.zeros_like(invstd), torch.ones_like(invstd)
+        # BatchNorm's input gradient in terms of xhat = y (mean 0, invstd 1), then the 1/std of the chain rule
+        g_z = torch.ops.aten.native_batch_norm_backward(
+            g, y, None, None, None, zero, one, True, 0.0, [True, False, False]
+        )
+        return g_z[0].mul_(_bc(invstd)), None, None
+
+
+def bn_out(z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
+    """`bn(z)` for an affine-free training-mode BatchNorm; inside `backward_once` it keeps only its output for
+    backward (differentiating that twice would need z), elsewhere it is the module itself."""
+    fusable = z.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled() and fusable_bn(bn)
+    if not fusable or not _ONCE.get() or not torch.is_grad_enabled():
+        return bn(z)
+    mean, invstd, _ = batch_stats(z, [bn])
+    return _BNOut.apply(z, mean, invstd)
 
 
 def mix_bn(w: torch.Tensor, zs: Sequence[torch.Tensor], stats: Sequence, skip: torch.Tensor | None = None):

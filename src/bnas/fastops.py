@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastfn
-from .ops import PRIMITIVES, DilConv, Identity, SepConv, channel_shuffle
+from .ops import PRIMITIVES, DilConv, FactorizedReduce, Identity, ReLUConvBN, SepConv, channel_shuffle, shared_relu
 
 # positions in PRIMITIVES (the alpha columns) of the operations a mixed edge builds, in its `ops` order
 _MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (PRIMITIVES.index(n) for n in PRIMITIVES[1:])
@@ -136,6 +136,11 @@ def _dil_pre(op: DilConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torc
 def _sep_pre(op: SepConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torch.Tensor, nn.BatchNorm2d]:
     first, second = op
     z, bn = _dil_pre(first, r, phases)
+    _, dw, pw, bn2 = second
+    plan = _dw_plan(dw, z, None)
+    if plan is not None and not plan[3] and _fused(z, bn):
+        # the middle BatchNorm and ReLU run inside the second dw_pw, which keeps z only (not relu(bn(z)))
+        return fastfn.dw_pw(z, dw, pw, plan[1], plan[2], norm=fastfn.batch_stats(z, [bn])), bn2
     return _dil_pre(second, torch.relu(bn(z)), None)
 
 
@@ -169,7 +174,7 @@ def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Te
     ops = [e.ops for e in edges]
     r = torch.relu(x)
     phases = _Phases(r)
-    max_pre, avg_pre = ops[0][0][0](x), ops[0][1][0](x)
+    max_pre, avg_pre = fastfn.max_pool(x, ops[0][0][0]), ops[0][1][0](x)
     if not _fused(x, ops[0][0][1]):
         return _mixed_unfused(ops, x, r, phases, max_pre, avg_pre, weights)
     pools = [max_pre, avg_pre]
@@ -224,7 +229,7 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
     """
     from .cells import PartialEdge  # cells imports this module
 
-    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    states = [_preprocess(cell.preprocess0, s0), _preprocess(cell.preprocess1, s1)]
     steps = cell.steps
     partial = isinstance(cell.edges[0], PartialEdge)
     acc: list = [None] * steps
@@ -240,21 +245,31 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
         stride = 2 if cell.reduction and src < 2 else 1
         mods = [cell.edges[i] for i, _ in out_edges]
         idx = [i for i, _ in out_edges]
+        w = op_weights[idx]
+        if edge_weights is not None:  # a mixed edge is linear in its op weights: scale those, not the output
+            w = w * edge_weights[idx, None]
         if partial:
             part, rest = x[:, : mods[0].c_part], x[:, mods[0].c_part :]
             if mods[0].bypass is not None:
-                rest = mods[0].bypass(rest)
-            hs = mixed_outputs([m.mixed for m in mods], part, op_weights[idx], stride)
+                rest = fastfn.max_pool(rest, mods[0].bypass)
+            hs = mixed_outputs([m.mixed for m in mods], part, w, stride)
         else:
-            hs = mixed_outputs(mods, x, op_weights[idx], stride)
+            hs = mixed_outputs(mods, x, w, stride)
         for (i, node), h in zip(out_edges, hs, strict=True):
-            if edge_weights is not None:
-                h = h * edge_weights[i]
             acc[node] = h if acc[node] is None else acc[node] + h
             if partial:
                 r = rest if edge_weights is None else rest * edge_weights[i]
                 rest_acc[node] = r if rest_acc[node] is None else rest_acc[node] + r
     return torch.cat([states[i] for i in cell.concat], dim=1)
+
+
+def _preprocess(module: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """A cell's ReLUConvBN or FactorizedReduce input, its BatchNorm keeping the output only (`fastfn.bn_out`)."""
+    if isinstance(module, FactorizedReduce):
+        return fastfn.bn_out(module.reduce_convs(shared_relu(s)), module.bn)
+    if isinstance(module, ReLUConvBN):
+        return fastfn.bn_out(module[1](shared_relu(s)), module[2])
+    return module(s)
 
 
 def _finish(mixed: torch.Tensor, rest: torch.Tensor, edge: nn.Module) -> torch.Tensor:

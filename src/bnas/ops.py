@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -20,6 +22,34 @@ PRIMITIVES: tuple[str, ...] = (
 PARAMETER_FREE: frozenset[str] = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
 
 
+_RELUS: ContextVar[dict | None] = ContextVar("bnas_shared_relus", default=None)
+
+
+@contextmanager
+def sharing_relus() -> Iterator[None]:
+    """Within this block, `shared_relu` of one tensor is computed (and kept for backward) once.
+
+    A cell output feeds up to four ReLUConvBN/FactorizedReduce inputs (the next two cells, a GAP tap, an
+    enhancement tap), each of which would rectify it and keep its own identical copy for backward.
+    """
+    token = _RELUS.set({})
+    try:
+        yield
+    finally:
+        _RELUS.reset(token)
+
+
+def shared_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(x), computed once per tensor inside `sharing_relus` (gradients add up as for separate ReLUs)."""
+    cache = _RELUS.get()
+    if cache is None:
+        return torch.relu(x)
+    hit = cache.get(id(x))
+    if hit is None or hit[0] is not x:
+        hit = cache[id(x)] = (x, torch.relu(x))
+    return hit[1]
+
+
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, padding: int = 0, affine=True):
         super().__init__(
@@ -27,6 +57,9 @@ class ReLUConvBN(nn.Sequential):
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[2](self[1](shared_relu(x)))
 
 
 class DilConv(nn.Sequential):
@@ -81,7 +114,7 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reduce(self.relu(x))
+        return self.reduce(shared_relu(x))
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the ReLU (the fast search path shares one ReLU between several edges)."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from . import fastfn
 from .data.search_data import search_data
 from .dist import NullRun, all_reduce_mean, is_main
 from .errors import ConfigError, non_finite
@@ -214,8 +215,9 @@ class Architect:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor] | None = None):
-        with self.autocast():
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor] | None = None, once=True):
+        """The loss of a batch; `once`: it will be differentiated once (lets the fast cells keep less)."""
+        with self.autocast(), fastfn.backward_once() if once else contextlib.nullcontext():
             logits = self.model(x) if params is None else functional_call(self.model, params, (x,))
         return F.cross_entropy(upcast(logits), y)
 
@@ -272,7 +274,7 @@ class Architect:
     def _hvp_exact(self, weights, v, x, y) -> list[torch.Tensor]:
         """d/da (grad_w L_train(w, a) . v) by double backpropagation."""
         arch = self.model.arch_parameters()
-        g_w = torch.autograd.grad(self._loss(x, y), weights, create_graph=True)
+        g_w = torch.autograd.grad(self._loss(x, y, once=False), weights, create_graph=True)
         dot = sum((g * t).sum() for g, t in zip(g_w, v, strict=True))
         return list(torch.autograd.grad(dot, arch))
 
@@ -519,7 +521,7 @@ class Searcher:
                 else:
                     skipped += self._non_finite(epoch, steps, "architecture")
             self.w_optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
+            with self.autocast(), fastfn.backward_once():
                 logits = model(x)
             loss = F.cross_entropy(upcast(logits), y)
             loss.backward()

@@ -14,7 +14,7 @@ from torch import nn
 
 from .cells import Cell, MixedEdge, PartialEdge, search_edges
 from .genotype import Genotype, derive
-from .ops import PRIMITIVES, make_op
+from .ops import PRIMITIVES, make_op, sharing_relus
 from .topology import BroadNet, BroadShape, DeepNet, DeepShape
 
 
@@ -99,6 +99,9 @@ class SuperNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.fast and self.training:
+            with sharing_relus():
+                return self.net(x, self.weights())
         return self.net(x, self.weights())
 
     def genotype(self) -> Genotype:
