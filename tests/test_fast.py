@@ -246,6 +246,58 @@ def test_bn_out_and_max_pool_match_plain_and_keep_less():
     assert torch.allclose(h, torch.autograd.grad(gz_ref.sum(), z)[0], rtol=1e-9, atol=1e-11)
 
 
+def test_factorized_reduce_keeps_only_its_input():
+    from bnas.ops import FactorizedReduce
+
+    fr = FactorizedReduce(3, 6, affine=False).double()
+    r = torch.randn(2, 3, 6, 6, dtype=torch.float64).relu().requires_grad_()
+    g = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    params = [r, fr.conv_1.weight, fr.conv_2.weight]
+    saved: list = []
+    for create_graph in (False, True):
+        ref = torch.autograd.grad(fr.reduce_convs(r), params, g, create_graph=create_graph)
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = fastfn.factorized_reduce(r, fr.conv_1, fr.conv_2)
+        assert sum(t.numel() for t in saved if t.dim() == 4 and t.shape[0] == 2) == r.numel()  # r, no copies
+        got = torch.autograd.grad(out, params, g, create_graph=create_graph)
+        for a, b in zip(ref, got, strict=True):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+        if create_graph:
+            assert torch.allclose(*(torch.autograd.grad((t[1] ** 2).sum(), r)[0] for t in (ref, got)))
+
+
+def test_conv_bn_recomputes_its_convolution():
+    """conv_bn = bn(conv(r)) (affine BatchNorm, running statistics) keeping r only; double backward works."""
+    from torch import nn
+
+    conv = nn.Conv2d(3, 5, 1, bias=False).double()
+    bn_p, bn_f = (nn.BatchNorm2d(5).double() for _ in range(2))
+    with torch.no_grad():
+        for bn in (bn_p, bn_f):
+            bn.weight.copy_(torch.linspace(0.5, 2, 5))
+            bn.bias.copy_(torch.linspace(-1, 1, 5))
+    r = torch.randn(4, 3, 5, 5, dtype=torch.float64).relu().requires_grad_()
+    g = torch.randn(4, 5, 5, 5, dtype=torch.float64)
+    for create_graph in (False, True):
+        outs = []
+        for bn in (bn_p, bn_f):
+            saved: list = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t, lambda t: t):
+                y = bn(conv(r)) if bn is bn_p else fastfn.conv_bn(r, conv, bn)
+            if bn is bn_f:
+                assert not any(t.shape == (4, 5, 5, 5) for t in saved)  # the convolution output is not kept
+            params = [r, conv.weight, bn.weight, bn.bias]
+            outs.append(torch.autograd.grad(y, params, g, create_graph=create_graph))
+        for a, b in zip(*outs, strict=True):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+        if create_graph:
+            assert torch.allclose(*(torch.autograd.grad((o[1] ** 2).sum(), r)[0] for o in outs))
+    assert torch.allclose(bn_p.running_var, bn_f.running_var) and torch.equal(
+        bn_p.num_batches_tracked, bn_f.num_batches_tracked
+    )
+
+
 def test_channel_shuffle_keeps_channels_last_and_values():
     from bnas.ops import channel_shuffle
 

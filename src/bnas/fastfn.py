@@ -127,6 +127,57 @@ def dw_pw(x: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, stride: int, padding: i
     return _DwPw.apply(x, param(dw.weight), param(pw.weight), stride, padding, norm)
 
 
+# --- FactorizedReduce's two convolutions, keeping only their (shared, already kept) input
+
+
+def _phases(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return r[:, :, ::2, ::2], r[:, :, 1::2, 1::2]
+
+
+def _reduce_forward(r, w1, w2) -> torch.Tensor:
+    even, odd = _phases(r)
+    return torch.cat([F.conv2d(even, w1), F.conv2d(odd, w2)], dim=1)
+
+
+class _Reduce(torch.autograd.Function):
+    """cat(conv_1(even pixels), conv_2(odd pixels)) of a rectified state: saves the state only (which its
+    mixed edges keep anyway), not the two sub-sampled copies the convolutions would keep."""
+
+    @staticmethod
+    def forward(ctx, r, w1, w2):
+        ctx.save_for_backward(r, w1, w2)
+        ctx.nodes = (w1.grad_fn, w2.grad_fn)
+        fmt = torch.channels_last if r.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        even, odd = (t.contiguous(memory_format=fmt) for t in _phases(r))
+        return torch.cat([torch.einsum("nchw,oc->nohw", t, w[:, :, 0, 0]) for t, w in ((even, w1), (odd, w2))], 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        r, w1, w2 = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return tuple(_recompute_grads(ctx, _reduce_forward, (r, w1, w2), g))
+        half = w1.shape[0]
+        g1, g2 = g[:, :half], g[:, half:]
+        grads = [None, None, None]
+        if ctx.needs_input_grad[0]:
+            g_r = torch.zeros_like(r)
+            for phase, g_k, w in zip(_phases(g_r), (g1, g2), (w1, w2), strict=True):
+                phase.copy_(torch.einsum("nohw,oc->nchw", g_k, w[:, :, 0, 0]))
+            grads[0] = g_r
+        for k, (x_k, g_k, w, node) in enumerate(zip(_phases(r), (g1, g2), (w1, w2), ctx.nodes, strict=True)):
+            if ctx.needs_input_grad[1 + k] and _wanted(node):
+                grads[1 + k] = torch.einsum("nohw,nchw->oc", g_k, x_k).view_as(w)
+        return tuple(grads)
+
+
+def factorized_reduce(r: torch.Tensor, conv_1: nn.Conv2d, conv_2: nn.Conv2d) -> torch.Tensor | None:
+    """`FactorizedReduce.reduce_convs(r)` keeping only r for backward; None for odd sizes or under autocast
+    (then use the module)."""
+    if r.shape[-1] % 2 or r.shape[-2] % 2 or torch.is_autocast_enabled(r.device.type):
+        return None
+    return _Reduce.apply(r, param(conv_1.weight), param(conv_2.weight))
+
+
 # --- max pooling that keeps no indices
 
 
@@ -267,6 +318,11 @@ def backward_once() -> Iterator[None]:
         _ONCE.reset(token)
 
 
+def once() -> bool:
+    """Inside `backward_once`."""
+    return _ONCE.get()
+
+
 class _BNOut(torch.autograd.Function):
     """Affine-free training-mode BatchNorm that saves its output, not its input: with no affine the output
     is the normalised input itself, and a cell's preprocessed state is kept for backward anyway (by the
@@ -302,6 +358,57 @@ def bn_out(z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
         return bn(z)
     mean, invstd, _ = batch_stats(z, [bn])
     return _BNOut.apply(z, mean, invstd)
+
+
+def _conv_bn_forward(r, w, gamma, beta, conv: tuple, eps: float) -> torch.Tensor:
+    return F.batch_norm(F.conv2d(r, w, None, *conv), None, None, gamma, beta, True, 0.0, eps)
+
+
+class _ConvBN(torch.autograd.Function):
+    """A convolution then training-mode BatchNorm that keeps only the convolution's input: backward
+    recomputes the convolution output (the ReLUConvBN taps: a 1x1 convolution, cheap to recompute)."""
+
+    @staticmethod
+    def forward(ctx, r, w, gamma, beta, conv: tuple, bn: nn.BatchNorm2d):
+        z = F.conv2d(r, w, None, *conv)
+        mean, invstd, eps = ctx.stats = batch_stats(z, [bn])
+        ctx.conf = conv
+        ctx.save_for_backward(r, w, gamma, beta)
+        a = invstd if gamma is None else gamma * invstd
+        shift = -mean * a if beta is None else beta - mean * a
+        return torch.addcmul(_bc(shift), z, _bc(a))
+
+    @staticmethod
+    def backward(ctx, g):
+        r, w, gamma, beta = ctx.saved_tensors
+        conv, (mean, invstd, eps) = ctx.conf, ctx.stats
+        if torch.is_grad_enabled():
+            fn = lambda a, b, c, d: _conv_bn_forward(a, b, c, d, conv, eps)  # noqa: E731
+            return (*_recompute_grads(ctx, fn, (r, w, gamma, beta), g), None, None)
+        need = ctx.needs_input_grad
+        z = F.conv2d(r, w, None, *conv)
+        mask = [need[0] or need[1], need[2], need[3]]
+        g_z, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+            g, z, gamma, None, None, mean, invstd, True, eps, mask
+        )
+        g_r = g_w = None
+        if need[0] or need[1]:
+            stride, padding, dilation, groups = conv
+            args = (g_z, r, w, None, stride, padding, dilation, False, [0, 0], groups, [need[0], need[1], False])
+            g_r, g_w = _ATEN_CONV_BWD(*args)[:2]
+        return g_r, g_w, g_gamma if need[2] else None, g_beta if need[3] else None, None, None
+
+
+def conv_bn(r: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """`bn(conv(r))` in training mode keeping only r for backward (see `_ConvBN`); the module pair elsewhere."""
+    plain = conv.bias is not None or not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros"
+    plain = plain or not (bn.training and bn.track_running_stats and bn.momentum is not None)
+    if plain or r.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(r.device.type):
+        return bn(conv(r))
+    if not torch.is_grad_enabled():
+        return bn(conv(r))
+    gamma, beta = (bn.weight, bn.bias) if bn.affine else (None, None)
+    return _ConvBN.apply(r, conv.weight, gamma, beta, (conv.stride, conv.padding, conv.dilation, conv.groups), bn)
 
 
 def mix_bn(w: torch.Tensor, zs: Sequence[torch.Tensor], stats: Sequence, skip: torch.Tensor | None = None):

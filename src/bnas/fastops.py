@@ -189,7 +189,7 @@ def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Te
         pre = [_sep_pre(o[3], r, phases), _sep_pre(o[4], r, phases), _dil_pre(o[5], r, phases)]
         pre.append(_dil_pre(o[6], r, phases))
         if not identity:
-            pre.append((o[2].reduce_convs(r), o[2].bn))
+            pre.append((_reduce_convs(o[2], r), o[2].bn))
         zs = pools + [z for z, _ in pre]
         stats = pool_stats + [fastfn.batch_stats(z, [bn]) for z, bn in pre]
         outs.append(fastfn.mix_bn(w[columns], zs, stats, x if identity else None))
@@ -263,10 +263,15 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
     return torch.cat([states[i] for i in cell.concat], dim=1)
 
 
+def _reduce_convs(module: FactorizedReduce, r: torch.Tensor) -> torch.Tensor:
+    out = fastfn.factorized_reduce(r, module.conv_1, module.conv_2)
+    return module.reduce_convs(r) if out is None else out
+
+
 def _preprocess(module: nn.Module, s: torch.Tensor) -> torch.Tensor:
     """A cell's ReLUConvBN or FactorizedReduce input, its BatchNorm keeping the output only (`fastfn.bn_out`)."""
     if isinstance(module, FactorizedReduce):
-        return fastfn.bn_out(module.reduce_convs(shared_relu(s)), module.bn)
+        return fastfn.bn_out(_reduce_convs(module, shared_relu(s)), module.bn)
     if isinstance(module, ReLUConvBN):
         return fastfn.bn_out(module[1](shared_relu(s)), module[2])
     return module(s)

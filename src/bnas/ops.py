@@ -9,6 +9,8 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from . import fastfn
+
 PRIMITIVES: tuple[str, ...] = (
     "none",
     "max_pool_3x3",
@@ -59,6 +61,9 @@ class ReLUConvBN(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fastfn.once() and _RELUS.get() is not None:
+            # a fast supernet's search step: recompute the convolution in backward instead of keeping it
+            return fastfn.conv_bn(shared_relu(x), self[1], self[2])
         return self[2](self[1](shared_relu(x)))
 
 
