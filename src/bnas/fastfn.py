@@ -256,51 +256,53 @@ def _bc(t: torch.Tensor) -> torch.Tensor:
 
 
 class _MixBN(torch.autograd.Function):
+    # the per-channel coefficients of all K BatchNorms are computed as (K, C) tables in a few operations;
+    # the passes over full tensors are one per input in forward and three per input in backward
+
     @staticmethod
     def forward(ctx, w, stats, skip, *zs):
-        stats, ctx.eps = [st[:2] for st in stats], [st[2] for st in stats]
-        a = [w[k] * inv for k, (_, inv) in enumerate(stats)]
-        shift = -sum(mean * a_k for (mean, _), a_k in zip(stats, a, strict=True))
-        out = zs[0] * _bc(a[0])
-        out.add_(_bc(shift))
+        k = len(zs)
+        means = torch.stack([st[0] for st in stats])
+        invs = torch.stack([st[1] for st in stats])
+        ctx.eps = [st[2] for st in stats]
+        a = w[:k, None] * invs
+        shift = (means * a).sum(0).neg_()
+        out = torch.addcmul(_bc(shift), zs[0], _bc(a[0]))
         for z, a_k in zip(zs[1:], a[1:], strict=True):
             out.addcmul_(z, _bc(a_k))
         if skip is not None:
-            out.add_(skip * w[len(zs)])
+            out.addcmul_(skip, w[k])
         ctx.save_for_backward(w, skip, *zs)
-        ctx.stats = stats
+        ctx.tables = (means, invs)
         return out
 
     @staticmethod
     def backward(ctx, g):
         w, skip, *zs = ctx.saved_tensors
-        stats = ctx.stats
         if torch.is_grad_enabled():
             g_w, _, g_skip, *g_zs = _recompute_grads(ctx, _mix_forward, (w, ctx.eps, skip, *zs), g)
             return (g_w, None, g_skip, *g_zs)
+        means, invs = ctx.tables
+        k = len(zs)
         dims = (0, 2, 3)
         m = g.numel() // g.shape[1]
         g_sum = g.sum(dims)
+        # d[k] = sum over the batch of g * xhat_k, per channel
+        d = torch.stack([(g * z).sum(dims) for z in zs]).sub_(means * g_sum).mul_(invs)
         g_w = torch.empty_like(w)
-        g_zs = []
-        for k, z in enumerate(zs):
-            mean, invstd = stats[k]
-            # sum over the batch of g * xhat, per channel
-            d = invstd * ((g * z).sum(dims) - mean * g_sum)
-            g_w[k] = d.sum()
-            if ctx.needs_input_grad[3 + k]:
-                a = w[k] * invstd
-                beta = -a * invstd * d / m
-                gamma = -a * g_sum / m - beta * mean
-                g_z = g * _bc(a)
-                g_z.addcmul_(z, _bc(beta)).add_(_bc(gamma))
-                g_zs.append(g_z)
-            else:
-                g_zs.append(None)
+        g_w[:k] = d.sum(1)
+        g_zs: list = [None] * k
+        wanted = [i for i in range(k) if ctx.needs_input_grad[3 + i]]
+        if wanted:
+            a = w[:k, None] * invs
+            beta = (a * invs * d).mul_(-1.0 / m)
+            gamma = (a * g_sum).mul_(-1.0 / m).sub_(beta * means)
+            for i in wanted:
+                g_zs[i] = torch.addcmul(_bc(gamma[i]), g, _bc(a[i])).addcmul_(zs[i], _bc(beta[i]))
         g_skip = None
         if skip is not None:
-            g_w[len(zs)] = (g * skip).sum()
-            g_skip = g * w[len(zs)] if ctx.needs_input_grad[2] else None
+            g_w[k] = (g * skip).sum()
+            g_skip = g * w[k] if ctx.needs_input_grad[2] else None
         return (g_w if ctx.needs_input_grad[0] else None, None, g_skip, *g_zs)
 
 
