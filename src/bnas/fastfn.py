@@ -274,6 +274,7 @@ class _MixBN(torch.autograd.Function):
             out.addcmul_(skip, w[k])
         ctx.save_for_backward(w, skip, *zs)
         ctx.tables = (means, invs)
+        ctx.nodes = [z.grad_fn for z in zs] + [None if skip is None else skip.grad_fn]
         return out
 
     @staticmethod
@@ -292,7 +293,8 @@ class _MixBN(torch.autograd.Function):
         g_w = torch.empty_like(w)
         g_w[:k] = d.sum(1)
         g_zs: list = [None] * k
-        wanted = [i for i in range(k) if ctx.needs_input_grad[3 + i]]
+        # an architecture step does not backpropagate into the first cell's edges from its two inputs
+        wanted = [i for i in range(k) if ctx.needs_input_grad[3 + i] and _wanted(ctx.nodes[i])]
         if wanted:
             a = w[:k, None] * invs
             beta = (a * invs * d).mul_(-1.0 / m)
@@ -302,7 +304,7 @@ class _MixBN(torch.autograd.Function):
         g_skip = None
         if skip is not None:
             g_w[k] = (g * skip).sum()
-            g_skip = g * w[k] if ctx.needs_input_grad[2] else None
+            g_skip = g * w[k] if ctx.needs_input_grad[2] and _wanted(ctx.nodes[k]) else None
         return (g_w if ctx.needs_input_grad[0] else None, None, g_skip, *g_zs)
 
 
