@@ -63,9 +63,13 @@ def _recompute_grads(ctx, fn, inputs: Sequence, grad_out: torch.Tensor) -> list:
     return [next(grads) if n else None for n in need]
 
 
+def _normalise(z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
+    """(z - mean) * invstd per channel in one pass: an affine-free BatchNorm with given statistics."""
+    return torch.addcmul(_bc(-mean * invstd), z, _bc(invstd))
+
+
 def _normalise_relu(z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
-    """relu((z - mean) * invstd) per channel: an affine-free BatchNorm with given statistics, rectified."""
-    return torch.addcmul(_bc(-mean * invstd), z, _bc(invstd)).relu_()
+    return _normalise(z, mean, invstd).relu_()
 
 
 def _dw_pw_forward(x, w_dw, w_pw, stride: int, padding: int, eps: float | None = None) -> torch.Tensor:
@@ -242,6 +246,11 @@ def fusable_bn(bn: nn.Module) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.training and bn.momentum is not None
 
 
+def fusable(x: torch.Tensor, bn: nn.Module) -> bool:
+    """The fused BatchNorm functions run in full precision only (under autocast the modules keep their own)."""
+    return x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled() and fusable_bn(bn)
+
+
 def _mix_forward(w, eps, skip, *zs):
     """The plain formula, statistics included (differentiated under create_graph)."""
     out = None
@@ -334,7 +343,7 @@ class _BNOut(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, mean, invstd):
-        y = torch.addcmul(_bc(-mean * invstd), z, _bc(invstd))
+        y = _normalise(z, mean, invstd)
         ctx.save_for_backward(y, invstd)
         return y
 
@@ -357,8 +366,7 @@ class _BNOut(torch.autograd.Function):
 def bn_out(z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
     """`bn(z)` for an affine-free training-mode BatchNorm; inside `backward_once` it keeps only its output for
     backward (differentiating that twice would need z), elsewhere it is the module itself."""
-    fusable = z.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled() and fusable_bn(bn)
-    if not fusable or not _ONCE.get() or not torch.is_grad_enabled():
+    if not fusable(z, bn) or not _ONCE.get() or not torch.is_grad_enabled():
         return bn(z)
     mean, invstd, _ = batch_stats(z, [bn])
     return _BNOut.apply(z, mean, invstd)
@@ -407,9 +415,8 @@ def conv_bn(r: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tenso
     """`bn(conv(r))` in training mode keeping only r for backward (see `_ConvBN`); the module pair elsewhere."""
     plain = conv.bias is not None or not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros"
     plain = plain or not (bn.training and bn.track_running_stats and bn.momentum is not None)
-    if plain or r.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(r.device.type):
-        return bn(conv(r))
-    if not torch.is_grad_enabled():
+    plain = plain or r.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(r.device.type)
+    if plain or not torch.is_grad_enabled():
         return bn(conv(r))
     gamma, beta = (bn.weight, bn.bias) if bn.affine else (None, None)
     return _ConvBN.apply(r, conv.weight, gamma, beta, (conv.stride, conv.padding, conv.dilation, conv.groups), bn)

@@ -138,7 +138,7 @@ def _sep_pre(op: SepConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torc
     z, bn = _dil_pre(first, r, phases)
     _, dw, pw, bn2 = second
     plan = _dw_plan(dw, z, None)
-    if plan is not None and not plan[3] and _fused(z, bn):
+    if plan is not None and not plan[3] and fastfn.fusable(z, bn):
         # the middle BatchNorm and ReLU run inside the second dw_pw, which keeps z only (not relu(bn(z)))
         return fastfn.dw_pw(z, dw, pw, plan[1], plan[2], norm=fastfn.batch_stats(z, [bn])), bn2
     return _dil_pre(second, torch.relu(bn(z)), None)
@@ -164,18 +164,13 @@ def _shared_bn(bns: Sequence[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
 _COLUMNS = (_MAX, _AVG, _SEP3, _SEP5, _DIL3, _DIL5, _SKIP)
 
 
-def _fused(x: torch.Tensor, bn: nn.Module) -> bool:
-    """`fastfn.mix_bn` runs in full precision only (under autocast the plain BatchNorms keep their own)."""
-    return x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled() and fastfn.fusable_bn(bn)
-
-
 def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor, stride: int) -> list:
     """The outputs of the full mixed edges (`MixedEdge`) leaving one state x; weights: (edges, ops)."""
     ops = [e.ops for e in edges]
     r = torch.relu(x)
     phases = _Phases(r)
     max_pre, avg_pre = fastfn.max_pool(x, ops[0][0][0]), ops[0][1][0](x)
-    if not _fused(x, ops[0][0][1]):
+    if not fastfn.fusable(x, ops[0][0][1]):
         return _mixed_unfused(ops, x, r, phases, max_pre, avg_pre, weights)
     pools = [max_pre, avg_pre]
     pool_stats = [
