@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnas import fastfn, native
+from bnas import fastfn, fastops, native
 from bnas.fastops import depthwise
 from bnas.search import Architect, SearchConfig
 from bnas.space import SpaceConfig, SuperNet
@@ -44,10 +44,13 @@ def _close(a: dict, b: dict, rtol: float) -> None:
         assert err < rtol, f"{name}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "per-edge"])
 @pytest.mark.parametrize("space", ["bcnn", "darts"])
 @pytest.mark.parametrize("k", [1, 4])
-def test_fast_equals_plain_in_float64(space, k):
-    """Structural equality: in float64 the two paths agree to rounding (the fast one only regroups sums)."""
+def test_fast_equals_plain_in_float64(space, k, batch, monkeypatch):
+    """Structural equality: in float64 the two paths agree to rounding (the fast one only regroups sums),
+    with the edges leaving a state batched into one call per operation or run one by one."""
+    monkeypatch.setattr(fastops, "BATCH_EDGES", batch)
     plain, fast = _pair(space, k, torch.float64)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.arange(2)
@@ -107,7 +110,7 @@ def test_fast_search_step_keeps_far_less_for_backward(k):
 
         def pack(t, s=storages):
             s[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
+            return t.detach()  # not t: a node keeping its own output would never be freed
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fastfn.backward_once():
             model(x)
@@ -344,3 +347,141 @@ def test_fast_path_under_bf16_autocast(k):
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     a, b = torch.cat([g.flatten() for g in ref]), torch.cat([g.flatten() for g in grads[: len(ref)]])
     assert F.cosine_similarity(a, b, dim=0) > 0.9
+
+
+def _edge_modules(e: int, c: int, k: int, dilation: int = 1, stride: int = 1):
+    from torch import nn
+
+    pad = dilation * (k - 1) // 2
+    dws = [nn.Conv2d(c, c, k, stride, pad, dilation, groups=c, bias=False).double() for _ in range(e)]
+    pws = [nn.Conv2d(c, c, 1, bias=False).double() for _ in range(e)]
+    return dws, pws
+
+
+@pytest.mark.parametrize(
+    ("e", "c", "k", "dilation", "stride", "how"),
+    [(3, 2, 3, 1, 1, ""), (4, 6, 5, 1, 1, ""), (2, 3, 3, 2, 1, "s2b"), (3, 4, 5, 2, 2, "even"), (1, 3, 3, 1, 2, "")],
+)
+def test_dw_pw_multi_equals_the_edges_one_by_one(e, c, k, dilation, stride, how):
+    """dw_pw_multi of E edges sharing one input (rectified and resampled inside) = the E edges' own
+    pw(dw(relu(x))) stacked along channels: values, first and second derivatives (dense block-diagonal
+    pointwise for narrow edges, grouped for wider ones)."""
+    dws, pws = _edge_modules(e, c, k, dilation, stride)
+    x = torch.randn(3, c, 8, 8, dtype=torch.float64, requires_grad=True).contiguous(memory_format=CL)
+    params = [x] + [m.weight for m in dws + pws]
+    probe = torch.randn(3, e * c, 8 // stride, 8 // stride, dtype=torch.float64)
+    _, s, p = fastops._dw_mode(dws[0], x)
+    for create_graph in (False, True):
+        ref = torch.cat([pw(dw(torch.relu(x))) for dw, pw in zip(dws, pws, strict=True)], 1)
+        got = fastfn.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how)
+        got = fastops._batch_to_space(got) if how == "s2b" else got
+        assert torch.allclose(ref, got, rtol=1e-12, atol=1e-12)
+        g_ref = torch.autograd.grad(ref, params, probe, create_graph=create_graph)
+        g_got = torch.autograd.grad(got, params, probe, create_graph=create_graph)
+        for a, b in zip(g_ref, g_got, strict=True):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+        if create_graph:
+            h = [torch.autograd.grad((g[0] * x.detach().cos()).sum(), pws[0].weight) for g in (g_ref, g_got)]
+            assert torch.allclose(h[0][0], h[1][0], rtol=1e-9, atol=1e-11)
+    # the architecture step wants the input's gradient only: no weight gradient is computed for it
+    assert torch.autograd.grad(fastfn.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how).sum(), [x])[0].shape == x.shape
+
+
+def test_dw_pw_multi_on_stacked_inputs_with_batchnorm_relu():
+    """A SepConv's second half for E edges at once: inputs stacked along channels, each edge's BatchNorm
+    (statistics and running statistics per channel) and ReLU in front."""
+    from torch import nn
+
+    e, c = 3, 4
+    dws, pws = _edge_modules(e, c, 3)
+    bns_p = [nn.BatchNorm2d(c, affine=False).double() for _ in range(e)]
+    bns_f = [nn.BatchNorm2d(c, affine=False).double() for _ in range(e)]
+    z = torch.randn(4, e * c, 6, 6, dtype=torch.float64, requires_grad=True)
+    params = [z] + [m.weight for m in dws + pws]
+    probe = torch.randn(4, e * c, 6, 6, dtype=torch.float64)
+    parts = z.split(c, 1)
+    ref = torch.cat([pw(dw(torch.relu(bn(p)))) for dw, pw, bn, p in zip(dws, pws, bns_p, parts, strict=True)], 1)
+    got = fastfn.dw_pw_multi(z, dws, pws, 1, 1, norm=fastfn.batch_stats_multi(z, bns_f))
+    for a, b in zip(torch.autograd.grad(ref, params, probe), torch.autograd.grad(got, params, probe), strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    for bp, bf in zip(bns_p, bns_f, strict=True):
+        assert torch.allclose(bp.running_mean, bf.running_mean) and torch.allclose(bp.running_var, bf.running_var)
+        assert bp.num_batches_tracked == bf.num_batches_tracked == 1
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_mix_bn_multi_equals_mix_bn_per_edge(skip):
+    """mix_bn_multi over E edges (shared pools/skip, per-edge stacked convolution outputs) = mix_bn edge by
+    edge: the E outputs, first and second derivatives (inputs sharing an ancestor, as a state and its pools)."""
+    from torch import nn
+
+    e, c = 3, 2
+    base = torch.randn(4, c, 5, 5, dtype=torch.float64, requires_grad=True)
+    stacked = torch.randn(4, e * c, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(e, 3 + skip, dtype=torch.float64, requires_grad=True)
+    bns = [nn.BatchNorm2d(c, affine=False).double() for _ in range(2 + e)]
+    probe = [torch.randn(4, c, 5, 5, dtype=torch.float64) for _ in range(e)]
+
+    def per_edge():
+        zs = [base * 2, base.sin()]
+        pools = [fastfn.batch_stats(z, [bn]) for z, bn in zip(zs, bns[:2], strict=True)]
+        outs = []
+        for i, part in enumerate((stacked * base.repeat(1, e, 1, 1)).split(c, 1)):
+            stats = [*pools, fastfn.batch_stats(part, [bns[2 + i]])]
+            outs.append(fastfn.mix_bn(w[i], [*zs, part], stats, base if skip else None))
+        return outs
+
+    def multi():
+        zs = [base * 2, base.sin(), stacked * base.repeat(1, e, 1, 1)]
+        stats = [fastfn.batch_stats(z, [bn]) for z, bn in zip(zs[:2], bns[:2], strict=True)]
+        stats.append(fastfn.batch_stats_multi(zs[2], bns[2:]))
+        return fastfn.mix_bn_multi(w, zs, stats, [True, True, False], base if skip else None)
+
+    results = []
+    for f in (per_edge, multi):
+        outs = f()
+        loss = sum((o * p).sum() for o, p in zip(outs, probe, strict=True)) + (outs[0] * outs[-1]).sum()
+        g = torch.autograd.grad(loss, [base, stacked, w], create_graph=True)
+        hess = torch.autograd.grad((g[0] * probe[0]).sum() + (g[2] ** 2).sum(), [w, base, stacked])
+        results.append((*outs, loss, *g, *hess))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_relu_of_cell_outputs_is_recomputed_not_kept_and_nothing_leaks(monkeypatch):
+    """Inside backward_once a cell output's ReLU (read by the next cells' and the taps' 1x1 convolutions) is
+    recomputed from the node states in backward instead of kept; gradients are unchanged, and once backward
+    is done the forward's tensors are freed (the saved-tensor hooks must not keep the graph alive)."""
+    import gc
+    import weakref
+
+    from bnas import ops
+
+    outputs = []
+    register = ops.register_parts
+
+    def spy(s, parts):
+        outputs.append(weakref.ref(s))
+        register(s, parts)
+
+    monkeypatch.setattr(fastops, "register_parts", spy)
+    plain, fast = _pair("bcnn", 4, torch.float64, cl=True)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(4)
+    _, g_p = _grads(plain, x, y)
+    recipes = []
+    pack = ops._Sharing.pack
+    monkeypatch.setattr(ops._Sharing, "pack", lambda self, t: recipes.append(pack(self, t)) or recipes[-1])
+    loss, g_f = _grads(fast, x.contiguous(memory_format=CL), y)
+    _close(g_p, g_f, 1e-8)
+    assert outputs and sum(isinstance(r, ops._Recipe) for r in recipes) >= 2 * len(outputs)
+    recipes.clear()
+    # as the architecture step: backward runs only the part of the graph that leads to the alphas
+    with fastfn.backward_once():
+        loss = F.cross_entropy(fast(x.contiguous(memory_format=CL)), y)
+    torch.autograd.grad(loss, fast.arch_parameters())
+    del loss
+    recipes.clear()
+    gc.collect()
+    assert all(ref() is None for ref in outputs)
+    assert not [o for o in gc.get_objects() if isinstance(o, ops._Sharing)]  # no graph kept by its hooks

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fastfn
+from . import fastfn, fastops
 from .errors import ConfigError
 from .genotype import get_genotype
 from .optim import SGD
@@ -56,6 +56,7 @@ class BenchConfig:
     seed: int = 0
     # speed switches
     fast: bool = True  # per-source-state search cells (fastops); False = the plain per-edge forward
+    batch_edges: bool = True  # fast cells: one call per operation for all edges leaving a state
     channels_last: str = "auto"  # auto (on) | on | off
     amp: str = "off"  # off | bf16 | fp16 | auto (bf16 on GPU, off on CPU)
     arch_grads: str = "alpha"  # alpha: autograd for the architecture parameters only; all: full backward
@@ -145,6 +146,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         overrides["init_channels"] = cfg.init_channels
     scfg = SearchConfig.resolve(cfg.method, **overrides)
     fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
+    fastops.BATCH_EDGES = cfg.batch_edges  # a process-wide switch (one configuration per process)
     model = SuperNet(dataclasses.replace(scfg.space_config(10, 3), fast=fast)).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -256,6 +258,7 @@ def _result(cfg, device, wall, cpu, base_mb, amp_mode, cl) -> dict[str, Any]:
         "warmup": cfg.warmup,
         "switches": {
             "fast": cfg.fast and not cfg.compile,
+            "batch_edges": cfg.batch_edges,
             "channels_last": cl,
             "amp": amp_mode,
             "arch_grads": cfg.arch_grads,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +47,15 @@ def _dw_weight_grad(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, stride: i
 
 
 def _dw_input_grad(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    if stride == 1 and 2 * padding == w.shape[-1] - 1 and g.shape == x.shape:
+        # a "same" depthwise convolution's input gradient is the forward convolution with the kernel rotated by
+        # 180 degrees: oneDNN then reuses the forward's primitive (fewer JIT-compiled kernels kept in memory)
+        return F.conv2d(g, w.flip(-1, -2), None, 1, padding, 1, g.shape[1])
     args = (g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], x.shape[1])
     return _ATEN_CONV_BWD(*args, [True, False, False])[0]
 
 
-def _recompute_grads(ctx, fn, inputs: Sequence, grad_out: torch.Tensor) -> list:
+def _recompute_grads(ctx, fn, inputs: Sequence, grad_out) -> list:
     """Gradients by differentiating a recomputation (keeps a graph: used under create_graph)."""
     need = [ctx.needs_input_grad[i] and isinstance(t, torch.Tensor) for i, t in enumerate(inputs)]
     with torch.enable_grad():
@@ -59,6 +64,8 @@ def _recompute_grads(ctx, fn, inputs: Sequence, grad_out: torch.Tensor) -> list:
         inputs = [t.view_as(t) if n else t for t, n in zip(inputs, need, strict=True)]
         out = fn(*inputs)
     wanted = [t for t, n in zip(inputs, need, strict=True) if n]
+    if isinstance(out, tuple):  # a function of several outputs
+        out, grad_out = list(out), list(grad_out)
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
     return [next(grads) if n else None for n in need]
 
@@ -72,54 +79,176 @@ def _normalise_relu(z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -
     return _normalise(z, mean, invstd).relu_()
 
 
-def _dw_pw_forward(x, w_dw, w_pw, stride: int, padding: int, eps: float | None = None) -> torch.Tensor:
-    if eps is not None:  # x is the input of an affine-free training-mode BatchNorm followed by a ReLU
+def is_cl(x: torch.Tensor) -> bool:
+    """Channels-last (and not also contiguous, as 1x1 maps are)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def space_to_batch(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (4N, C, H/2, W/2): the four pixel phases as separate images (memory format kept)."""
+    n, c, h, w = x.shape
+    if is_cl(x):
+        t = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5)
+        return t.reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * n, c, h // 2, w // 2)
+
+
+def batch_to_space(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of `space_to_batch`."""
+    n4, c, h, w = y.shape
+    n = n4 // 4
+    if is_cl(y):
+        t = y.permute(0, 2, 3, 1).reshape(2, 2, n, h, w, c).permute(2, 3, 0, 4, 1, 5)
+        return t.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    return y.reshape(2, 2, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, 2 * h, 2 * w)
+
+
+def resample(x: torch.Tensor, how: str) -> torch.Tensor:
+    """x as is (""), its even pixels ("even", memory format kept) or its four phases in the batch ("s2b")."""
+    if how == "even":
+        return x[:, :, ::2, ::2].contiguous(memory_format=_format(x))
+    return space_to_batch(x) if how == "s2b" else x
+
+
+def _resample_adjoint(g: torch.Tensor, x: torch.Tensor, how: str) -> torch.Tensor:
+    """The gradient by x of `resample(x, how)`, given the gradient g by its result."""
+    if how == "even":
+        full = torch.empty(x.shape, dtype=g.dtype, device=g.device, memory_format=_format(g)).zero_()
+        full[:, :, ::2, ::2] = g
+        return full
+    return batch_to_space(g) if how == "s2b" else g
+
+
+def repeat_channels(x: torch.Tensor, reps: int) -> torch.Tensor:
+    """(N, c, H, W) -> (N, reps*c, H, W), copy r of x in channels r*c..(r+1)*c; the memory format is kept."""
+    if reps == 1:
+        return x
+    if is_cl(x):
+        n, c, h, w = x.shape
+        t = x.permute(0, 2, 3, 1).unsqueeze(3).expand(n, h, w, reps, c)
+        return t.reshape(n, h, w, reps * c).permute(0, 3, 1, 2)
+    return x.repeat(1, reps, 1, 1)
+
+
+def _sum_repeats(g: torch.Tensor, reps: int) -> torch.Tensor:
+    """The adjoint of `repeat_channels`: the sum of the reps channel blocks, in g's memory format."""
+    if reps == 1:
+        return g
+    n, c, h, w = g.shape
+    out = torch.empty((n, c // reps, h, w), dtype=g.dtype, device=g.device, memory_format=_format(g))
+    return torch.sum(g.unflatten(1, (reps, c // reps)), 1, out=out)
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format x is laid out in, also for a channel slice (a partial-channel edge's input)."""
+    cl = x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1 and x.shape[-1] * x.shape[-2] > 1
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+class DwConf(NamedTuple):
+    """How `_DwPw` runs: a depthwise (stride, padding) convolution of its input after the optional ReLU and
+    `resample`, repeated `reps` times along channels, then a 1x1 convolution in `pw_groups` groups."""
+
+    stride: int
+    padding: int
+    reps: int = 1
+    pw_groups: int = 1
+    relu: bool = False
+    how: str = ""
+
+
+def _prepare(x: torch.Tensor, conf: DwConf, norm) -> torch.Tensor:
+    """The depthwise convolution's input (before the repeat) from the function's input x."""
+    if norm is not None:  # x is the input of an affine-free training-mode BatchNorm followed by a ReLU
+        x = _normalise_relu(x, *norm[:2])
+    elif conf.relu:
+        x = torch.relu(x)
+    return resample(x, conf.how)
+
+
+def _dw_pw_forward(x, w_dw, w_pw, conf: DwConf, eps=None):
+    """The plain formula (differentiated under create_graph)."""
+    if eps is not None:
         x = torch.relu(F.batch_norm(x, None, None, None, None, True, 0.0, eps))
-    return F.conv2d(F.conv2d(x, w_dw, None, stride, padding, 1, x.shape[1]), w_pw)
+    elif conf.relu:
+        x = torch.relu(x)
+    x = repeat_channels(resample(x, conf.how), conf.reps)
+    t = F.conv2d(x, w_dw, None, conf.stride, conf.padding, 1, x.shape[1])
+    del x  # the repeated input goes before the pointwise convolution
+    return F.conv2d(t, w_pw, None, 1, 0, 1, conf.pw_groups)
+
+
+def _pw_input_grad(g: torch.Tensor, w_pw: torch.Tensor, groups: int) -> torch.Tensor:
+    """A (grouped) 1x1 convolution's input gradient, as a 1x1 convolution with the transposed weights."""
+    if groups == 1:
+        return F.conv2d(g, w_pw.transpose(0, 1))
+    o, i = w_pw.shape[:2]
+    w_t = w_pw.reshape(groups, o // groups, i).transpose(1, 2).reshape(groups * i, o // groups, 1, 1)
+    return F.conv2d(g, w_t, None, 1, 0, 1, groups)
 
 
 class _DwPw(torch.autograd.Function):
+    """pw(dw(prepare(x))) saving x only: whatever the depthwise convolution reads (the rectified, resampled,
+    repeated or normalised input) is recomputed in backward, where it is needed at all."""
+
     @staticmethod
-    def forward(ctx, x, w_dw, w_pw, stride: int, padding: int, norm):
-        ctx.conf = (stride, padding, w_dw.grad_fn, w_pw.grad_fn)
-        ctx.norm = norm
+    def forward(ctx, x, w_dw, w_pw, conf: DwConf, norm):
+        ctx.conf, ctx.norm = conf, norm
+        ctx.nodes = (w_dw.grad_fn, w_pw.grad_fn)
         device = x.device.type
         if torch.is_autocast_enabled(device):  # compute (and differentiate) in autocast's dtype throughout
             dtype = torch.get_autocast_dtype(device)
             x, w_dw, w_pw = x.to(dtype), w_dw.to(dtype), w_pw.to(dtype)
         ctx.save_for_backward(x, w_dw, w_pw)
-        a = x if norm is None else _normalise_relu(x, *norm[:2])
-        return _dw_pw_forward(a, w_dw, w_pw, stride, padding)
+        return _dw_pw_forward(_prepare(x, conf, norm), w_dw, w_pw, conf._replace(relu=False, how=""))
 
     @staticmethod
     def backward(ctx, g):
         x, w_dw, w_pw = ctx.saved_tensors
-        stride, padding, node_dw, node_pw = ctx.conf
-        norm = ctx.norm
+        conf, norm = ctx.conf, ctx.norm
+        node_dw, node_pw = ctx.nodes
         g = g.to(x.dtype)  # the autograd engine casts each returned gradient to its input's dtype
         if torch.is_grad_enabled():
             eps = None if norm is None else norm[2]
-            fn = lambda a, b, c: _dw_pw_forward(a, b, c, stride, padding, eps)  # noqa: E731
-            return (*_recompute_grads(ctx, fn, (x, w_dw, w_pw), g), None, None, None)
+            fn = lambda a, b, c: _dw_pw_forward(a, b, c, conf, eps)  # noqa: E731
+            return (*_recompute_grads(ctx, fn, (x, w_dw, w_pw), g), None, None)
         need_x, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and _wanted(node_dw)
         need_pw = ctx.needs_input_grad[2] and _wanted(node_pw)
         g_x = g_dw = g_pw = None
-        a = x if norm is None or not (need_x or need_dw or need_pw) else _normalise_relu(x, *norm[:2])
+        stride, padding, reps, pw_groups = conf.stride, conf.padding, conf.reps, conf.pw_groups
+        a = _prepare(x, conf, norm) if need_x or need_dw or need_pw else x
+        a_rep = repeat_channels(a, reps) if need_pw or need_dw else None
+        # the intermediates are dropped as soon as they are used: backward's transient memory is what raises
+        # the peak above what forward keeps
         if need_pw:
-            t = F.conv2d(a, w_dw, None, stride, padding, 1, a.shape[1])
-            g_pw = _ATEN_CONV_BWD(g, t, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+            t = F.conv2d(a_rep, w_dw, None, stride, padding, 1, a_rep.shape[1])
+            args = (g, t, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], pw_groups, [False, True, False])
+            g_pw = _ATEN_CONV_BWD(*args)[1]
+            del t, args
         if need_x or need_dw:
-            g_t = F.conv2d(g, w_pw.transpose(0, 1))  # a 1x1 convolution's input gradient
+            g_t = _pw_input_grad(g, w_pw, pw_groups)
+            if need_dw:
+                g_dw = _dw_weight_grad(a_rep, g_t, w_dw, stride, padding)
+            a_rep = None
             if need_x:
-                g_x = _dw_input_grad(a, g_t, w_dw, stride, padding)
+                n, c, h, w = a.shape  # a convolution's input gradient reads the input's shape only
+                fmt = _format(a)
+                shape = (
+                    a
+                    if reps == 1
+                    else torch.empty((n, reps * c, h, w), dtype=a.dtype, device=a.device, memory_format=fmt)
+                )
+                g_x = _sum_repeats(_dw_input_grad(shape, g_t, w_dw, stride, padding), reps)
+                del g_t, shape
+                g_x = _resample_adjoint(g_x, x, conf.how)
                 if norm is not None:  # through the ReLU, then the BatchNorm (batch statistics depend on x)
                     g_x = torch.ops.aten.threshold_backward(g_x, a, 0)
                     mean, invstd, eps = norm
                     args = (g_x, x, None, None, None, mean, invstd, True, eps, [True, False, False])
                     g_x = torch.ops.aten.native_batch_norm_backward(*args)[0]
-            if need_dw:
-                g_dw = _dw_weight_grad(a, g_t, w_dw, stride, padding)
-        return g_x, g_dw, g_pw, None, None, None
+                elif conf.relu:
+                    g_x = torch.ops.aten.threshold_backward(g_x, x, 0)
+        return g_x, g_dw, g_pw, None, None
 
 
 def dw_pw(x: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, stride: int, padding: int, norm=None) -> torch.Tensor:
@@ -128,7 +257,42 @@ def dw_pw(x: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, stride: int, padding: i
     With `norm` = (mean, invstd, eps) from `batch_stats`, x is first normalised by that affine-free
     training-mode BatchNorm and rectified (a SepConv's middle), and still only x is saved.
     """
-    return _DwPw.apply(x, param(dw.weight), param(pw.weight), stride, padding, norm)
+    return _DwPw.apply(x, param(dw.weight), param(pw.weight), DwConf(stride, padding), norm)
+
+
+# a block-diagonal dense 1x1 convolution beats a grouped one (groups > 1) for groups this narrow (oneDNN, CPU)
+DENSE_POINTWISE_MAX = 4
+
+
+def dw_pw_multi(
+    x: torch.Tensor,
+    dws: Sequence[nn.Conv2d],
+    pws: Sequence[nn.Conv2d],
+    stride: int,
+    padding: int,
+    norm=None,
+    relu: bool = False,
+    how: str = "",
+) -> torch.Tensor:
+    """`dw_pw` of E edges in one call: [pw_e(dw_e(x_e))] stacked along channels, (N, E*c, H', W').
+
+    x is either the one input all edges share (N, c, H, W), repeated E times inside (and not kept), or the
+    E inputs stacked along channels (N, E*c, H, W); `norm` then holds the statistics of all E*c channels.
+    One depthwise convolution of E*c channels and one block-diagonal pointwise convolution replace 2E
+    small calls, whose fixed cost dominates at the few channels of partial-channel edges. With `relu` and
+    `how` the shared input is first rectified and resampled (`resample`), inside, so that only x is kept.
+    """
+    e = len(dws)
+    c_in = dws[0].in_channels
+    reps = e if x.shape[1] == c_in else 1
+    if e == 1:
+        w_dw, w_pw, groups = param(dws[0].weight), param(pws[0].weight), 1
+    elif c_in <= DENSE_POINTWISE_MAX:
+        w_dw, groups = torch.cat([dw.weight for dw in dws]), 1
+        w_pw = torch.block_diag(*(pw.weight.flatten(1) for pw in pws))[:, :, None, None]
+    else:
+        w_dw, w_pw, groups = torch.cat([dw.weight for dw in dws]), torch.cat([pw.weight for pw in pws]), e
+    return _DwPw.apply(x, w_dw, w_pw, DwConf(stride, padding, reps, groups, relu, how), norm)
 
 
 # --- FactorizedReduce's two convolutions, keeping only their (shared, already kept) input
@@ -241,6 +405,27 @@ def batch_stats(z: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> tuple[torch.T
     return mean, invstd, bn.eps
 
 
+def batch_stats_multi(z: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """`batch_stats` of E edges' outputs stacked along channels, z = (N, E*c, H, W): module e normalises
+    channels e*c..(e+1)*c and gets the running-statistics update of those channels."""
+    if len(bns) == 1:
+        return batch_stats(z, bns)
+    bn = bns[0]
+    with torch.no_grad():
+        if bn.training and bn.track_running_stats:
+            means, variances = [b.running_mean for b in bns], [b.running_var for b in bns]
+            running_mean, running_var = torch.cat(means), torch.cat(variances)
+            mean, var = torch.batch_norm_update_stats(z, running_mean, running_var, bn.momentum)
+            c = means[0].shape[0]
+            torch._foreach_copy_(means, list(running_mean.split(c)))
+            torch._foreach_copy_(variances, list(running_var.split(c)))
+            torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
+        else:
+            mean, var = torch.batch_norm_update_stats(z, None, None, 0.0)
+        invstd = torch.rsqrt(var + bn.eps)
+    return mean, invstd, bn.eps
+
+
 def fusable_bn(bn: nn.Module) -> bool:
     """mix_bn folds affine-free training-mode BatchNorms with a fixed momentum (the supernet's)."""
     return isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.training and bn.momentum is not None
@@ -315,6 +500,126 @@ class _MixBN(torch.autograd.Function):
             g_w[k] = (g * skip).sum()
             g_skip = g * w[k] if ctx.needs_input_grad[2] and _wanted(ctx.nodes[k]) else None
         return (g_w if ctx.needs_input_grad[0] else None, None, g_skip, *g_zs)
+
+
+def _edges_view(z: torch.Tensor, e: int, shared: bool) -> torch.Tensor:
+    """(N, E*c, H, W) -> (N, E, c, H, W), or a shared (N, c, H, W) -> (N, 1, c, H, W); views, no copies."""
+    return z.unsqueeze(1) if shared else z.unflatten(1, (e, z.shape[1] // e))
+
+
+def _edge_table(t: torch.Tensor, e: int, shared: bool) -> torch.Tensor:
+    """Per-channel statistics as an (E, c) table."""
+    return t.expand(e, t.shape[0]) if shared else t.view(e, -1)
+
+
+def _b5(t: torch.Tensor) -> torch.Tensor:
+    """An (E, c) table broadcast against (N, E, c, H, W)."""
+    return t[None, :, :, None, None]
+
+
+def _edges_buffer(like: torch.Tensor, e: int, c: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An (N, E, c, H, W) view over E separate (N, c, H, W) tensors with like's batch, size and memory format."""
+    n, _, h, w = like.shape
+    if is_cl(like):
+        buf = torch.empty((e, n, h, w, c), dtype=like.dtype, device=like.device).permute(1, 0, 4, 2, 3)
+    else:
+        buf = torch.empty((e, n, c, h, w), dtype=like.dtype, device=like.device).transpose(0, 1)
+    return buf, list(buf.unbind(1))
+
+
+def _mix_multi_forward(w, eps, shared, skip, *zs):
+    """The plain formula of `mix_bn_multi` (differentiated under create_graph)."""
+    e, k = w.shape[0], len(zs)
+    out = None
+    for i, z in enumerate(zs):
+        y = _edges_view(F.batch_norm(z, None, None, None, None, True, 0.0, eps[i]), e, shared[i])
+        y = y * w[:, i][None, :, None, None, None]
+        out = y if out is None else out + y
+    if skip is not None:
+        out = out + skip.unsqueeze(1) * w[:, k][None, :, None, None, None]
+    return tuple(out.unbind(1))
+
+
+class _MixBNMulti(torch.autograd.Function):
+    """`_MixBN` for the E mixed edges leaving one state, in one set of passes: inputs are either shared by all
+    edges (the pools, the identity skip: (N, c, H, W)) or the E edges' own stacked along channels
+    (N, E*c, H, W); the E outputs are returned separately."""
+
+    @staticmethod
+    def forward(ctx, w, stats, shared, skip, *zs):
+        e, k = w.shape[0], len(zs)
+        c = next(z.shape[1] // (1 if sh else e) for z, sh in zip(zs, shared, strict=True))
+        means = torch.stack([_edge_table(st[0], e, sh) for st, sh in zip(stats, shared, strict=True)])
+        invs = torch.stack([_edge_table(st[1], e, sh) for st, sh in zip(stats, shared, strict=True)])
+        ctx.eps = [st[2] for st in stats]
+        ctx.shared = list(shared)
+        a = w[:, :k].t()[:, :, None] * invs  # (K, E, c)
+        shift = (means * a).sum(0).neg_()
+        out, outs = _edges_buffer(zs[0], e, c)
+        views = [_edges_view(z, e, sh) for z, sh in zip(zs, shared, strict=True)]
+        torch.addcmul(_b5(shift), views[0], _b5(a[0]), out=out)
+        for v, a_k in zip(views[1:], a[1:], strict=True):
+            out.addcmul_(v, _b5(a_k))
+        if skip is not None:
+            out.addcmul_(skip.unsqueeze(1), _b5(w[:, k : k + 1]))
+        ctx.save_for_backward(w, skip, *zs)
+        ctx.tables = (means, invs)
+        ctx.nodes = [z.grad_fn for z in zs] + [None if skip is None else skip.grad_fn]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *gs):
+        w, skip, *zs = ctx.saved_tensors
+        shared = ctx.shared
+        if torch.is_grad_enabled():
+            g_w, _, _, g_skip, *g_zs = _recompute_grads(ctx, _mix_multi_forward, (w, ctx.eps, shared, skip, *zs), gs)
+            return (g_w, None, None, g_skip, *g_zs)
+        means, invs = ctx.tables
+        e, k = w.shape[0], len(zs)
+        c = means.shape[2]
+        g, g_parts = _edges_buffer(gs[0], e, c)
+        for part, g_e in zip(g_parts, gs, strict=True):
+            part.copy_(g_e)
+        dims = (0, 3, 4)
+        m = g.numel() // (e * c)
+        g_sum = g.sum(dims)  # (E, c)
+        views = [_edges_view(z, e, sh) for z, sh in zip(zs, shared, strict=True)]
+        # d[k] = sum over the batch of g * xhat_k, per edge and channel
+        d = torch.stack([(g * v).sum(dims) for v in views]).sub_(means * g_sum).mul_(invs)
+        g_w = torch.empty_like(w)
+        g_w[:, :k] = d.sum(2).t()
+        g_zs: list = [None] * k
+        wanted = [i for i in range(k) if ctx.needs_input_grad[4 + i] and _wanted(ctx.nodes[i])]
+        if wanted:
+            a = w[:, :k].t()[:, :, None] * invs
+            beta = (a * invs * d).mul_(-1.0 / m)
+            gamma = (a * g_sum).mul_(-1.0 / m).sub_(beta * means)
+            for i in wanted:
+                z = zs[i]
+                if shared[i]:  # the sum over the edges of each edge's gradient
+                    g_z = torch.empty_like(z)
+                    torch.sum(g * _b5(a[i]), 1, out=g_z)
+                    g_z.addcmul_(z, _bc(beta[i].sum(0))).add_(_bc(gamma[i].sum(0)))
+                else:
+                    g_z = torch.empty_like(z)
+                    torch.addcmul(_b5(gamma[i]), g, _b5(a[i]), out=_edges_view(g_z, e, False))
+                    _edges_view(g_z, e, False).addcmul_(views[i], _b5(beta[i]))
+                g_zs[i] = g_z
+        g_skip = None
+        if skip is not None:
+            s5 = skip.unsqueeze(1)
+            g_w[:, k] = (g * s5).sum((0, 2, 3, 4))
+            if ctx.needs_input_grad[3] and _wanted(ctx.nodes[k]):
+                g_skip = torch.empty_like(skip)
+                torch.sum(g * _b5(w[:, k : k + 1]), 1, out=g_skip)
+        return (g_w if ctx.needs_input_grad[0] else None, None, None, g_skip, *g_zs)
+
+
+def mix_bn_multi(w: torch.Tensor, zs: Sequence[torch.Tensor], stats: Sequence, shared: Sequence[bool], skip=None):
+    """`mix_bn` of the E mixed edges leaving one state, w: (E, K[+1]); zs[k] is shared by all edges (shared[k],
+    (N, c, H, W), stats of c channels) or the edges' own stacked along channels ((N, E*c, H, W), stats of
+    E*c channels from `batch_stats_multi`). Returns the E edge outputs."""
+    return _MixBNMulti.apply(w, list(stats), list(shared), skip, *zs)
 
 
 _ONCE: ContextVar[bool] = ContextVar("bnas_backward_once", default=False)

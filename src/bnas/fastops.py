@@ -23,7 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastfn
-from .ops import PRIMITIVES, DilConv, FactorizedReduce, Identity, ReLUConvBN, SepConv, channel_shuffle, shared_relu
+from .ops import (
+    PRIMITIVES,
+    DilConv,
+    FactorizedReduce,
+    Identity,
+    ReLUConvBN,
+    SepConv,
+    channel_shuffle,
+    register_parts,
+    shared_relu,
+)
 
 # positions in PRIMITIVES (the alpha columns) of the operations a mixed edge builds, in its `ops` order
 _MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (PRIMITIVES.index(n) for n in PRIMITIVES[1:])
@@ -38,24 +48,7 @@ def supported() -> bool:
 
 # --- depthwise convolutions: dilation 2 as undilated convolutions on polyphase sub-images
 
-
-def _space_to_batch(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (4N, C, H/2, W/2): the four pixel phases as separate images (memory format kept)."""
-    n, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        t = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5)
-        return t.reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
-    return x.reshape(n, c, h // 2, 2, w // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * n, c, h // 2, w // 2)
-
-
-def _batch_to_space(y: torch.Tensor) -> torch.Tensor:
-    """Inverse of `_space_to_batch`."""
-    n4, c, h, w = y.shape
-    n = n4 // 4
-    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-        t = y.permute(0, 2, 3, 1).reshape(2, 2, n, h, w, c).permute(2, 3, 0, 4, 1, 5)
-        return t.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
-    return y.reshape(2, 2, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, 2 * h, 2 * w)
+_space_to_batch, _batch_to_space, _is_cl = fastfn.space_to_batch, fastfn.batch_to_space, fastfn.is_cl
 
 
 class _Phases:
@@ -78,29 +71,38 @@ class _Phases:
         return self._s2b
 
 
-def _is_cl(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
-def _dw_plan(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None):
-    """(input, stride, padding, phases stacked in the batch) of an undilated equivalent of `conv(x)`, or None.
+def _dw_mode(conv: nn.Conv2d, x: torch.Tensor) -> tuple[str, int, int] | None:
+    """How to run `conv(x)` (a bias-free depthwise convolution) undilated: (resample, stride, padding) with
+    resample "" (as is), "even" or "s2b" (see `fastfn.resample`), or None (keep the dilated convolution).
 
     Stride 2: the dilated taps only ever touch even pixels, so it is an undilated convolution of the even
     sub-image. Stride 1: each output phase sees only its input phase, so it is an undilated convolution of
-    the four phases stacked in the batch. Both are exact; other shapes keep the dilated convolution.
+    the four phases stacked in the batch. Both are exact.
     """
     (k, k2), (s, s2), (p, p2), (d, d2) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    if conv.groups != x.shape[1] or k != k2 or s != s2 or p != p2 or d != d2:
+    depthwise = conv.groups == conv.in_channels == conv.out_channels and x.shape[1] % conv.groups == 0
+    if not depthwise or k != k2 or s != s2 or p != p2 or d != d2:
         return None
     if d == 1:
-        return x, s, p, False
+        return "", s, p
     if d == 2 and p == k - 1:
-        ph = phases if phases is not None else _Phases(x)
         if s == 2:
-            return ph.even(), 1, p // 2, False
+            return "even", 1, p // 2
         if s == 1 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
-            return ph.s2b(), 1, p // 2, True
+            return "s2b", 1, p // 2
     return None
+
+
+def _dw_plan(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None):
+    """(input, stride, padding, phases stacked in the batch) of an undilated equivalent of `conv(x)`, or None."""
+    mode = _dw_mode(conv, x)
+    if mode is None:
+        return None
+    resample, s, p = mode
+    if not resample:
+        return x, s, p, False
+    ph = phases if phases is not None else _Phases(x)
+    return (ph.even(), s, p, False) if resample == "even" else (ph.s2b(), s, p, True)
 
 
 def depthwise(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None = None) -> torch.Tensor:
@@ -163,21 +165,66 @@ def _shared_bn(bns: Sequence[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
 # mix_bn order: the pools, the four convolutions, then the skip (identity or FactorizedReduce)
 _COLUMNS = (_MAX, _AVG, _SEP3, _SEP5, _DIL3, _DIL5, _SKIP)
 
+# The parametric operations of all edges leaving one state run as one call each (`fastfn.dw_pw_multi`, on the
+# input repeated along channels), and their BatchNorms and sum as one (`fastfn.mix_bn_multi`). Off: one call
+# per edge and operation, as before (kept for comparison: `bnas bench search --no-batch-edges`).
+BATCH_EDGES = True
+
+
+def _dil_multi(ops: Sequence[DilConv], x: torch.Tensor):
+    """`_dil_pre` of E edges at once from the unrectified state x: (outputs stacked along channels, BatchNorms)."""
+    dws, pws = [o[1] for o in ops], [o[2] for o in ops]
+    how, s, p = _dw_mode(dws[0], x)
+    y = fastfn.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how)
+    return (_batch_to_space(y) if how == "s2b" else y), [o[3] for o in ops]
+
+
+def _sep_multi(ops: Sequence[SepConv], x: torch.Tensor):
+    z, mids = _dil_multi([o[0] for o in ops], x)
+    dws, pws = [o[1][1] for o in ops], [o[1][2] for o in ops]
+    _, s, p = _dw_mode(dws[0], z)
+    y = fastfn.dw_pw_multi(z, dws, pws, s, p, norm=fastfn.batch_stats_multi(z, mids))
+    return y, [o[1][3] for o in ops]
+
+
+def _batchable(ops, x: torch.Tensor) -> bool:
+    if not BATCH_EDGES:
+        return False
+    first = [ops[0][i][0][1] for i in (3, 4)] + [ops[0][i][1] for i in (5, 6)]  # depthwise convs that read x
+    second = [ops[0][i][1][1] for i in (3, 4)]
+    return all(_dw_mode(m, x) is not None for m in first) and all(
+        _dw_mode(m, x) == ("", 1, m.padding[0]) for m in second
+    )
+
+
+def _mixed_batched(ops, x, pools, pool_stats, weights, identity: bool) -> list:
+    """The E mixed edges leaving x in a few calls; only x, the pools and the BatchNorm inputs are kept."""
+    convs = [_sep_multi([o[3] for o in ops], x), _sep_multi([o[4] for o in ops], x)]
+    convs += [_dil_multi([o[5] for o in ops], x), _dil_multi([o[6] for o in ops], x)]
+    if not identity:
+        r = torch.relu(x)
+        convs.append((torch.cat([_reduce_convs(o[2], r) for o in ops], 1), [o[2].bn for o in ops]))
+    zs = pools + [z for z, _ in convs]
+    stats = pool_stats + [fastfn.batch_stats_multi(z, bns) for z, bns in convs]
+    shared = [True, True] + [False] * len(convs)
+    columns = torch.tensor(_COLUMNS, device=weights.device)
+    return list(fastfn.mix_bn_multi(weights[:, columns], zs, stats, shared, x if identity else None))
+
 
 def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor, stride: int) -> list:
     """The outputs of the full mixed edges (`MixedEdge`) leaving one state x; weights: (edges, ops)."""
     ops = [e.ops for e in edges]
-    r = torch.relu(x)
-    phases = _Phases(r)
     max_pre, avg_pre = fastfn.max_pool(x, ops[0][0][0]), ops[0][1][0](x)
     if not fastfn.fusable(x, ops[0][0][1]):
-        return _mixed_unfused(ops, x, r, phases, max_pre, avg_pre, weights)
-    pools = [max_pre, avg_pre]
-    pool_stats = [
-        fastfn.batch_stats(max_pre, [o[0][1] for o in ops]),
-        fastfn.batch_stats(avg_pre, [o[1][1] for o in ops]),
-    ]
+        r = torch.relu(x)
+        return _mixed_unfused(ops, x, r, _Phases(r), max_pre, avg_pre, weights)
     identity = isinstance(ops[0][2], Identity)
+    pools = [max_pre, avg_pre]
+    pool_stats = [fastfn.batch_stats(z, [o[i][1] for o in ops]) for i, z in enumerate(pools)]
+    if _batchable(ops, x):
+        return _mixed_batched(ops, x, pools, pool_stats, weights, identity)
+    r = torch.relu(x)
+    phases = _Phases(r)
     columns = torch.tensor(_COLUMNS, device=weights.device)
     outs = []
     for o, w in zip(ops, weights, strict=True):
@@ -255,7 +302,10 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
             if partial:
                 r = rest if edge_weights is None else rest * edge_weights[i]
                 rest_acc[node] = r if rest_acc[node] is None else rest_acc[node] + r
-    return torch.cat([states[i] for i in cell.concat], dim=1)
+    parts = [states[i] for i in cell.concat]
+    out = torch.cat(parts, dim=1)
+    register_parts(out, parts)  # its ReLU in the next cells need not be kept (ops.sharing_relus)
+    return out
 
 
 def _reduce_convs(module: FactorizedReduce, r: torch.Tensor) -> torch.Tensor:

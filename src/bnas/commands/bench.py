@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--fast", action=argparse.BooleanOptionalAction, default=True, help="per-source-state cells (default on)"
     )
     s.add_argument(
+        "--batch-edges",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fast cells: one convolution call for the same operation of all edges leaving a state, instead of "
+        "one per edge (default on)",
+    )
+    s.add_argument(
         "--arch-grads",
         choices=["alpha", "all"],
         default="alpha",
