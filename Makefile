@@ -41,7 +41,7 @@ BENCH_OUT ?= benchmarks/results/local
 bench: venv
 	$(BIN)/python benchmarks/bench_table.py --methods clr,pc --orders 1,2 --only published,fast --rounds 3 \
 	  --out $(BENCH_OUT)/main.jsonl
-	$(BIN)/python benchmarks/bench_table.py --methods clr,pc --orders 1,2 --only plain,fast-cl --rounds 1 \
+	$(BIN)/python benchmarks/bench_table.py --methods clr,pc --orders 1,2 --only plain,fast-cl,fast-batch,fast-malloc --rounds 1 \
 	  --out $(BENCH_OUT)/switches.jsonl
 	$(BIN)/python benchmarks/bench_table.py --methods clr,pc --orders 1 --only fast,fast+bf16 --rounds 1 --steps 3 \
 	  --warmup 1 --out $(BENCH_OUT)/bf16.jsonl

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -21,15 +22,20 @@ from pathlib import Path
 
 # name -> extra `bnas bench search` flags. "published" redoes the published code's work: one module call per
 # edge and operation, channels-first, a full backward (all weight gradients too) in the architecture step, and
-# torch.optim (whose first use imports torch._dynamo, ~150 MB resident).
+# torch.optim (whose first use imports torch._dynamo, ~150 MB resident); like the published scripts it runs
+# with glibc's allocator as it comes (the `bnas` command otherwise restarts itself with the tcache off).
 VARIANTS = {
     "published": "--no-fast --channels-last off --arch-grads all --weight-grads all --torch-optim",
     "plain": "--no-fast --channels-last off",
     "plain+cl": "--no-fast",
     "fast-cl": "--channels-last off",
+    "fast-batch": "--no-batch-edges",
+    "fast-malloc": "",
     "fast": "",
     "fast+bf16": "--amp bf16",
 }
+# variants that run with glibc's tcache on (BNAS_MALLOC_TUNING=0)
+TCACHE_ON = {"published", "fast-malloc"}
 METHODS = {"clr": "--method clr", "pc": "--method pc", "bnas-d": "--method bnas-d"}
 
 
@@ -66,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             for c in configs:
                 cmd = command(*c, args)
                 t0 = time.time()
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                env = dict(os.environ, BNAS_MALLOC_TUNING="0" if c[2] in TCACHE_ON else "1")
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if done.returncode:
                     print(f"FAILED {shlex.join(cmd)}\n{done.stderr}", file=sys.stderr)
                     continue
                 rec = json.loads(done.stdout)
-                rec.update(round=r, variant=c[2], command=shlex.join(["bnas", *cmd[1:]]), started=t0)
+                prefix = ["BNAS_MALLOC_TUNING=0"] if c[2] in TCACHE_ON else []
+                rec.update(round=r, variant=c[2], command=shlex.join([*prefix, "bnas", *cmd[1:]]), started=t0)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 records[c].append(rec)

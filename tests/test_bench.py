@@ -1,9 +1,15 @@
 """`bnas bench` runs with tiny settings and reports its JSON fields (no timing assertions: the CPU is shared)."""
 
 import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from bnas import fastops
 from bnas.cli import main
 
 TINY = ["--batch-size", "4", "--init-channels", "8", "--steps", "2", "--warmup", "1", "--threads", "1", "--json"]
@@ -31,6 +37,7 @@ def _check_common(rec: dict, images_per_step: int) -> None:
     [
         (["--method", "clr", "--order", "1"], True, True),
         (["--method", "pc", "--order", "2", "--no-fast", "--channels-last", "off"], False, False),
+        (["--method", "pc", "--order", "1", "--no-batch-edges"], True, True),
         (["--method", "bnas-d", "--space", "darts", "--order", "1", "--weight-grads", "all"], True, True),
     ],
 )
@@ -41,6 +48,8 @@ def test_bench_search_json(capsys, args, fast, cl):
     assert rec["switches"]["fast"] is fast and rec["switches"]["channels_last"] is cl
     assert rec["method"] == args[1] and rec["order"] == int(args[args.index("--order") + 1])
     assert rec["arch_params"] == (252 if args[1] == "pc" else 224)
+    assert rec["switches"]["batch_edges"] is ("--no-batch-edges" not in args)
+    assert fastops.BATCH_EDGES  # a process-wide switch, restored after the run
 
 
 @pytest.mark.parametrize("space", ["bcnn", "darts"])
@@ -74,3 +83,15 @@ def test_bench_bad_input_is_one_line(capsys):
     assert len(err) == 1 and "--steps" in err[0]
     assert main(["bench", "train", "--genotype", "NOPE", "--steps", "1"]) == 2
     assert "unknown genotype" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's tunables")
+@pytest.mark.parametrize("tuning", ["1", "0"])
+def test_bnas_command_restarts_itself_without_glibc_tcache(tuning):
+    """The `bnas` command re-executes itself once with glibc's tcache off (less heap fragmentation); with
+    BNAS_MALLOC_TUNING=0 it runs as started. The bench record says which."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"BNAS_MALLOC_TUNING": tuning}
+    exe = Path(sys.executable).with_name("bnas")
+    done = subprocess.run([str(exe), "bench", "search", *TINY], env=env, capture_output=True, text=True, check=True)
+    rec = json.loads(done.stdout)
+    assert rec["switches"]["glibc_tcache"] == ("off" if tuning == "1" else "on")

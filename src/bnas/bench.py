@@ -15,6 +15,7 @@ on a machine shared with other jobs it moves less than the wall time.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import resource
 import statistics
@@ -146,7 +147,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         overrides["init_channels"] = cfg.init_channels
     scfg = SearchConfig.resolve(cfg.method, **overrides)
     fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
-    fastops.BATCH_EDGES = cfg.batch_edges  # a process-wide switch (one configuration per process)
+    fastops.BATCH_EDGES = cfg.batch_edges  # a process-wide switch: `run` restores it
     model = SuperNet(dataclasses.replace(scfg.space_config(10, 3), fast=fast)).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -266,6 +267,7 @@ def _result(cfg, device, wall, cpu, base_mb, amp_mode, cl) -> dict[str, Any]:
             "compile": cfg.compile,
             "torch_optim": cfg.torch_optim,
             "native_depthwise_grad": _native_on(),
+            "glibc_tcache": "off" if "tcache_count=0" in os.environ.get("GLIBC_TUNABLES", "") else "on",
         },
         "device": str(device),
         "device_name": device_name(device),
@@ -282,4 +284,8 @@ def _native_on() -> bool:
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run one benchmark configuration (in this process) and return its record."""
-    return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)
+    batch_edges = fastops.BATCH_EDGES
+    try:
+        return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)
+    finally:
+        fastops.BATCH_EDGES = batch_edges
