@@ -36,7 +36,7 @@ demo: venv data
 	$(BIN)/bnas search --method clr --dataset fashion-mnist --subset 2000 --epochs 4 \
 	  --batch-size 48 --init-channels 8 --download --out $(DEMO_OUT) --overwrite
 
-# The tables of docs/benchmarks.md (about 25 min on 2 cores). Nothing here runs in `make test`.
+# The tables of docs/benchmarks.md (about 35 min on 2 cores). Nothing here runs in `make test`.
 BENCH_OUT ?= benchmarks/results/local
 bench: venv
 	$(BIN)/python benchmarks/bench_table.py --methods clr,pc --orders 1,2 --only published,fast --rounds 3 \

@@ -237,12 +237,15 @@ class Architect:
         names, weights = [n for n, _ in named], [p for _, p in named]
         grads = torch.autograd.grad(self._loss(x_train, y_train), weights)
         mom, wd = self.cfg.momentum, self.cfg.weight_decay
-        w_prime = []
-        with torch.no_grad():
-            for p, g in zip(weights, grads, strict=True):
-                buf = self.w_optimizer.state.get(p, {}).get("momentum_buffer")
-                step = g + wd * p if buf is None else mom * buf + g + wd * p
-                w_prime.append((p - eta * step).requires_grad_())
+        with torch.no_grad():  # w' = w - eta (momentum * buf + g + wd * w), as lists (a few hundred tensors)
+            bufs = [self.w_optimizer.state.get(p, {}).get("momentum_buffer") for p in weights]
+            step = torch._foreach_add(list(grads), weights, alpha=wd)
+            held = [i for i, b in enumerate(bufs) if b is not None]
+            if held:
+                torch._foreach_add_([step[i] for i in held], [bufs[i] for i in held], alpha=mom)
+            w_prime = list(torch._foreach_add(weights, step, alpha=-eta))
+        for t in w_prime:
+            t.requires_grad_()
         val_loss = self._loss(x_val, y_val, dict(zip(names, w_prime, strict=True)))
         both = torch.autograd.grad(val_loss, arch + w_prime)
         d_arch, v = list(both[: len(arch)]), [t.detach() for t in both[len(arch) :]]
@@ -257,18 +260,15 @@ class Architect:
         """(grad_a L_train(w + eps v) - grad_a L_train(w - eps v)) / 2 eps, eps = fd_eps / ||v||."""
         arch = self.model.arch_parameters()
         eps = self.cfg.fd_eps / torch.cat([t.flatten() for t in v]).norm().clamp_min(1e-12).item()
-        saved = [p.detach().clone() for p in weights]
         with torch.no_grad():
-            for p, t in zip(weights, v, strict=True):
-                p.add_(t, alpha=eps)
+            saved = torch._foreach_mul(weights, 1.0)  # copies, restored exactly below
+            torch._foreach_add_(weights, v, alpha=eps)
         g_plus = torch.autograd.grad(self._loss(x, y), arch)
         with torch.no_grad():
-            for p, t in zip(weights, v, strict=True):
-                p.sub_(t, alpha=2 * eps)
+            torch._foreach_add_(weights, v, alpha=-2 * eps)
         g_minus = torch.autograd.grad(self._loss(x, y), arch)
         with torch.no_grad():
-            for p, s in zip(weights, saved, strict=True):
-                p.copy_(s)
+            torch._foreach_copy_(weights, saved)
         return [(a - b) / (2 * eps) for a, b in zip(g_plus, g_minus, strict=True)]
 
     def _hvp_exact(self, weights, v, x, y) -> list[torch.Tensor]:
