@@ -596,12 +596,11 @@ class _MixBNMulti(torch.autograd.Function):
             gamma = (a * g_sum).mul_(-1.0 / m).sub_(beta * means)
             for i in wanted:
                 z = zs[i]
+                g_z = torch.empty_like(z)
                 if shared[i]:  # the sum over the edges of each edge's gradient
-                    g_z = torch.empty_like(z)
                     torch.sum(g * _b5(a[i]), 1, out=g_z)
                     g_z.addcmul_(z, _bc(beta[i].sum(0))).add_(_bc(gamma[i].sum(0)))
                 else:
-                    g_z = torch.empty_like(z)
                     torch.addcmul(_b5(gamma[i]), g, _b5(a[i]), out=_edges_view(g_z, e, False))
                     _edges_view(g_z, e, False).addcmul_(views[i], _b5(beta[i]))
                 g_zs[i] = g_z

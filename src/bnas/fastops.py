@@ -48,7 +48,7 @@ def supported() -> bool:
 
 # --- depthwise convolutions: dilation 2 as undilated convolutions on polyphase sub-images
 
-_space_to_batch, _batch_to_space, _is_cl = fastfn.space_to_batch, fastfn.batch_to_space, fastfn.is_cl
+_batch_to_space = fastfn.batch_to_space
 
 
 class _Phases:
@@ -56,19 +56,12 @@ class _Phases:
 
     def __init__(self, x: torch.Tensor):
         self.x = x
-        self._even: torch.Tensor | None = None
-        self._s2b: torch.Tensor | None = None
+        self._forms: dict[str, torch.Tensor] = {}
 
-    def even(self) -> torch.Tensor:
-        if self._even is None:
-            fmt = torch.channels_last if _is_cl(self.x) else torch.contiguous_format
-            self._even = self.x[:, :, ::2, ::2].contiguous(memory_format=fmt)
-        return self._even
-
-    def s2b(self) -> torch.Tensor:
-        if self._s2b is None:
-            self._s2b = _space_to_batch(self.x)
-        return self._s2b
+    def get(self, how: str) -> torch.Tensor:
+        if how not in self._forms:
+            self._forms[how] = fastfn.resample(self.x, how)
+        return self._forms[how]
 
 
 def _dw_mode(conv: nn.Conv2d, x: torch.Tensor) -> tuple[str, int, int] | None:
@@ -102,7 +95,7 @@ def _dw_plan(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None):
     if not resample:
         return x, s, p, False
     ph = phases if phases is not None else _Phases(x)
-    return (ph.even(), s, p, False) if resample == "even" else (ph.s2b(), s, p, True)
+    return ph.get(resample), s, p, resample == "s2b"
 
 
 def depthwise(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None = None) -> torch.Tensor:

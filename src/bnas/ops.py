@@ -33,7 +33,6 @@ class _Sharing:
         self.parts: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self.recipes: dict[int, tuple] = {}  # data pointer -> (cat or relu(cat), parts, relu?)
         self.recompute = recompute
-
         self.outer = _outer_hooks() if recompute else None  # hooks of an enclosing block still apply
 
     def close(self) -> None:
