@@ -61,10 +61,12 @@ class SuperNet(nn.Module):
             return Cell(edges, make_edge, c_pp, c_p, c, reduction, reduction_prev, affine=False, fast=cfg.fast)
 
         if cfg.space == "bcnn":
+            # stem multiplier 3 with either stem: the published ImageNet search supernet widens its stem too
             shape = BroadShape(cfg.channels, cfg.num_classes, cfg.in_channels, cfg.blocks, 0, cfg.enhance, cfg.stem)
             self.net: BroadNet | DeepNet = BroadNet(shape, make_cell, affine=False)
         else:
-            shape = DeepShape(cfg.channels, cfg.num_classes, cfg.in_channels, cfg.layers, cfg.stem)
+            mult = 3 if cfg.stem == "cifar" else 1  # PC-DARTS' ImageNet search stem: C/2 -> C -> C
+            shape = DeepShape(cfg.channels, cfg.num_classes, cfg.in_channels, cfg.layers, cfg.stem, mult)
             self.net = DeepNet(shape, make_cell, affine=False)
         n_edges = len(edges)
         self.arch = nn.ParameterDict()
@@ -158,11 +160,13 @@ def build_network(
 ) -> TrainedNet:
     """The trained network of SPEC §8 (bcnn) or DARTS' evaluation network (darts) for a genotype."""
     make_cell = fixed_cell_factory(genotype)
+    mult = 3 if stem == "cifar" else 1  # trained ImageNet networks: stem C/2 -> C -> C (SPEC §8)
     if genotype.space == "bcnn":
         if layers % blocks:
             raise ValueError(f"--layers {layers} must be a multiple of the {blocks} convolution blocks")
-        shape = BroadShape(channels, num_classes, in_channels, blocks, layers // blocks - 1, enhance, stem)
+        shape = BroadShape(channels, num_classes, in_channels, blocks, layers // blocks - 1, enhance, stem, mult)
         net: BroadNet | DeepNet = BroadNet(shape, make_cell, affine=True)
     else:
-        net = DeepNet(DeepShape(channels, num_classes, in_channels, layers, stem, auxiliary=auxiliary), make_cell, True)
+        shape = DeepShape(channels, num_classes, in_channels, layers, stem, mult, auxiliary)
+        net = DeepNet(shape, make_cell, True)
     return TrainedNet(net, genotype)

@@ -1,10 +1,12 @@
 """Network wirings, each written once and given a cell factory (SPEC §5, §8; DESIGN "one wiring, two uses").
 
 * `BroadNet`: the broad convolutional network (BCNN). Convolution blocks, each `deep` stride-1 cells
-  followed by one reduction cell; a GAP tap of every block's input and an enhancement tap of every
-  block's output, aligned to the final resolution by FactorizedReduce; enhancement cells fed by the
-  enhancement taps of the last two blocks; a head over all GAP taps and all enhancement-cell taps.
-  The search supernet is `deep=0` with search cells, the trained network `deep=N//L-1` with fixed cells.
+  followed by one reduction cell; a GAP tap of every block's input and an enhancement tap of the last two
+  blocks' outputs, aligned to the final resolution by FactorizedReduce. Enhancement cell 0 reads those two
+  enhancement taps; after it the enhancement cells continue the cell chain on *raw* outputs: cell 1 reads
+  the last convolution cell and cell 0, cell j >= 2 reads cells j-2 and j-1 (SPEC §5.4). A head over all
+  GAP taps and all enhancement-cell taps. The search supernet is `deep=0` with search cells, the trained
+  network `deep=N//L-1` with fixed cells.
 * `DeepNet`: the DARTS stack (reductions at 1/3 and 2/3 of the cells), optional auxiliary head.
 
 Both are called with `weights`: for each cell type, (op weights, edge weights) or None for fixed cells.
@@ -30,11 +32,14 @@ CellFactory = Callable[[str, int, int, int, bool, bool], Cell]
 Weights = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
 
 
-def make_stem(kind: str, in_channels: int, c_out: int, c: int) -> tuple[nn.Module, nn.Module | None]:
-    """CIFAR stem: one 3x3 conv. ImageNet stem: two stride-2 convs (stem0) then a ReLU-conv-BN (stem1)."""
+def make_stem(kind: str, in_channels: int, c_out: int) -> tuple[nn.Module, nn.Module | None]:
+    """CIFAR stem: one 3x3 conv to c_out. ImageNet stem: stride-2 convs to c_out/2 then c_out (stem0), then a
+    stride-2 ReLU-conv-BN c_out -> c_out (stem1). c_out is stem multiplier x C: 3C in the supernets
+    (the published ImageNet search too), C in the trained ImageNet networks (SPEC §7, §8)."""
     if kind == "cifar":
         return nn.Sequential(nn.Conv2d(in_channels, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)), None
     if kind == "imagenet":
+        c = c_out
         stem0 = nn.Sequential(
             nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(c // 2),
@@ -65,7 +70,7 @@ class BroadShape:
     deep: int = 0
     enhance: int = 1
     stem: str = "cifar"
-    stem_multiplier: int = 3
+    stem_multiplier: int = 3  # the trained ImageNet network uses 1 (SPEC §8)
 
 
 class BroadNet(nn.Module):
@@ -82,13 +87,10 @@ class BroadNet(nn.Module):
         self.shape = shape
         c = shape.channels
         L = shape.blocks
-        if shape.stem == "cifar":
-            c_stem = shape.stem_multiplier * c
-            self.stem0, self.stem1 = make_stem("cifar", shape.in_channels, c_stem, c)
-            c_pp, c_p, reduction_prev = c_stem, c_stem, False
-        else:
-            self.stem0, self.stem1 = make_stem(shape.stem, shape.in_channels, c, c)
-            c_pp, c_p, reduction_prev = c, c, True
+        c_stem = shape.stem_multiplier * c
+        self.stem0, self.stem1 = make_stem(shape.stem, shape.in_channels, c_stem)
+        # after the ImageNet stem, input 0 of the first cell (stem0) has twice the resolution of input 1
+        c_pp, c_p, reduction_prev = c_stem, c_stem, shape.stem != "cifar"
         c_cur = c
 
         self.blocks = nn.ModuleList()
@@ -112,6 +114,7 @@ class BroadNet(nn.Module):
                 c_tap = c_cur if b < L - 1 else 4 * c_cur
                 self.enh_taps.append(nn.Sequential(ReLUConvBN(c_p, c_tap), _align(c_tap, L - 1 - b, True)))
                 enh_in.append(c_tap)
+        c_last = c_p  # the last convolution cell's raw output: input 0 of enhancement cell 1
         c_pp, c_p = enh_in
         self.enh_cells = nn.ModuleList()
         self.enh_out_taps = nn.ModuleList()
@@ -122,7 +125,7 @@ class BroadNet(nn.Module):
             c_tap = c_cur if j < shape.enhance - 1 else 4 * c_cur
             self.enh_out_taps.append(ReLUConvBN(c_out, c_tap))
             tap_channels.append(c_tap)
-            c_pp, c_p = c_p, c_out
+            c_pp, c_p = (c_last if j == 0 else c_p), c_out
         self.head_channels = sum(tap_channels)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(self.head_channels, shape.num_classes)
@@ -141,9 +144,10 @@ class BroadNet(nn.Module):
             k = b - (len(self.blocks) - len(self.enh_taps))
             if k >= 0:
                 enh_inputs.append(self.enh_taps[k](s1))
+        last_conv = s1
         s0, s1 = enh_inputs
-        for cell, tap in zip(self.enh_cells, self.enh_out_taps, strict=True):
-            s0, s1 = s1, cell(s0, s1, *w_enh, drop_prob=drop_prob)
+        for j, (cell, tap) in enumerate(zip(self.enh_cells, self.enh_out_taps, strict=True)):
+            s0, s1 = (last_conv if j == 0 else s1), cell(s0, s1, *w_enh, drop_prob=drop_prob)
             features.append(tap(s1))
         out = self.global_pooling(torch.cat(features, dim=1))
         return self.classifier(out.flatten(1))
@@ -158,7 +162,7 @@ class DeepShape:
     in_channels: int = 3
     layers: int = 8
     stem: str = "cifar"
-    stem_multiplier: int = 3
+    stem_multiplier: int = 3  # DARTS' ImageNet network uses 1
     auxiliary: bool = False
 
 
@@ -192,13 +196,10 @@ class DeepNet(nn.Module):
         super().__init__()
         self.shape = shape
         c = shape.channels
-        if shape.stem == "cifar":
-            c_stem = shape.stem_multiplier * c
-            self.stem0, self.stem1 = make_stem("cifar", shape.in_channels, c_stem, c)
-            c_pp, c_p, reduction_prev = c_stem, c_stem, False
-        else:
-            self.stem0, self.stem1 = make_stem(shape.stem, shape.in_channels, c, c)
-            c_pp, c_p, reduction_prev = c, c, True
+        c_stem = shape.stem_multiplier * c
+        self.stem0, self.stem1 = make_stem(shape.stem, shape.in_channels, c_stem)
+        # after the ImageNet stem, input 0 of the first cell (stem0) has twice the resolution of input 1
+        c_pp, c_p, reduction_prev = c_stem, c_stem, shape.stem != "cifar"
         c_cur = c
         self.cells = nn.ModuleList()
         self.aux_index = 2 * shape.layers // 3
