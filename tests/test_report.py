@@ -155,11 +155,18 @@ def test_epoch_records_become_tensorboard_scalars(tmp_path, monkeypatch):
 
 
 def test_real_tensorboard_event_file(tmp_path):
-    pytest.importorskip("tensorboard")
+    """The scalars read back with TensorBoard's own reader (tensorboard is a dev dependency: no skip)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run = RunDir.create(tmp_path / "run")
-    run.log({"kind": "epoch", "epoch": 0, "train_loss": 1.5})
+    run.log({"kind": "epoch", "epoch": 0, "train_loss": 1.5, "lr": {"w": 0.1}})
+    run.log({"kind": "epoch", "epoch": 1, "train_loss": 1.25, "lr": {"w": 0.05}})
     run.close()
-    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    loss = [(e.step, e.value) for e in acc.Scalars("train_loss")]
+    assert loss == [(0, 1.5), (1, 1.25)]
+    assert [round(e.value, 6) for e in acc.Scalars("lr/w")] == [0.1, 0.05]
 
 
 # --- cells as pictures ----------------------------------------------------------------------------------------

@@ -2,9 +2,6 @@
 
 import json
 import struct
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ from bnas import build_network, count_parameters, get_genotype
 from bnas.cli import main
 from bnas.data.registry import load_split
 from bnas.errors import ConfigError
-from bnas.train import TrainConfig, Trainer, count_macs, evaluate_checkpoint, export_checkpoint, load_trained
+from bnas.train import TrainConfig, Trainer, count_macs, evaluate_checkpoint
 
 # the smallest network the broad wiring allows: C=4, one cell per block, one enhancement cell
 TINY = dict(
@@ -191,44 +188,6 @@ def test_auxiliary_head_trains_darts_genotypes_only_through_its_weight(tmp_path)
 
 
 # --------------------------------------------------------------------------------------- export
-
-
-def test_torchscript_export_predicts_without_bnas(tmp_path):
-    Trainer(_tiny(tmp_path, epochs=1)).run_training()
-    model, _, meta = load_trained(tmp_path / "run")
-    x = torch.randn(3, meta["in_channels"], meta["size"], meta["size"])
-    with torch.no_grad():
-        expected = model(x)
-    path = export_checkpoint(tmp_path / "run", tmp_path / "model.ts")
-    torch.save(x, tmp_path / "x.pt")
-    script = textwrap.dedent(f"""
-        import json, sys
-        sys.modules["bnas"] = None  # any import of bnas fails
-        import torch
-        extra = {{"bnas.json": ""}}
-        m = torch.jit.load({str(path)!r}, _extra_files=extra)
-        assert json.loads(extra["bnas.json"])["num_classes"] == 10
-        torch.save(m(torch.load({str(tmp_path / "x.pt")!r})), {str(tmp_path / "y.pt")!r})
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_onnx_export(tmp_path):
-    pytest.importorskip("onnx")
-    Trainer(_tiny(tmp_path, epochs=1)).run_training()
-    assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
-    import onnx
-
-    proto = onnx.load(str(tmp_path / "m.onnx"))
-    onnx.checker.check_model(proto)
-    assert json.loads({p.key: p.value for p in proto.metadata_props}["bnas.json"])["in_channels"] == 3
-    ort = pytest.importorskip("onnxruntime")
-    model, _, meta = load_trained(tmp_path / "run")
-    x = torch.randn(2, meta["in_channels"], meta["size"], meta["size"])
-    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": x.numpy()})[0]
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-3, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------- data sets

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -562,7 +561,7 @@ def print_results(results: dict[str, Any], print_fn=print) -> None:
     print_fn("\n".join(lines))
 
 
-# ------------------------------------------------------------------------------ checkpoints: eval, export
+# ------------------------------------------------------------------------------ checkpoints: load, eval
 
 
 def _checkpoint_path(path: str | Path) -> Path:
@@ -623,43 +622,6 @@ def evaluate_checkpoint(
         "split": split,
         **evaluate(model, loader),
     }
-
-
-def export_checkpoint(path: str | Path, out: str | Path, fmt: str = "torchscript") -> Path:
-    """Write a TorchScript or ONNX file that predicts without bnas (input: normalised images; see bnas.json)."""
-    import json
-
-    model, cfg, meta = load_trained(path, "cpu")
-    x = torch.zeros(1, meta["in_channels"], meta["size"], meta["size"])
-    out = Path(out)
-    info = {k: meta[k] for k in ("num_classes", "in_channels", "size", "mean", "std", "genotype")}
-    info.update(dataset=cfg.dataset, input="float (N, C, H, W): pixels / 255, then (x - mean) / std if given")
-    if fmt not in ("torchscript", "onnx"):
-        raise ConfigError(f"--format must be torchscript or onnx, got {fmt!r}")
-    with warnings.catch_warnings():
-        # torch marks jit as deprecated, and the tracer notes the shape tests it freezes (the input size is fixed)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        if fmt == "torchscript":
-            with torch.no_grad():
-                traced = torch.jit.trace(model, x, check_trace=False)
-            extra = {"bnas.json": json.dumps(info)}
-            atomic_write_bytes(out, lambda f: torch.jit.save(traced, f, _extra_files=extra))
-            return out
-        try:
-            import onnx
-        except ImportError:
-            raise ConfigError(
-                "ONNX export needs the onnx package (pip install onnx); use --format torchscript"
-            ) from None
-        torch.onnx.export(
-            model, (x,), str(out), input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-        )  # fmt: skip
-    proto = onnx.load(str(out))
-    onnx.helper.set_model_props(proto, {"bnas.json": json.dumps(info)})
-    onnx.save(proto, str(out))
-    return out
 
 
 def train(cfg: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> dict:

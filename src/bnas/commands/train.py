@@ -187,13 +187,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..train import export_checkpoint
+    from ..export import export_checkpoint
 
-    src = Path(args.checkpoint)
-    out = args.out or (src if src.is_dir() else src.parent) / ("model.onnx" if args.format == "onnx" else "model.ts")
-    path = export_checkpoint(args.checkpoint, out, args.format)
-    print(f"wrote {path} ({args.format}); load it with torch.jit.load without bnas" if args.format == "torchscript"
-          else f"wrote {path} (onnx)")  # fmt: skip
+    path = export_checkpoint(args.checkpoint, args.out, args.format)
+    how = {
+        "export": "torch.export.load(PATH).module()",
+        "torchscript": "torch.jit.load(PATH)",
+        "onnx": "onnxruntime.InferenceSession(PATH)",
+    }[args.format]
+    print(f"wrote {path} ({args.format}); it predicts without bnas: {how} (preprocessing in its bnas.json)")
     return 0
 
 
@@ -218,8 +220,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_eval)
 
-    x = sub.add_parser("export", help="write a TorchScript or ONNX file that predicts without bnas")
+    x = sub.add_parser("export", help="write a file that predicts without bnas (torch.export, TorchScript, ONNX)")
     x.add_argument("checkpoint", help="a training run directory, its checkpoint.pt or its best.pt")
-    x.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript", help="file format")
-    x.add_argument("--out", type=Path, help="file to write (default: model.ts or model.onnx next to the checkpoint)")
+    x.add_argument(
+        "--format",
+        choices=["export", "torchscript", "onnx"],
+        default="export",
+        help="export: a torch.export ExportedProgram (.pt2, dynamic batch; torch.export.load), torchscript (.ts; "
+        "deprecated by torch), onnx (.onnx; needs the onnx package)",
+    )
+    x.add_argument("--out", type=Path, help="file to write (default: model.pt2, model.ts or model.onnx in the run)")
     x.set_defaults(func=cmd_export)
