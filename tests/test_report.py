@@ -8,21 +8,18 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 
+import matplotlib.image
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bnas import SpaceConfig, SuperNet, get_genotype
+from bnas import SpaceConfig, SuperNet, get_genotype, plots, report
 from bnas.cli import main
 from bnas.errors import BnasError
 from bnas.progress import Reporter
 from bnas.runs import RunDir, flatten_scalars
 from bnas.search import SearchConfig, Searcher, alpha_hessian_eigenvalue, dominant_eigenvalue
-
-matplotlib = pytest.importorskip("matplotlib")
-report = pytest.importorskip("bnas.report")
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -194,10 +191,10 @@ def test_genotype_plot_writes_png_and_svg(engine, tmp_path, capsys):
 
 def test_dot_source_has_every_edge_of_both_cells():
     g = get_genotype("BNASv2_PC_cifar_v2")
-    dot = report.genotype_dot(g)
+    dot = plots.genotype_dot(g)
     edges = re.findall(r"(\w+)_(\d) -> \1_(\d) \[label=\"([^\"]+)\"", dot)
     expected = {
-        (c, str(src), str(i // 2 + 2), report.SHORT[op]) for c in g.names for i, (op, src) in enumerate(g.cell(c).edges)
+        (c, str(src), str(i // 2 + 2), plots.SHORT[op]) for c in g.names for i, (op, src) in enumerate(g.cell(c).edges)
     }
     assert set(edges) == expected and len(edges) == 16
 
@@ -248,15 +245,15 @@ def test_report_html_references_existing_pngs_with_data(search_run, tmp_path, ca
     assert "http" not in page.replace("http-equiv", "")  # self-contained: no external style sheets or scripts
 
     # each plot carries the run's data
-    run = report.load_run(search_run)
+    run = plots.load_run(search_run)
     epochs = run.epochs
-    curves = report.curves_figure(run)
+    curves = plots.curves_figure(run)
     loss_ax = curves.axes[0]
     train = next(line for line in loss_ax.lines if line.get_label() == "train (weights)")
     assert list(train.get_ydata()) == pytest.approx([r["train_loss"] for r in epochs])
     assert list(train.get_xdata()) == [1, 2, 3]
     assert all(ax.lines for ax in curves.axes)
-    collapse = report.collapse_figure(run)
+    collapse = plots.collapse_figure(run)
     hess = next(line for ax in collapse.axes for line in ax.lines if line.get_label() == "dominant eigenvalue")
     assert list(hess.get_ydata()) == pytest.approx([r["hessian_eig"] for r in epochs])
     free = [line for line in collapse.axes[0].lines]
@@ -264,7 +261,7 @@ def test_report_html_references_existing_pngs_with_data(search_run, tmp_path, ca
         [r["parameter_free"][c] for r in epochs] for c in ("conv", "enh")
     ]
     for cell in ("conv", "enh"):
-        fig = report.alphas_figure(run, cell)
+        fig = plots.alphas_figure(run, cell)
         panels = [ax for ax in fig.axes if ax.lines]
         assert len(panels) == 14 and all(len(ax.lines) == 8 for ax in panels)
         assert all(len(line.get_xdata()) == 4 for ax in panels for line in ax.lines)  # initial + 3 epochs

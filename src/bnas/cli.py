@@ -198,7 +198,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(g.to_json(), indent=1))
     if args.genotype_cmd == "plot":
-        from .report import draw_genotype
+        from .plots import draw_genotype
 
         out = draw_genotype(g, args.output, engine=args.engine, title=Path(str(args.name)).name)
         print(f"wrote {out}")
