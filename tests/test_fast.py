@@ -1,12 +1,11 @@
 """The fast search path computes the plain path's mathematics: same loss, alpha/beta and weight gradients."""
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bnas import fastfn, fastops, native
+from bnas.fast import BACKEND
 from bnas.fastops import depthwise
 from bnas.search import Architect, SearchConfig
 from bnas.space import SpaceConfig, SuperNet
@@ -16,13 +15,13 @@ CL = torch.channels_last
 
 def _pair(space: str, k: int, dtype=torch.float32, cl: bool = False, channels: int = 8):
     """A plain and a fast supernet with the same weights and (non-uniform) architecture parameters."""
-    cfg = SpaceConfig(space=space, channels=channels, layers=5, partial_k=k, edge_norm=k > 1, fast=False)
+    cfg = SpaceConfig(space=space, channels=channels, layers=5, partial_k=k, edge_norm=k > 1)
     torch.manual_seed(0)
     plain = SuperNet(cfg).to(dtype)
     with torch.no_grad():
         for a in plain.arch_parameters():
             a.normal_()
-    fast = SuperNet(dataclasses.replace(cfg, fast=True)).to(dtype)
+    fast = SuperNet(cfg, BACKEND).to(dtype)
     fast.load_state_dict(plain.state_dict())
     if cl:
         fast = fast.to(memory_format=CL)
@@ -131,8 +130,8 @@ def test_fast_keeps_parameters_and_state_dict():
     plain, fast = _pair("bcnn", 1)
     assert plain.state_dict().keys() == fast.state_dict().keys()
     assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in plain.parameters())
-    assert all(cell.fast for cell in fast.modules() if hasattr(cell, "out_edges"))
-    assert not any(cell.fast for cell in plain.modules() if hasattr(cell, "out_edges"))
+    assert all(cell.backend is BACKEND for cell in fast.modules() if hasattr(cell, "out_edges"))
+    assert not any(cell.backend for cell in plain.modules() if hasattr(cell, "out_edges"))
 
 
 @pytest.mark.parametrize(("k", "stride", "size"), [(3, 1, 8), (5, 1, 8), (3, 2, 8), (5, 2, 7), (5, 1, 7)])
@@ -455,7 +454,7 @@ def test_relu_of_cell_outputs_is_recomputed_not_kept_and_nothing_leaks(monkeypat
     import gc
     import weakref
 
-    from bnas import ops
+    from bnas.fast import sharing as ops
 
     outputs = []
     register = ops.register_parts

@@ -14,7 +14,6 @@ on a machine shared with other jobs it moves less than the wall time.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import resource
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fastfn, fastops
+from . import fast, fastops
 from .errors import ConfigError
 from .genotype import get_genotype
 from .optim import SGD
@@ -146,9 +145,9 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.init_channels:
         overrides["init_channels"] = cfg.init_channels
     scfg = SearchConfig.resolve(cfg.method, **overrides)
-    fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
+    use_fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
     fastops.BATCH_EDGES = cfg.batch_edges  # a process-wide switch: `run` restores it
-    model = SuperNet(dataclasses.replace(scfg.space_config(10, 3), fast=fast)).to(device)
+    model = SuperNet(scfg.space_config(10, 3), fast.BACKEND if use_fast else None).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -178,7 +177,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         else:
             architect.step(x, y, xv, yv, scfg.lr)
         w_opt.zero_grad(set_to_none=True)
-        with autocast(), fastfn.backward_once():
+        with autocast(), fast.backward_once():
             logits = model(x)
         loss = F.cross_entropy(upcast(logits), y)
         loss.backward(inputs=weights if cfg.weight_grads == "weights" else None)

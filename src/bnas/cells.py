@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from . import fastops
 from .ops import PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, channel_shuffle, drop_path, make_op
 
 # `none` contributes zeros: mixed edges never build or run it and simply ignore its weight.
@@ -56,13 +56,21 @@ class PartialEdge(nn.Module):
 EdgeFactory = Callable[[int, int, int], nn.Module]  # (edge index, channels, stride) -> edge
 
 
+class CellBackend(Protocol):
+    """What a cell asks of a backend (bnas.fast): the same mathematics as `Cell.forward`, computed faster."""
+
+    def supports(self, cell: Cell) -> bool: ...
+
+    def cell_forward(self, cell: Cell, s0: torch.Tensor, s1: torch.Tensor, op_weights, edge_weights): ...
+
+
 class Cell(nn.Module):
     """A cell: two preprocessed inputs, `steps` nodes each summing its incoming edges, concat of nodes.
 
     The same class hosts search edges (called with per-edge op weights and optional per-edge
     normalisation weights) and fixed edges (one operation each, with drop-path in training).
-    `fast=True` lets a training search cell run `fastops.cell_forward`: the same mathematics computed
-    per source state instead of per edge (same modules and parameters; evaluation runs the plain one).
+    A `backend` (bnas.fast) may run a training search cell's forward: the same mathematics computed per
+    source state instead of per edge (same modules and parameters; evaluation runs the plain one).
     """
 
     def __init__(
@@ -76,7 +84,7 @@ class Cell(nn.Module):
         reduction_prev: bool,
         affine: bool,
         concat: Sequence[int] | None = None,
-        fast: bool = False,
+        backend: CellBackend | None = None,
     ):
         super().__init__()
         self.reduction = reduction
@@ -96,8 +104,7 @@ class Cell(nn.Module):
         self.out_edges = [
             [(i, n) for i, (n, s) in enumerate(self.edge_list) if s == src] for src in range(self.steps + 2)
         ]
-        kinds = {type(e) for e in self.edges}
-        self.fast = fast and fastops.supported() and len(kinds) == 1 and kinds <= {MixedEdge, PartialEdge}
+        self.backend = backend if backend is not None and backend.supports(self) else None
 
     def forward(
         self,
@@ -107,8 +114,8 @@ class Cell(nn.Module):
         edge_weights: torch.Tensor | None = None,
         drop_prob: float = 0.0,
     ) -> torch.Tensor:
-        if self.fast and op_weights is not None and self.training and drop_prob == 0.0:
-            return fastops.cell_forward(self, s0, s1, op_weights, edge_weights)
+        if self.backend is not None and op_weights is not None and self.training and drop_prob == 0.0:
+            return self.backend.cell_forward(self, s0, s1, op_weights, edge_weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         drop = drop_prob > 0.0 and self.training
         for node_edges in self._by_node:

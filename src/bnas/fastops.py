@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastfn
+from .fast.sharing import register_parts, shared_relu
 from .ops import (
     PRIMITIVES,
     DilConv,
@@ -31,8 +32,6 @@ from .ops import (
     ReLUConvBN,
     SepConv,
     channel_shuffle,
-    register_parts,
-    shared_relu,
 )
 
 # positions in PRIMITIVES (the alpha columns) of the operations a mixed edge builds, in its `ops` order
@@ -297,7 +296,7 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
                 rest_acc[node] = r if rest_acc[node] is None else rest_acc[node] + r
     parts = [states[i] for i in cell.concat]
     out = torch.cat(parts, dim=1)
-    register_parts(out, parts)  # its ReLU in the next cells need not be kept (ops.sharing_relus)
+    register_parts(out, parts)  # its ReLU in the next cells need not be kept (fast.sharing)
     return out
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from . import fastfn
 
 PRIMITIVES: tuple[str, ...] = (
     "none",
@@ -24,127 +20,6 @@ PRIMITIVES: tuple[str, ...] = (
 PARAMETER_FREE: frozenset[str] = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
 
 
-class _Sharing:
-    """What `sharing_relus` knows during one forward: the rectified tensors, and which tensors are the
-    concatenation of parts (a cell's output) so that their rectified copy need not be kept."""
-
-    def __init__(self, recompute: bool):
-        self.relus: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.parts: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        self.recipes: dict[int, tuple] = {}  # data pointer -> (cat or relu(cat), parts, relu?)
-        self.recompute = recompute
-        self.outer = _outer_hooks() if recompute else None  # hooks of an enclosing block still apply
-
-    def close(self) -> None:
-        # the graph keeps `unpack` (hence self) for backward: drop the tensors, or they and their graph
-        # would form a cycle through the autograd graph that Python's collector cannot see
-        self.relus.clear()
-        self.parts.clear()
-        self.recipes.clear()
-
-    def pack(self, t: torch.Tensor):
-        if self.recipes and t.layout == torch.strided:
-            hit = self.recipes.get(t.untyped_storage().data_ptr())
-            if hit is not None:
-                r, parts, relu = hit
-                same = t.shape == r.shape and t.stride() == r.stride() and t.storage_offset() == r.storage_offset()
-                if same and t.dtype == r.dtype:
-                    return _Recipe(parts, t.stride(), relu)
-        if self.outer is not None:
-            return self.outer[0](t)
-        # not t itself: a node keeping its own output (relu, ...) through a hook would keep its graph alive
-        return t.detach() if t.requires_grad else t
-
-    def unpack(self, p):
-        if isinstance(p, _Recipe):
-            r = torch.cat(p.parts, dim=1)
-            if p.relu:
-                r.relu_()
-            if r.stride() != p.stride:
-                r = torch.empty_strided(r.shape, p.stride, dtype=r.dtype, device=r.device).copy_(r)
-            return r
-        return p if self.outer is None else self.outer[1](p)
-
-
-def _outer_hooks():
-    """The saved-tensor hooks of an enclosing `saved_tensors_hooks` block (a memory probe), or None."""
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private: may go away
-    return top(False) if top is not None else None
-
-
-class _Recipe:
-    """cat(parts) or relu(cat(parts)), recomputed when backward needs it."""
-
-    def __init__(self, parts: list[torch.Tensor], stride: tuple[int, ...], relu: bool):
-        self.parts, self.stride, self.relu = parts, stride, relu
-
-
-_RELUS: ContextVar[_Sharing | None] = ContextVar("bnas_shared_relus", default=None)
-
-
-@contextmanager
-def sharing_relus() -> Iterator[None]:
-    """Within this block, `shared_relu` of one tensor is computed (and kept for backward) once.
-
-    A cell output feeds up to four ReLUConvBN/FactorizedReduce inputs (the next two cells, a GAP tap, an
-    enhancement tap), each of which would rectify it and keep its own identical copy for backward. Inside
-    `fastfn.backward_once` not even that one copy is kept when the cell registered its output's parts
-    (`register_parts`; the node states, which its edges keep anyway): backward recomputes relu(cat(parts)).
-    """
-    sharing = _Sharing(fastfn.once())
-    token = _RELUS.set(sharing)
-    try:
-        if sharing.recompute:
-            with torch.autograd.graph.saved_tensors_hooks(sharing.pack, sharing.unpack):
-                yield
-        else:
-            yield
-    finally:
-        _RELUS.reset(token)
-        sharing.close()
-
-
-def register_parts(s: torch.Tensor, parts: list[torch.Tensor]) -> None:
-    """Declares s = cat(parts, dim=1) to `sharing_relus` (a no-op outside it)."""
-    sharing = _RELUS.get()
-    if sharing is not None and sharing.recompute:
-        sharing.parts[id(s)] = (s, list(parts))
-
-
-def shared_relu(x: torch.Tensor) -> torch.Tensor:
-    """relu(x), computed once per tensor inside `sharing_relus` (gradients add up as for separate ReLUs)."""
-    sharing = _RELUS.get()
-    if sharing is None:
-        return torch.relu(x)
-    hit = sharing.relus.get(id(x))
-    if hit is None or hit[0] is not x:
-        parts = sharing.parts.get(id(x))
-        if parts is not None and parts[0] is x:
-            # neither x (what this ReLU's backward reads) nor relu(x) (what the convolutions reading it keep)
-            # is kept: both are recomputed from the parts
-            sharing.recipes[x.untyped_storage().data_ptr()] = (x, parts[1], False)
-            r = _ReLU.apply(x)
-            sharing.recipes[r.untyped_storage().data_ptr()] = (r, parts[1], True)
-        else:
-            r = torch.relu(x)
-        hit = sharing.relus[id(x)] = (x, r)
-    return hit[1]
-
-
-class _ReLU(torch.autograd.Function):
-    """relu(x) whose backward reads x, not its output (x can be recomputed from a cell's node states)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.relu(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(g, x, 0)
-
-
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, padding: int = 0, affine=True):
         super().__init__(
@@ -152,12 +27,6 @@ class ReLUConvBN(nn.Sequential):
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fastfn.once() and _RELUS.get() is not None:
-            # a fast supernet's search step: recompute the convolution in backward instead of keeping it
-            return fastfn.conv_bn(shared_relu(x), self[1], self[2])
-        return self[2](self[1](shared_relu(x)))
 
 
 class DilConv(nn.Sequential):
@@ -212,10 +81,10 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reduce(shared_relu(x))
+        return self.reduce(self.relu(x))
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything after the ReLU (the fast search path shares one ReLU between several edges)."""
+        """Everything after the ReLU (the fast backend shares one ReLU between several readers of a state)."""
         return self.bn(self.reduce_convs(x))
 
     def reduce_convs(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from . import fastfn
+from . import fast
 from .data.search_data import search_data
 from .dist import NullRun, all_reduce_mean, is_main
 from .errors import ConfigError, non_finite
@@ -179,8 +179,12 @@ class SearchConfig:
         return SpaceConfig(
             space=self.space, channels=self.init_channels, blocks=self.blocks, enhance=self.enhance_cells,
             layers=self.layers, num_classes=num_classes, in_channels=in_channels, stem=stem,
-            partial_k=self.partial_k, edge_norm=self.edge_norm, fast=self.fast and self.compile == "off",
+            partial_k=self.partial_k, edge_norm=self.edge_norm,
         )  # fmt: skip
+
+    def backend(self) -> fast.FastBackend | None:
+        """The fast backend unless --no-fast or --compile (compiled networks use the plain cells)."""
+        return fast.BACKEND if self.fast and self.compile == "off" else None
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float, warmup: int = 0) -> float:
@@ -217,7 +221,7 @@ class Architect:
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor] | None = None, once=True):
         """The loss of a batch; `once`: it will be differentiated once (lets the fast cells keep less)."""
-        with self.autocast(), fastfn.backward_once() if once else contextlib.nullcontext():
+        with self.autocast(), fast.backward_once() if once else contextlib.nullcontext():
             logits = self.model(x) if params is None else functional_call(self.model, params, (x,))
         return F.cross_entropy(upcast(logits), y)
 
@@ -410,7 +414,8 @@ class Searcher:
         data = search_data(cfg, self.device, cl)
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
-        self.model = SuperNet(cfg.space_config(data.num_classes, data.in_channels, data.stem)).to(self.device)
+        space = cfg.space_config(data.num_classes, data.in_channels, data.stem)
+        self.model = SuperNet(space, cfg.backend()).to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile != "off":  # in place: parameter names, checkpoints and functional_call stay as they are
@@ -521,7 +526,7 @@ class Searcher:
                 else:
                     skipped += self._non_finite(epoch, steps, "architecture")
             self.w_optimizer.zero_grad(set_to_none=True)
-            with self.autocast(), fastfn.backward_once():
+            with self.autocast(), fast.backward_once():
                 logits = model(x)
             loss = F.cross_entropy(upcast(logits), y)
             loss.backward()

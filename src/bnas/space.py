@@ -7,14 +7,16 @@ checkpoints carry them and DDP all-reduces their gradients; `arch_parameters()` 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from .cells import Cell, MixedEdge, PartialEdge, search_edges
+from .cells import Cell, CellBackend, MixedEdge, PartialEdge, search_edges
 from .genotype import Genotype, derive
-from .ops import PRIMITIVES, make_op, sharing_relus
+from .ops import PRIMITIVES, make_op
 from .topology import BroadNet, BroadShape, DeepNet, DeepShape
 
 
@@ -33,7 +35,6 @@ class SpaceConfig:
     partial_k: int = 1  # K; 1 = full edges
     edge_norm: bool = False
     steps: int = 4
-    fast: bool = True  # per-source-state cell forward (fastops): same mathematics, less work; False = plain
 
 
 def _check_space(space: str) -> None:
@@ -45,10 +46,21 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-class SuperNet(nn.Module):
-    """A supernet: the wiring with mixed edges, plus its alphas (and betas) per cell type."""
+class NetworkBackend(CellBackend, Protocol):
+    """A cell backend that also prepares the wiring's modules and runs the supernet's training forward."""
 
-    def __init__(self, cfg: SpaceConfig):
+    def adopt(self, net: nn.Module) -> None: ...
+
+    def context(self) -> contextlib.AbstractContextManager: ...
+
+
+class SuperNet(nn.Module):
+    """A supernet: the wiring with mixed edges, plus its alphas (and betas) per cell type.
+
+    `backend` (bnas.fast.BACKEND, or None for the plain modules) computes the same training forward faster;
+    the parameters, the state dict and every evaluation forward are the plain modules'."""
+
+    def __init__(self, cfg: SpaceConfig, backend: NetworkBackend | None = None):
         super().__init__()
         _check_space(cfg.space)
         self.cfg = cfg
@@ -58,7 +70,7 @@ class SuperNet(nn.Module):
             return PartialEdge(c, stride, cfg.partial_k) if cfg.partial_k > 1 else MixedEdge(c, stride)
 
         def make_cell(kind: str, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> Cell:
-            return Cell(edges, make_edge, c_pp, c_p, c, reduction, reduction_prev, affine=False, fast=cfg.fast)
+            return Cell(edges, make_edge, c_pp, c_p, c, reduction, reduction_prev, affine=False, backend=backend)
 
         if cfg.space == "bcnn":
             # stem multiplier 3 with either stem: the published ImageNet search supernet widens its stem too
@@ -75,6 +87,9 @@ class SuperNet(nn.Module):
             if cfg.edge_norm:
                 self.arch[f"beta_{kind}"] = nn.Parameter(1e-3 * torch.randn(n_edges))
         self._node_slices = [(sum(range(2, n + 2)), n + 2) for n in range(cfg.steps)]
+        self.backend = backend
+        if backend is not None:
+            backend.adopt(self.net)
 
     @property
     def cell_types(self) -> tuple[str, str]:
@@ -101,8 +116,8 @@ class SuperNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.fast and self.training:
-            with sharing_relus():
+        if self.backend is not None and self.training:
+            with self.backend.context():
                 return self.net(x, self.weights())
         return self.net(x, self.weights())
 

@@ -1,0 +1,53 @@
+"""The fast backend: the same mathematics as the plain modules, computed with less time and memory.
+
+A supernet is given a backend at construction (`SuperNet(cfg, backend=fast.BACKEND)`); the plain modules
+(ops, cells, topology, space) never import this package. The backend has one small interface:
+
+* `supports(cell)`: whether `cell_forward` knows the cell's edges;
+* `cell_forward(cell, s0, s1, op_weights, edge_weights)`: a search cell's training forward, state by state;
+* `adopt(net)`: prepares a wiring's modules (one shared ReLU per state for its taps and preprocessing);
+* `context()`: the block a training forward of the supernet runs in.
+
+`backward_once()` marks the search steps whose graphs are differentiated once (not Hessian-vector
+products), where more can be recomputed instead of kept. Everything is tested against the plain modules
+(tests/test_fast.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from .. import fastfn, fastops
+from ..cells import Cell, MixedEdge, PartialEdge
+from .sharing import share_relus, sharing_relus
+
+backward_once = fastfn.backward_once
+
+
+class FastBackend:
+    """Per-source-state search cells (fastops), fused autograd functions (fastfn), shared ReLUs (sharing)."""
+
+    name = "fast"
+
+    def supports(self, cell: Cell) -> bool:
+        kinds = {type(e) for e in cell.edges}
+        return fastops.supported() and len(kinds) == 1 and kinds <= {MixedEdge, PartialEdge}
+
+    def cell_forward(
+        self, cell: Cell, s0: torch.Tensor, s1: torch.Tensor, op_weights: torch.Tensor, edge_weights
+    ) -> torch.Tensor:
+        return fastops.cell_forward(cell, s0, s1, op_weights, edge_weights)
+
+    def adopt(self, net: nn.Module) -> None:
+        share_relus(net)
+
+    def context(self) -> AbstractContextManager:
+        return sharing_relus()
+
+
+BACKEND = FastBackend()
+
+__all__ = ["BACKEND", "FastBackend", "backward_once"]
