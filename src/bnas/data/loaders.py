@@ -115,23 +115,3 @@ class TensorLoader:
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
 
-
-class Forever:
-    """A persistent iterator that restarts its loader when a pass ends (one per data stream, never
-    `next(iter(loader))` per step)."""
-
-    def __init__(self, loader: TensorLoader):
-        self.loader = loader
-        self._it: Iterator | None = None
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._it is None:
-            self._it = iter(self.loader)
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            return next(self._it)
-
-    def __iter__(self) -> Forever:
-        return self
