@@ -114,4 +114,3 @@ class TensorLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
-
