@@ -1,6 +1,7 @@
 """End-to-end: the `bnas` command line on synthetic data."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -66,3 +67,40 @@ def test_darts_text_import(tmp_path):
     assert from_darts_text(text, space="darts") == g
     (tmp_path / "g.txt").write_text(get_genotype("BNASv2_CLR_v2").to_darts_text())
     assert get_genotype(str(tmp_path / "g.txt")) == get_genotype("BNASv2_CLR_v2")
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_help_shows_one_default_per_option(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out.split("options:", 1)[1]
+    options = [" ".join(block.split()) for block in re.split(r"\n(?=  -)", text) if block.strip()]
+    assert len(options) > 30
+    for option in options:
+        assert option.count("default:") <= 1 and "(default: None)" not in option, option
+    if command == "search":
+        assert any(
+            o.startswith("--batch-size") and "(method default: bnas-d 256, clr 256, pc 512)" in o for o in options
+        )
+
+
+def test_search_summary_says_how_to_train_what_was_found(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = ["--dataset", "synthetic", "--synthetic-size", "32", "--batch-size", "8", "--init-channels", "4"]
+    assert main(["search", *tiny, "--epochs", "1", "--eval-every", "0", "--quiet", "--out", str(out)]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("train what was found:"))
+    assert line == f"train what was found: bnas train --genotype {out}/genotype.json"
+    argv = line.split(": ", 1)[1].split()[1:]  # the printed command works as it is
+    assert main([*argv, "--dataset", "synthetic", "--init-channels", "4", "--dry-run"]) == 0
+    assert f"{out}/genotype.json (bcnn) on synthetic" in capsys.readouterr().out
+
+
+def test_imagenet_dry_run_needs_no_data(tmp_path, capsys):
+    argv = ["train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "none"), "--init-channels", "4"]
+    assert main([*argv, "--image-size", "64", "--dry-run"]) == 0
+    net = build_network(
+        get_genotype("BNASv2_CLR_v1"), channels=4, layers=6, enhance=2, num_classes=1000, stem="imagenet"
+    )
+    params = sum(p.numel() for p in net.parameters())
+    out = capsys.readouterr().out
+    assert f"BNASv2_CLR_v1 (bcnn) on imagenet: {params} parameters" in out and "(3x64x64 input" in out

@@ -331,16 +331,45 @@ def test_channel_shuffle_keeps_channels_last_and_values():
     assert torch.equal(ref[:, 1], x[:, 3])  # (groups=4, 3 per group) transposed: channel 1 comes from channel 3
 
 
+# the fast path's autograd functions, and which of them autocast leaves out (fastfn.fusable: full precision only)
+_AUTOCAST_RUNS = ("_DwPw", "_MaxPool")
+_FULL_PRECISION_ONLY = ("_MixBNMulti", "_BNOut", "_ConvBN", "_Reduce")  # and _MixBN (edges one by one)
+
+
 @pytest.mark.parametrize("k", [1, 4])
-def test_fast_path_under_bf16_autocast(k):
-    """Mixed precision (the GPU default, --amp bf16 on CPU) runs through the fused functions, and its alpha
-    gradients follow the fp32 ones (bf16 keeps 8 bits of mantissa: a direction check, not an equality)."""
-    plain, fast = _pair("bcnn", k, channels=4)
+def test_fast_path_under_bf16_autocast(k, monkeypatch):
+    """Mixed precision (the GPU default, --amp bf16 on CPU), counted: the fast cells still run state by state
+    (one ReLU, pools and skip per source state), each edge's depthwise+pointwise pairs through `fastfn.dw_pw`
+    (computed in bf16, saving only its input) and the max pools through `fastfn.max_pool`; but the
+    BatchNorm-folding functions (mix_bn, mix_bn_multi, bn_out, conv_bn), FactorizedReduce's function and the
+    batching of a state's edges (dw_pw_multi) are full precision only: under autocast each edge runs
+    `fastops._mixed_unfused` with the BatchNorm modules. Its alpha gradients follow the fp32 ones (bf16 keeps
+    8 bits of mantissa: a direction check, not an equality)."""
+    counts: dict[str, int] = {}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    for name in _AUTOCAST_RUNS + _FULL_PRECISION_ONLY + ("_MixBN",):
+        monkeypatch.setattr(getattr(fastfn, name), "apply", counting(name, getattr(fastfn, name).apply))
+    for name in ("_mixed_batched", "_mixed_unfused"):
+        monkeypatch.setattr(fastops, name, counting(name, getattr(fastops, name)))
+    _, fast = _pair("bcnn", k, channels=4)
     x, y = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
-    ref = torch.autograd.grad(F.cross_entropy(plain(x), y), plain.arch_parameters())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with fastfn.backward_once():  # as the search steps run: every fused function is eligible in fp32
+        ref = torch.autograd.grad(F.cross_entropy(fast(x), y), fast.arch_parameters())
+    assert all(counts.get(name, 0) > 0 for name in _AUTOCAST_RUNS + _FULL_PRECISION_ONLY + ("_mixed_batched",))
+    assert "_mixed_unfused" not in counts, counts
+    counts.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16), fastfn.backward_once():
         logits = fast(x)
     assert logits.dtype == torch.bfloat16
+    assert all(counts.get(name, 0) > 0 for name in _AUTOCAST_RUNS + ("_mixed_unfused",)), counts
+    assert not any(name in counts for name in _FULL_PRECISION_ONLY + ("_MixBN", "_mixed_batched")), counts
     loss = F.cross_entropy(logits.float(), y)
     grads = torch.autograd.grad(loss, fast.arch_parameters() + fast.weight_parameters())
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

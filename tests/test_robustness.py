@@ -13,10 +13,13 @@ from hypothesis import strategies as st
 
 from bnas import build_network, get_genotype
 from bnas.cli import main
-from bnas.errors import CheckpointError, GenotypeError
+from bnas.errors import CheckpointError, ConfigError, GenotypeError
 from bnas.genotype import CellGenotype, Genotype, derive
+from bnas.jsonio import dumps, finite
 from bnas.ops import PRIMITIVES
 from bnas.runs import RunDir
+from bnas.search import METHODS, SearchConfig
+from bnas.train import TrainConfig
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "32", "--batch-size", "8", "--init-channels", "4", "--quiet"]
 
@@ -24,7 +27,7 @@ TINY = ["--dataset", "synthetic", "--synthetic-size", "32", "--batch-size", "8",
 def _error(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("bnas: error: "), err
+    assert len(err.splitlines()) == 1 and err.startswith("bnas: error: ") and "Traceback" not in err, err
     return err
 
 
@@ -45,7 +48,10 @@ def test_cli_errors_have_no_traceback(tmp_path):
         (["--lr", "-0.1"], "--lr must not be negative"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--partial-k", "3"], "--partial-k 3 must divide --init-channels 4"),
-        (["--batch-size", "64"], "--batch-size 64 is larger than the 16 images"),
+        (
+            ["--batch-size", "64"],
+            "--synthetic-size 32 gives search splits of 16 and 16 images, fewer than --batch-size 64",
+        ),
         (["--order", "2", "--amp", "fp16"], "fp16"),
     ],
 )
@@ -312,3 +318,206 @@ def test_training_on_nan_can_change_on_resume_and_deterministic_is_recorded(tmp_
     assert config["deterministic"] is True and config["on_nan"] == "stop"
     assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "2", "--on-nan", "skip", "--quiet"]) == 0
     assert json.loads((tmp_path / "t" / "config.json").read_text())["on_nan"] == "skip"
+
+
+# ---- issue 13: every option is validated once, in the configuration's validate(); run files are strict JSON
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--init-channels", "0"], "--init-channels must be at least 1, got 0"),
+        (["--init-channels", "5"], "even --init-channels"),
+        (["--device", "tpu"], "--device 'tpu' is not a device"),
+        (["--device", "cuda:99"], "--device cuda:99"),
+        (["--device", "meta"], "--device meta is not supported"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--arch-lr", "inf"], "--arch-lr must be a finite number, got inf"),
+        (["--weight-decay=-inf"], "--weight-decay must be a finite number"),
+        (["--momentum", "1"], "--momentum must be in [0, 1)"),
+        (["--arch-betas", "0.5", "1"], "--arch-betas B2 must be in [0, 1)"),
+        (["--train-portion", "1"], "--train-portion must be in (0, 1)"),
+        (["--grad-clip", "0"], "--grad-clip must be greater than 0"),
+        (["--fd-eps", "nan"], "--fd-eps must be a finite number"),
+        (["--clr-power=-1"], "--clr-power must not be negative"),
+        (["--layers", "0"], "--layers must be at least 1"),
+        (["--blocks", "1"], "--blocks must be at least 2"),
+        (["--hessian-every=-1"], "--hessian-every must be at least 0"),
+        (["--seed=-1"], "--seed must be at least 0"),
+        (["--image-size", "8"], "--image-size must be at least 32"),
+        (["--subset", "0"], "--subset must be at least 1"),
+        (["--synthetic-size", "8"], "--synthetic-size 8 gives search splits of 4 and 4 images"),
+        (["--dataset", "imagenet"], "--dataset imagenet-subset"),
+        (["--data-dir", "README.md"], "--data-dir README.md is a file, not a directory"),
+        (["--out", "README.md"], "--out README.md is a file, not a directory"),
+        (["--config", "."], "--config . is a directory"),
+        (["--config", "missing.json"], "--config missing.json does not exist"),
+    ],
+)
+def test_every_search_option_is_one_sentence(capsys, tmp_path, monkeypatch, extra, needle):
+    (tmp_path / "README.md").write_text("a file")
+    monkeypatch.chdir(tmp_path)
+    argv = ["search", *TINY, "--epochs", "1", "--out", str(tmp_path / "r"), *extra]
+    assert needle in _error(capsys, argv)
+    assert not (tmp_path / "r" / "config.json").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+        (["--drop-path", "1"], "--drop-path must be in [0, 1)"),
+        (["--label-smoothing", "inf"], "--label-smoothing must be a finite number"),
+        (["--auxiliary-weight=-1"], "--auxiliary-weight must not be negative"),
+        (["--cutout=-1"], "--cutout must be at least 0"),
+        (["--threads=-1"], "--threads must be at least 0"),
+        (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
+        (["--init-channels", "3"], "even --init-channels"),
+        (["--device", "tpu"], "--device 'tpu' is not a device"),
+        (["--val-split", "1"], "--val-split must be in [0, 1)"),
+        (["--synthetic-size", "4"], "--synthetic-size 4 leaves 4 training images, fewer than --batch-size 8"),
+        (["--genotype", "."], "--genotype . is a directory without genotype.json"),
+        (["--genotype", "x" * 300], "cannot be read"),
+        (["--resume", "README.md"], "--resume README.md is a file, not a run directory"),
+        (["--resume", "missing"], "--resume missing does not exist"),
+    ],
+)
+def test_every_train_option_is_one_sentence(capsys, tmp_path, monkeypatch, extra, needle):
+    (tmp_path / "README.md").write_text("a file")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", *TINY, "--layers", "2", "--enhance-cells", "1", "--epochs", "1", "--out", str(tmp_path / "t")]
+    assert needle in _error(capsys, [*argv, *extra])
+    assert not (tmp_path / "t" / "config.json").exists()
+
+
+def test_resume_names_the_command_of_the_run(capsys, tmp_path):
+    for kind, other in (("train", "search"), ("search", "train")):
+        run = tmp_path / kind
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"command": kind}))
+        assert f"continue it with bnas {kind} --resume {run}" in _error(capsys, [other, "--resume", str(run)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["eval", "RUN", "--device", "tpu"], "--device 'tpu' is not a device"),
+        (["eval", "RUN", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["bench", "search", "--device", "tpu"], "--device 'tpu' is not a device"),
+        (["bench", "search", "--threads=-1"], "--threads must be at least 0"),
+        (["report", "RUN", "-o", "README.md"], "--output README.md is a file"),
+        (["genotype", "plot", "BNASv2_CLR_v1", "-o", "README.md/cell.svg"], "README.md is a file, not a directory"),
+        (["sample-imagenet", "--src", ".", "--dst", "README.md"], "--dst README.md is a file"),
+        (["compare", "README.md"], "not a directory"),
+    ],
+)
+def test_other_commands_check_their_options(capsys, tmp_path, monkeypatch, argv, needle):
+    (tmp_path / "README.md").write_text("a file")
+    (tmp_path / "RUN").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert needle in _error(capsys, argv)
+
+
+_FIELD_VALUES = st.one_of(
+    st.integers(-3, 600),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(["auto", "cpu", "cuda", "cuda:7", "mps", "tpu", "synthetic", "bcnn", "darts", "fd", "skip"]),
+    st.lists(st.floats(-1, 2), max_size=3),
+)
+
+
+def _fields(cls, skip=()):
+    import dataclasses
+
+    # compile: any name but off imports torch._dynamo (150 MB) to check it; tested on the command line above
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("compile", *skip)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_search_options_are_a_config_error_or_a_valid_config(data):
+    method = data.draw(st.sampled_from([*METHODS, "nope"]))
+    overrides = data.draw(
+        st.dictionaries(st.sampled_from(_fields(SearchConfig, ("method",))), _FIELD_VALUES, max_size=6)
+    )
+    try:
+        cfg = SearchConfig.resolve(method, **overrides)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    cfg.validate()  # a resolved configuration stays valid, and it is what config.json records
+    assert json.loads(dumps(cfg.to_json()))["batch_size"] == cfg.batch_size
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(_fields(TrainConfig)), _FIELD_VALUES, max_size=6))
+def test_any_train_options_are_a_config_error_or_a_valid_config(overrides):
+    try:
+        cfg = TrainConfig.resolve(**overrides)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    except GenotypeError:  # an unknown genotype name: the genotype's own one sentence
+        assert "genotype" in overrides
+        return
+    cfg.validate()
+
+
+def test_strict_json_writes_non_finite_floats_as_null(tmp_path):
+    import numpy as np
+
+    obj = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, np.float32(3.5)),
+           "e": torch.tensor(float("nan")), "f": tmp_path, "g": np.float64("nan")}  # fmt: skip
+    assert finite(obj) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, 3.5], "e": None, "f": str(tmp_path),
+                           "g": None}  # fmt: skip
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(dumps(obj, indent=1), parse_constant=strict)["a"] is None
+    run = RunDir(tmp_path)
+    run.write_json("summary.json", {"final": {"train_loss": float("nan")}})
+    run.append("metrics.jsonl", {"kind": "epoch", "epoch": 0, "train_loss": float("inf")})
+    assert json.loads((tmp_path / "summary.json").read_text(), parse_constant=strict) == {"final": {"train_loss": None}}
+    assert json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=strict)["train_loss"] is None
+
+
+def test_a_nan_loss_leaves_strict_json_run_files(tmp_path):
+    from bnas.search import Searcher
+
+    cfg = SearchConfig.resolve(
+        "clr", dataset="synthetic", synthetic_size=32, batch_size=8, init_channels=4, epochs=1, eval_every=1,
+        out=str(tmp_path / "r"), quiet=True, on_nan="skip",
+    )  # fmt: skip
+    searcher = Searcher(cfg)
+    searcher.model.net.register_forward_hook(_nan_after(1))  # every forward: no finite step, NaN evaluation
+    searcher.run_search()
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    for path in (tmp_path / "r").rglob("*.json*"):
+        for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
+            json.loads(line, parse_constant=strict)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["final"]["valid_loss"] is None
+
+
+def test_synthetic_data_grows_to_the_batch_unless_its_size_is_given():
+    from bnas.search import Searcher
+
+    cfg = SearchConfig.resolve("pc", dataset="synthetic", init_channels=4)  # PC's batch 512: two splits of 512
+    assert cfg.batch_size == 512 and cfg.synthetic_size == 1024
+    Searcher(cfg).check_data()
+    assert SearchConfig.resolve("clr", dataset="synthetic", train_portion=0.25).synthetic_size == 1024
+    assert SearchConfig.resolve("clr", dataset="synthetic", batch_size=8).synthetic_size == 512  # never smaller
+    with pytest.raises(ConfigError, match="--synthetic-size 600 gives search splits of 300 and 300 images.*1024"):
+        SearchConfig.resolve("pc", dataset="synthetic", synthetic_size=600)
+    assert TrainConfig.resolve(dataset="synthetic", batch_size=1000).synthetic_size == 1000
+    assert TrainConfig.resolve(dataset="synthetic", batch_size=900, val_split=0.1).synthetic_size == 1000
+    with pytest.raises(ConfigError, match="--synthetic-size 512 leaves 512 training images.*--batch-size 1000"):
+        TrainConfig.resolve(dataset="synthetic", batch_size=1000, synthetic_size=512)

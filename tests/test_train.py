@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnas import build_network, count_parameters, get_genotype
@@ -185,6 +186,68 @@ def test_auxiliary_head_trains_darts_genotypes_only_through_its_weight(tmp_path)
 
     assert aux_change(0.0) == 0.0  # weight decay acts only on parameters with gradients
     assert aux_change(0.4) > 0.0
+
+
+# ----------------------------------------------------------------------------------- mixed precision
+
+
+def test_fp16_gradients_that_would_underflow_train_with_loss_scaling():
+    """fp16 flushes values below 6e-8 to zero: a loss whose gradients are that small learns nothing under fp16
+    autocast unscaled, while the scaled weight step (the one `bnas search` and `bnas train` take) recovers the
+    fp32 gradients and steps."""
+    from bnas.optim import SGD
+    from bnas.search import grad_scaler, upcast, weight_step
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    params = list(net.parameters())
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+
+    def loss(amp: bool) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+            logits = net(x)
+        return 1e-8 * F.cross_entropy(upcast(logits), y)  # gradients by the logits of ~2e-9
+
+    ref = torch.cat([g.flatten() for g in torch.autograd.grad(loss(False), params)])  # fp32
+    assert all(torch.count_nonzero(g) == 0 for g in torch.autograd.grad(loss(True), params))  # all underflow
+    start = [p.detach().clone() for p in params]
+    for amp_mode in ("off", "fp16"):  # "off": a disabled scaler, as bf16 and fp32 runs get
+        scaler = grad_scaler(amp_mode, torch.device("cpu"))
+        opt = SGD(params, lr=1e6)  # a step that makes gradients of 1e-9 visible
+        opt.zero_grad()
+        assert weight_step(loss(True), opt, params, 5.0, scaler) == "ok"
+        grads = torch.cat([p.grad.flatten() for p in params])
+        moved = max((p - s).abs().max().item() for p, s in zip(params, start, strict=True))
+        if amp_mode == "off":
+            assert torch.count_nonzero(grads) == 0 and moved == 0.0
+        else:
+            assert scaler.get_scale() == 2.0**16 and F.cosine_similarity(grads, ref, dim=0) > 0.999
+            assert (grads - ref).norm() < 0.01 * ref.norm() and moved > 1e-4
+        with torch.no_grad():
+            for p, s in zip(params, start, strict=True):
+                p.copy_(s)
+
+
+def test_fp16_training_scales_the_loss_counts_overflows_and_checkpoints_the_scaler(tmp_path):
+    """--amp fp16 (CPU autocast works in torch 2.14) trains with a GradScaler: an overflow skips the step,
+    lowers the scale and is counted in skipped_steps (amp_skipped_steps: the scaler's share) without stopping
+    the run; the scaler's state is in the checkpoint and comes back on resume. bf16 and fp32 use none."""
+    assert not Trainer(_tiny(tmp_path, "bf16", amp="bf16"), load_data=False).scaler.is_enabled()
+    trainer = Trainer(_tiny(tmp_path, amp="fp16", device="cpu"))
+    assert trainer.scaler.is_enabled()
+    # a first scale that overflows fp16 (largest value 65504); one back-off brings it to the usual 2**16
+    trainer.scaler.load_state_dict({**trainer.scaler.state_dict(), "scale": 2.0**40, "backoff_factor": 2.0**-24})
+    trainer.run_training()
+    h = trainer.history
+    assert [r["amp_skipped_steps"] for r in h] == [r["skipped_steps"] for r in h] == [1, 0]
+    assert [r["loss_scale"] for r in h] == [2.0**16, 2.0**16]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    steps = len(trainer.loaders["train"])
+    assert saved["scaler"]["scale"] == 2.0**16 and saved["scaler"]["backoff_factor"] == 2.0**-24
+    assert saved["scaler"]["_growth_tracker"] == 2 * steps - 1  # clean steps since the overflow
+    resumed = Trainer(_tiny(tmp_path, amp="fp16", device="cpu"), resume=True)
+    resumed.open_run()
+    assert resumed.scaler.state_dict() == saved["scaler"]
 
 
 # --------------------------------------------------------------------------------------- export

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import BnasError, ConfigError
+from .jsonio import dumps
 
 _HELP = {
     "space": "search space: the broad network (bcnn) or the DARTS stack (darts)",
@@ -89,8 +90,10 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         if f.name in METHODS["clr"]:
             per = ", ".join(f"{m} {v[f.name]}" for m, v in METHODS.items())
             default_text = f"method default: {per}"
+        elif f.name == "synthetic_size":
+            default_text = f"default: {base.synthetic_size}, or more when --batch-size needs it"
         else:
-            default_text = f"default: {getattr(base, f.name)}"
+            default_text = f"default: {'all' if getattr(base, f.name) is None else getattr(base, f.name)}"
         helptext = f"{_HELP.get(f.name, f.name)} ({default_text})"
         kw: dict[str, Any] = {"default": None, "help": helptext, "dest": f.name}
         if f.type in ("bool", bool):
@@ -107,16 +110,43 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+# what a run's config.json records besides its options: a run's config.json can be given to --config as it is
+_RECORDS = ("command", "counts", "environment", "genotype_json", "parameters", "macs")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The options of a --config JSON file (a run's config.json works too), as one sentence when it is bad."""
+    if not path.exists():
+        raise ConfigError(f"--config {path} does not exist; give a JSON file of options")
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a directory; give a JSON file of options (e.g. a run's config.json)")
     try:
         obj = json.loads(path.read_text())
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"config file {path} must hold a JSON object of options")
-    return {k.replace("-", "_"): v for k, v in obj.items()}
+    return {k.replace("-", "_"): v for k, v in obj.items() if k not in _RECORDS}
+
+
+def resume_dir(path: Path, command: str) -> Path:
+    """--resume RUN_DIR: an existing directory holding a run of this command, or one sentence saying what to do."""
+    from .runs import RunDir
+
+    if not path.exists():
+        raise ConfigError(f"--resume {path} does not exist; give the directory of a bnas {command} run")
+    if not path.is_dir():
+        raise ConfigError(
+            f"--resume {path} is a file, not a run directory; give the directory that holds the run's config.json "
+            "and checkpoint.pt"
+        )
+    saved = RunDir(path).read_json("config.json")
+    kind = saved.get("command") if isinstance(saved, dict) else None
+    if kind in ("search", "train") and kind != command:
+        raise ConfigError(f"{path} is a bnas {kind} run; continue it with bnas {kind} --resume {path}")
+    return path
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -131,7 +161,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         cli.pop(k, None)
     method = cli.pop("method", None)
     if args.resume:
-        cfg = resume_config(args.resume)
+        cfg = resume_config(resume_dir(args.resume, "search"))
         # only run-length and logging options may change on resume
         for k in (
             "epochs",
@@ -148,7 +178,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 setattr(cfg, k, cli[k])
         cfg.validate()
     else:
-        file_opts = _read_config_file(args.config) if args.config else {}
+        file_opts = read_config_file(args.config) if args.config else {}
         method = method or file_opts.pop("method", None) or "clr"
         file_opts.pop("method", None)
         cfg = SearchConfig.resolve(method, **{**file_opts, **cli})
@@ -196,10 +226,12 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         print(f"{args.name} ({g.space} space)")
         print(g.describe())
         if args.json:
-            print(json.dumps(g.to_json(), indent=1))
+            print(dumps(g.to_json(), indent=1))
     if args.genotype_cmd == "plot":
+        from .errors import check_output
         from .plots import draw_genotype
 
+        check_output("--output", args.output, directory=False)
         out = draw_genotype(g, args.output, engine=args.engine, title=Path(str(args.name)).name)
         print(f"wrote {out}")
     return 0
@@ -223,7 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "search",
         help="architecture search (BNAS-D, BNAS-v2-CLR, BNAS-v2-PC)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Search cells of the broad (or DARTS) network. Options default to the --method preset "
         "(SPEC §7 table); a --config JSON file overrides the preset, the command line overrides both.",
     )
@@ -289,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
         if len(msg) > 1 and msg[0].isupper() and msg[1].islower():  # "Image folder ..." but not "CIFAR-10 ..."
             msg = msg[0].lower() + msg[1:]
         print(f"bnas: error: {msg or 'failed'}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (full disk, permissions, a file where a directory must be)
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"bnas: error: {e.strerror or e}{where}; check the paths given (bnas --debug shows where)", file=sys.stderr
+        )
         return 2
 
 

@@ -40,3 +40,151 @@ def non_finite(on_nan: str, command: str, which: str, epoch: int, step: int, out
         f"the {which} loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
         f"{kept}, or start again with a lower {lrs}"
     )
+
+
+# ---- checks of user input: each raises ConfigError with one sentence naming the option (`flag`)
+
+
+def _flag(name: str) -> str:
+    return name if name.startswith("-") else "--" + name.replace("_", "-")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float
+        return float("inf")
+
+
+def check_int(name: str, value: object, low: int, optional: bool = False) -> None:
+    """A whole number >= low (None allowed when `optional`)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{_flag(name)} must be a whole number, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{_flag(name)} must be at least {low}, got {value}")
+    if value >= 2**63:  # beyond torch's int64 (and, as a float, beyond exact)
+        raise ConfigError(f"{_flag(name)} must be below 2^63, got {value}")
+
+
+def check_float(name: str, value: object, low: float = 0.0, high: float | None = None, *, strict_low=False,
+                strict_high=True) -> None:  # fmt: skip
+    """A finite number in [low, high) by default; strict_low excludes low, strict_high=False includes high."""
+    import math
+
+    if not _is_number(value) or not math.isfinite(value if isinstance(value, float) else _as_float(value)):
+        raise ConfigError(f"{_flag(name)} must be a finite number, got {value!r}")
+    if high is None:
+        if strict_low and value <= low:
+            raise ConfigError(f"{_flag(name)} must be greater than {low:g}, got {value}")
+        if value < low:
+            rule = "must not be negative" if low == 0 else f"must be at least {low:g}"
+            raise ConfigError(f"{_flag(name)} {rule}, got {value}")
+        return
+    below = value < low or (strict_low and value == low)
+    above = value > high or (strict_high and value == high)
+    if below or above:
+        interval = f"{'(' if strict_low else '['}{low:g}, {high:g}{')' if strict_high else ']'}"
+        raise ConfigError(f"{_flag(name)} must be in {interval}, got {value}")
+
+
+def check_choice(name: str, value: object, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_types(cfg) -> None:
+    """Every field of a config dataclass holds a value of its annotated type (a JSON file can hold anything)."""
+    import dataclasses
+
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{_flag(f.name)} must be true or false, got {value!r}")
+        if kind == "str" and not isinstance(value, str):
+            raise ConfigError(f"{_flag(f.name)} must be a string, got {value!r}")
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if kind in ("int", "int | None") and not whole and not (kind == "int | None" and value is None):
+            raise ConfigError(f"{_flag(f.name)} must be a whole number, got {value!r}")
+        if kind == "float" and not _is_number(value):
+            raise ConfigError(f"{_flag(f.name)} must be a number, got {value!r}")
+        if kind.startswith("tuple[float") and not (
+            isinstance(value, tuple | list) and len(value) == 2 and all(_is_number(v) for v in value)
+        ):
+            raise ConfigError(f"{_flag(f.name)} must be two numbers, got {value!r}")
+        if kind.startswith("dict") and not isinstance(value, dict):
+            raise ConfigError(f"{_flag(f.name)} must be a JSON object, got {value!r}")
+
+
+def check_seed(value: object) -> None:
+    check_int("seed", value, 0)
+    if value >= 2**32:
+        raise ConfigError(f"--seed must be below 2^32, got {value}")
+
+
+def check_device(value: object, flag: str = "--device") -> None:
+    """auto, or a device that torch can parse and that exists on this machine."""
+    if value == "auto":
+        return
+    import torch
+
+    hint = "use auto, cpu, cuda, cuda:N or mps"
+    try:
+        if not isinstance(value, str):
+            raise TypeError
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{flag} {value!r} is not a device; {hint}") from None
+    if dev.type == "cpu":
+        return
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}
+    module = backend.get(dev.type)
+    if module is None:
+        raise ConfigError(f"{flag} {value} is not supported by bnas; {hint}")
+    if not module.is_available():
+        raise ConfigError(f"{flag} {value} was asked for but this machine has no {dev.type} device; use --device cpu")
+    count = module.device_count() if hasattr(module, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(
+            f"{flag} {value} does not exist: this machine has {count} {dev.type} device(s), {dev.type}:0 to "
+            f"{dev.type}:{count - 1}"
+        )
+
+
+def check_not_file(name: str, value: str, what: str) -> None:
+    """A directory option: it may not exist yet, but it must not be a regular file."""
+    import os
+
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ConfigError(f"{_flag(name)} {value} is a file, not a directory; give {what}")
+
+
+def check_compile(value: str) -> None:
+    if value == "off":
+        return
+    import torch._dynamo
+
+    if not isinstance(value, str) or value not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(
+            f"--compile must be off or a torch.compile backend (inductor, or eager to debug), got {value!r}"
+        )
+
+
+def check_output(name: str, path, directory: bool) -> None:
+    """An output path (a directory or a file) that can be created: no file stands where a directory must be."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise ConfigError(f"{_flag(name)} {path} is {kind}; give {'a directory' if directory else 'a file name'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{_flag(name)} {path}: {parent} is a file, not a directory")
+            return

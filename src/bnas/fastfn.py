@@ -10,6 +10,11 @@
 Weights enter as views so that backward can ask the autograd engine whether their gradients are wanted
 at all (`autograd.grad(loss, alphas)` does not want them). Under `create_graph` (exact second order,
 Hessian eigenvalues) backward differentiates a plain recomputation instead, so double backward works.
+
+Under autocast (bf16, fp16) only `dw_pw` (computed in autocast's dtype) and `max_pool` run as these
+functions; `mix_bn`, `mix_bn_multi`, `dw_pw_multi`, `bn_out`, `conv_bn` and `factorized_reduce` are full
+precision only (`fusable`, and the checks in the last two): the modules run instead (tests/test_fast.py
+counts the calls).
 """
 
 from __future__ import annotations

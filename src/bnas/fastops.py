@@ -12,6 +12,12 @@ The modules and their parameters are the plain path's (same parameter count, sam
 forward only reads them, so `functional_call` (second-order search) and checkpoints work unchanged.
 Nothing here changes the result beyond floating-point summation order; tests/test_fast.py checks alpha,
 beta and weight gradients against the plain path.
+
+Under autocast (bf16, fp16) the cells still run state by state, but the fused BatchNorm functions and the
+batching of a state's edges are full precision only (`fastfn.fusable`): each edge runs `_mixed_unfused`,
+its depthwise+pointwise pairs through `fastfn.dw_pw` (in autocast's dtype) and its BatchNorms and
+FactorizedReduce as the modules; of fastfn's autograd functions only `dw_pw`'s and `max_pool`'s run
+(counted in tests/test_fast.py, `test_fast_path_under_bf16_autocast`).
 """
 
 from __future__ import annotations

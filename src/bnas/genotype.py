@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import GenotypeError
+from .jsonio import dumps
 from .ops import PARAMETER_FREE, PRIMITIVES
 
 CELL_NAMES = {"bcnn": ("conv", "enh"), "darts": ("normal", "reduce")}
@@ -123,7 +124,7 @@ class Genotype:
         return cls(CellGenotype.from_json(obj[a]), CellGenotype.from_json(obj[b]), space)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        Path(path).write_text(dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:

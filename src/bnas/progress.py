@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -114,7 +115,10 @@ class Reporter:
             lines.append(genotype.describe())
         run_dir = summary.get("run_dir")
         lines.append(f"run directory: {run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
-        lines.append(f"plots and report: bnas report {run_dir}")
+        quoted = shlex.quote(str(run_dir))
+        if summary.get("command") == "search":
+            lines.append(f"train what was found: bnas train --genotype {shlex.quote(f'{run_dir}/genotype.json')}")
+        lines.append(f"plots and report: bnas report {quoted}")
         self.print("\n".join(lines))
 
 

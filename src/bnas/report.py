@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import BnasError
+from .jsonio import dumps
 from .plots import (
     CELL_TITLES,
     RunData,
@@ -81,7 +81,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, embed: bool
     for name, title, _ in figures:
         parts += [f"<h2>{e(title)}</h2>", img(name)]
     parts += ["<h2>Epochs</h2>", _epoch_table(run.epochs)]
-    parts += ["<h2>Configuration</h2>", f"<pre>{e(json.dumps(run.config, indent=1, default=str))}</pre>"]
+    parts += ["<h2>Configuration</h2>", f"<pre>{e(dumps(run.config, indent=1))}</pre>"]
     parts.append("</body></html>")
     report.html.write_text("\n".join(parts) + "\n")
     return report

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .errors import BnasError, CheckpointError
+from .jsonio import dumps
 
 CHECKPOINT_FORMAT = 1
 JSONL_FILES = ("metrics.jsonl", "alphas.jsonl")  # per-epoch logs that a resume truncates together
@@ -116,13 +117,19 @@ class RunDir:
         return self.path / "checkpoint.pt"
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_text(self.path / name, json.dumps(obj, indent=1, default=str) + "\n")
+        atomic_write_text(self.path / name, dumps(obj, indent=1) + "\n")
 
     def read_json(self, name: str) -> Any:
         try:
             return json.loads((self.path / name).read_text())
         except FileNotFoundError:
+            if self.path.exists() and not self.path.is_dir():
+                raise BnasError(f"{self.path} is a file, not a run directory; give a bnas run's directory") from None
             raise BnasError(f"{self.path} is not a bnas run directory (no {name})") from None
+        except NotADirectoryError:
+            raise BnasError(f"{self.path} is a file, not a run directory; give the directory of a bnas run") from None
+        except OSError as e:
+            raise BnasError(f"cannot read {self.path / name} ({e.strerror})") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BnasError(f"{self.path / name} is malformed; the run cannot be resumed") from None
 
@@ -140,7 +147,7 @@ class RunDir:
     def append(self, name: str, record: dict[str, Any]) -> None:
         """One JSON line; a kill can only cut the last line, which readers skip."""
         with open(self.path / name, "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
+            f.write(dumps(record) + "\n")
 
     def records(self, name: str) -> list[dict[str, Any]]:
         path = self.path / name

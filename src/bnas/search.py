@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,20 @@ from torch import nn
 from torch.func import functional_call
 
 from . import fast
-from .data.search_data import search_data
+from .data.search_data import search_data, search_images_needed
 from .dist import NullRun, all_reduce_mean, is_main
-from .errors import ConfigError, non_finite
+from .errors import (
+    ConfigError,
+    check_choice,
+    check_compile,
+    check_device,
+    check_float,
+    check_int,
+    check_not_file,
+    check_seed,
+    check_types,
+    non_finite,
+)
 from .genotype import Genotype
 from .ops import PRIMITIVES
 from .optim import SGD, Adam
@@ -115,62 +127,86 @@ class SearchConfig:
 
     @classmethod
     def resolve(cls, method: str = "clr", **overrides: Any) -> SearchConfig:
-        if method not in METHODS:
+        if not isinstance(method, str) or method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown search option(s) {', '.join(unknown)}")
         given = {k: v for k, v in overrides.items() if v is not None}
-        values = {**METHODS[method], **DATASET_DEFAULTS.get(given.get("dataset", ""), {}), **given, "method": method}
-        if given.get("dataset") == "imagenet-subset" and "lr_warmup_epochs" not in given:
+        dataset = given.get("dataset")
+        by_dataset = DATASET_DEFAULTS.get(dataset, {}) if isinstance(dataset, str) else {}
+        values = {**METHODS[method], **by_dataset, **given, "method": method}
+        if dataset == "imagenet-subset" and "lr_warmup_epochs" not in given and isinstance(values["batch_size"], int):
             values["lr_warmup_epochs"] = 5 if values["batch_size"] > 256 else 0  # SPEC §7: warm-up for big batches
         if isinstance(values.get("arch_betas"), list):
             values["arch_betas"] = tuple(values["arch_betas"])
         cfg = cls(**values)
+        if cfg.dataset == "synthetic" and "synthetic_size" not in given:
+            # enough images for one batch in each search split (per torchrun rank), e.g. 1024 for PC's batch 512
+            world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+            needed = search_images_needed(cfg.batch_size, cfg.train_portion, world)
+            cfg.synthetic_size = max(cfg.synthetic_size, needed or 0)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        """Every option once: its type, a finite value in its range, a known choice, a device and paths that
+        exist. Raises ConfigError with one sentence naming the option."""
+        from .data.registry import DATASETS
+
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
-        if self.epochs < 1:
-            bad(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            bad(f"--batch-size must be at least 1, got {self.batch_size}")
-        for name in ("lr", "arch_lr", "lr_min", "weight_decay", "arch_weight_decay", "momentum", "grad_clip"):
-            if getattr(self, name) < 0:
-                bad(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.order not in (1, 2):
-            bad(f"--order must be 1 or 2, got {self.order}")
-        if self.hessian_every < 0 or self.hessian_iters < 1:
-            bad(
-                f"--hessian-every must be >= 0 and --hessian-iters >= 1 "
-                f"(got {self.hessian_every} and {self.hessian_iters})"
-            )
-        if self.hvp not in ("fd", "exact"):
-            bad(f"--hvp must be fd or exact, got {self.hvp!r}")
-        if self.space not in ("bcnn", "darts"):
-            bad(f"--space must be bcnn or darts, got {self.space!r}")
-        if self.partial_k < 1:
-            bad(f"--partial-k must be at least 1, got {self.partial_k}")
+        check_types(self)
+        for name, choices in (
+            ("method", list(METHODS)), ("space", ["bcnn", "darts"]), ("dataset", [*DATASETS, "imagenet-subset"]),
+            ("order", [1, 2]), ("hvp", ["fd", "exact"]), ("decode", ["pil", "gpu"]),
+            ("amp", ["auto", "off", "bf16", "fp16"]), ("channels_last", ["auto", "on", "off"]),
+            ("on_nan", ["stop", "skip"]),
+        ):  # fmt: skip
+            check_choice(name, getattr(self, name), choices)
+        for name in ("epochs", "batch_size", "init_channels", "layers", "partial_k", "synthetic_size", "hessian_iters"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("workers", "lr_warmup_epochs", "arch_start_epoch", "eval_every", "log_every", "hessian_every"):
+            check_int(name, getattr(self, name), 0)
+        check_int("image_size", self.image_size, 32)
+        check_int("subset", self.subset, 1, optional=True)
+        check_int("blocks", self.blocks, 2 if self.space == "bcnn" else 1)
+        check_int("enhance_cells", self.enhance_cells, 1)
+        check_seed(self.seed)
+        for name in ("lr", "lr_min", "weight_decay", "arch_lr", "arch_weight_decay", "arch_grad_clip", "clr_power"):
+            check_float(name, getattr(self, name), 0.0)
+        check_float("fd_eps", self.fd_eps, 0.0, strict_low=True)
+        # the search always clips the weight gradients (0 would zero them: a silent run that learns nothing)
+        check_float("grad_clip", self.grad_clip, 0.0, strict_low=True)
+        check_float("momentum", self.momentum, 0.0, 1.0)
+        check_float("train_portion", self.train_portion, 0.0, 1.0, strict_low=True)
+        for i, beta in enumerate(self.arch_betas):
+            check_float(f"--arch-betas B{i + 1}", beta, 0.0, 1.0)
+        check_device(self.device)
+        check_compile(self.compile)
+        check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
+        check_not_file("out", self.out, "a directory for the run")
         if self.init_channels % self.partial_k:
             bad(f"--partial-k {self.partial_k} must divide --init-channels {self.init_channels}")
-        if not 0.0 < self.train_portion < 1.0:
-            bad(f"--train-portion must be between 0 and 1, got {self.train_portion}")
-        if self.on_nan not in ("stop", "skip"):
-            bad(f"--on-nan must be stop or skip, got {self.on_nan!r}")
-        if self.decode not in ("pil", "gpu"):
-            bad(f"--decode must be pil or gpu, got {self.decode!r}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            bad(f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.space == "bcnn" and self.init_channels % 2:  # FactorizedReduce halves the channels
+            bad(f"the broad network needs an even --init-channels, got {self.init_channels}")
+        if self.dataset == "imagenet":
+            bad("a search reads the ImageNet subset that bnas sample-imagenet draws: use --dataset imagenet-subset")
         if self.order == 2 and self.amp == "fp16":
             bad("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off with --order 2")
-        if self.blocks < 2 and self.space == "bcnn":
-            bad(f"--blocks must be at least 2, got {self.blocks}")
-        if self.enhance_cells < 1 and self.space == "bcnn":
-            bad(f"--enhance-cells must be at least 1, got {self.enhance_cells}")
+        if self.dataset == "synthetic":
+            by_subset = self.subset is not None and self.subset < self.synthetic_size
+            n, which = (self.subset, "--subset") if by_subset else (self.synthetic_size, "--synthetic-size")
+            split = int(n * self.train_portion)
+            if min(split, n - split) < self.batch_size:
+                needed = search_images_needed(self.batch_size, self.train_portion)
+                fix = f"raise {which} to at least {needed} or " if needed else ""
+                bad(
+                    f"{which} {n} gives search splits of {split} and {n - split} images, fewer than --batch-size "
+                    f"{self.batch_size}; {fix}lower --batch-size"
+                )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -202,11 +238,16 @@ def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
 class Architect:
     """Updates the architecture parameters on validation batches (first or second order)."""
 
-    def __init__(self, model: SuperNet, cfg: SearchConfig, w_optimizer: SGD, autocast=None):
+    def __init__(self, model: SuperNet, cfg: SearchConfig, w_optimizer: SGD, autocast=None, scaler=None):
         self.model = model
         self.cfg = cfg
         self.w_optimizer = w_optimizer
         self.autocast = autocast or contextlib.nullcontext
+        # fp16: the architecture loss has its own scaler (its gradients' range is not the weights')
+        self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
+        if self.scaler.is_enabled() and cfg.order == 2:
+            raise ConfigError("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off")
+        self.overflowed = False  # the last step was an fp16 overflow the scaler skipped (see `weight_step`)
         self.optimizer = Adam(
             model.arch_parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
         )
@@ -225,22 +266,32 @@ class Architect:
             logits = self.model(x) if params is None else functional_call(self.model, params, (x,))
         return F.cross_entropy(upcast(logits), y)
 
-    def gradients(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], float]:
-        """Architecture gradients (without applying them) and the validation loss."""
+    def gradients(
+        self, x_train, y_train, x_val, y_val, eta: float, scaled: bool = False
+    ) -> tuple[list[torch.Tensor], float]:
+        """Architecture gradients (without applying them) and the validation loss; `scaled`: of the loss times
+        the fp16 loss scale (first order; `step` unscales them), else the true gradients."""
         arch = self.model.arch_parameters()
         if self.cfg.order == 1:
             loss = self._loss(x_val, y_val)
             # alpha gradients only: autograd never computes the weights' gradients here
-            return list(torch.autograd.grad(loss, arch)), loss.item()
+            target = self.scaler.scale(loss) if scaled else loss
+            return list(torch.autograd.grad(target, arch)), loss.item()
         return self._unrolled(x_train, y_train, x_val, y_val, eta)
 
     def _unrolled(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], float]:
-        """DARTS' second order: grad_a L_val(w', a) - eta * H v, with w' one SGD step ahead of w."""
+        """DARTS' second order: grad_a L_val(w', a) - eta * H v, with w' one SGD step ahead of w.
+
+        w' is the step the weight optimizer would take (SPEC §7): w - eta (momentum * buf + g + wd * w) with its
+        own momentum, weight decay and momentum buffers (none before its first step). The buffers do not depend
+        on a, so dw'/da = -eta d(grad_w L_train)/da and H v is the same with or without them; v = grad_w' L_val.
+        """
         model, arch = self.model, self.model.arch_parameters()
         named = [(n, p) for n, p in model.named_parameters() if not n.startswith("arch.")]
         names, weights = [n for n, _ in named], [p for _, p in named]
         grads = torch.autograd.grad(self._loss(x_train, y_train), weights)
-        mom, wd = self.cfg.momentum, self.cfg.weight_decay
+        group = self.w_optimizer.param_groups[0]  # the optimizer that takes the real step (= cfg in a search)
+        mom, wd = group["momentum"], group["weight_decay"]
         with torch.no_grad():  # w' = w - eta (momentum * buf + g + wd * w), as lists (a few hundred tensors)
             bufs = [self.w_optimizer.state.get(p, {}).get("momentum_buffer") for p in weights]
             step = torch._foreach_add(list(grads), weights, alpha=wd)
@@ -283,15 +334,26 @@ class Architect:
         return list(torch.autograd.grad(dot, arch))
 
     def step(self, x_train, y_train, x_val, y_val, eta: float) -> float:
-        grads, loss = self.gradients(x_train, y_train, x_val, y_val, eta)
+        """One architecture update. Returns the validation loss, or NaN when the step was not taken; then
+        `overflowed` tells an fp16 overflow that the scaler skipped (lowering its scale) from a fault."""
+        grads, loss = self.gradients(x_train, y_train, x_val, y_val, eta, scaled=True)
         all_reduce_mean(grads)  # torchrun: autograd.grad bypasses DDP's hooks, so average the ranks' gradients
-        if not all(torch.isfinite(g).all() for g in grads):
-            return float("nan")  # never let a non-finite gradient into Adam's moments; the caller decides
-        for p, g in zip(self.model.arch_parameters(), grads, strict=True):
+        arch = self.model.arch_parameters()
+        for p, g in zip(arch, grads, strict=True):
             p.grad = g
+        scaler = self.scaler
+        scaler.unscale_(self.optimizer)  # fp16: the true gradients, before clipping (a no-op otherwise)
+        self.overflowed = False
+        if not (math.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in arch)):
+            # never let a non-finite gradient into Adam's moments; the caller decides
+            self.overflowed = math.isfinite(loss) and scaler.is_enabled() and scaler.get_scale() > 1.0
+            scaler.update()  # an overflow halves the scale
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan")
         if self.cfg.arch_grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.arch_parameters(), self.cfg.arch_grad_clip)
-        self.optimizer.step()
+            nn.utils.clip_grad_norm_(arch, self.cfg.arch_grad_clip)
+        scaler.step(self.optimizer)
+        scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
 
@@ -326,6 +388,35 @@ def autocast_factory(amp: str, device: torch.device):
 def upcast(logits: torch.Tensor) -> torch.Tensor:
     """Losses in at least fp32 under autocast; float64 stays float64 (gradient checks)."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def grad_scaler(amp_mode: str, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 loss scaling: fp16's 5 exponent bits flush gradients below 6e-8 to zero, so the loss is multiplied
+    by a scale (2**16 at first, halved after an overflow, doubled after 2000 clean steps) before backward and
+    the gradients divided by it before clipping. bf16 (fp32's exponent range) and fp32 get a disabled scaler,
+    which changes nothing."""
+    return torch.amp.GradScaler(device.type, enabled=amp_mode == "fp16")
+
+
+def weight_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], clip: float, scaler) -> str:
+    """Backward (of the scaled loss), average the shards (torchrun), unscale, clip to `clip` (0 = off), step.
+
+    Returns "ok"; "overflow" when fp16 gradients overflowed while the loss was scaled up (the scaler skips the
+    step and halves its scale: its normal working, not a fault); or "non-finite" (a NaN or infinite loss, or
+    non-finite gradients with nothing left to blame on scaling): the step is not taken, --on-nan decides.
+    """
+    scaler.scale(loss).backward()
+    all_reduce_mean([p.grad for p in params if p.grad is not None])  # torchrun: average the shards
+    scaler.unscale_(optimizer)  # before clipping: the norm is the true gradient's (no-op without fp16)
+    grad_norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    finite_loss = math.isfinite(loss.item())
+    if finite_loss and torch.isfinite(grad_norm):
+        scaler.step(optimizer)
+        scaler.update()
+        return "ok"
+    overflow = finite_loss and scaler.is_enabled() and scaler.get_scale() > 1.0
+    scaler.update()  # an overflow halves the scale
+    return "overflow" if overflow else "non-finite"
 
 
 def dominant_eigenvalue(
@@ -424,7 +515,10 @@ class Searcher:
         self.w_optimizer = SGD(
             self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-        self.architect = Architect(self.model, cfg, self.w_optimizer, self.autocast)
+        self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 only: the weight loss's scale
+        self.architect = Architect(
+            self.model, cfg, self.w_optimizer, self.autocast, grad_scaler(self.amp_mode, self.device)
+        )
         self.start_epoch = 0
         self.run: RunDir | None = None
         self._resume = resume
@@ -446,6 +540,8 @@ class Searcher:
             "model": self.model.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.architect.optimizer.state_dict(),
+            "w_scaler": self.scaler.state_dict(),  # fp16: the loss scales and their growth trackers ({} otherwise)
+            "a_scaler": self.architect.scaler.state_dict(),
             "train_loader": self.train_loader.state_dict(),
             "val_loader": self.val_loader.state_dict(),
             "rng_cpu": torch.get_rng_state(),
@@ -457,6 +553,9 @@ class Searcher:
         self.model.load_state_dict(state["model"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.architect.optimizer.load_state_dict(state["a_optimizer"])
+        for scaler, key in ((self.scaler, "w_scaler"), (self.architect.scaler, "a_scaler")):
+            if state.get(key) and scaler.is_enabled():
+                scaler.load_state_dict(state[key])
         self.train_loader.load_state_dict(state["train_loader"])
         self.val_loader.load_state_dict(state["val_loader"])
         torch.set_rng_state(state["rng_cpu"])
@@ -510,7 +609,7 @@ class Searcher:
         val_iter = iter(self.val_loader)
         totals = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0}
         steps, images, t0 = 0, 0, time.perf_counter()
-        arch_steps = skipped = 0
+        arch_steps = skipped = overflows = 0  # overflows: fp16 steps the scalers skipped (also in skipped)
         weights = model.weight_parameters()
         for x, y in self.train_loader:
             if arch_on:
@@ -523,19 +622,20 @@ class Searcher:
                 if math.isfinite(arch_loss):
                     totals["arch_loss"] += arch_loss
                     arch_steps += 1
+                elif self.architect.overflowed:
+                    overflows += 1
                 else:
                     skipped += self._non_finite(epoch, steps, "architecture")
             self.w_optimizer.zero_grad(set_to_none=True)
             with self.autocast(), fast.backward_once():
                 logits = model(x)
             loss = F.cross_entropy(upcast(logits), y)
-            loss.backward()
-            all_reduce_mean([p.grad for p in weights if p.grad is not None])  # torchrun: average the shards
-            grad_norm = nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
-            if torch.isfinite(grad_norm) and math.isfinite(loss.item()):
-                self.w_optimizer.step()
-            else:
-                skipped += self._non_finite(epoch, steps, "weight")
+            outcome = weight_step(loss, self.w_optimizer, weights, cfg.grad_clip, self.scaler)
+            if outcome != "ok":
+                if outcome == "overflow":
+                    overflows += 1
+                else:
+                    skipped += self._non_finite(epoch, steps, "weight")
                 model.zero_grad(set_to_none=True)
                 continue
             model.zero_grad(set_to_none=True)  # the weight step leaves alpha gradients behind
@@ -549,7 +649,12 @@ class Searcher:
                 self.run.log({"kind": "step", "epoch": epoch, "step": steps, "train_loss": loss.item()})
         out = {k: v / max(steps, 1) for k, v in totals.items()}
         out["arch_loss"] = totals["arch_loss"] / arch_steps if arch_on and arch_steps else None
-        out["skipped_steps"] = skipped
+        out["skipped_steps"] = skipped + overflows
+        if self.scaler.is_enabled():  # fp16: the scalers' share of the skipped steps, and their scales now
+            out.update(
+                amp_skipped_steps=overflows, loss_scale=self.scaler.get_scale(),
+                arch_loss_scale=self.architect.scaler.get_scale(),
+            )  # fmt: skip
         out.update(
             lr=lr, arch_lr=self.architect.lr if arch_on else 0.0, images_per_s=images / (time.perf_counter() - t0)
         )

@@ -11,6 +11,7 @@ test split; `val_split` holds out part of the training set, and only that split 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,34 @@ from torch import nn
 from .data.folder import FolderLoader, gpu_decoding, imagenet_transform
 from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
-from .data.registry import DatasetSpec, get_dataset, load_split
+from .data.registry import DATASETS, DatasetSpec, get_dataset, load_split, training_images_needed
 from .dist import NullRun, all_reduce_mean, broadcast_buffers, rank_world
-from .errors import CheckpointError, ConfigError, non_finite
-from .genotype import Genotype, get_genotype
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    check_choice,
+    check_compile,
+    check_device,
+    check_float,
+    check_int,
+    check_not_file,
+    check_seed,
+    check_types,
+    non_finite,
+)
+from .genotype import ZOO, Genotype, get_genotype
 from .optim import SGD
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
-from .search import accuracy, autocast_factory, cosine_lr, pick_device, set_deterministic, upcast
+from .search import (
+    accuracy,
+    autocast_factory,
+    cosine_lr,
+    grad_scaler,
+    pick_device,
+    set_deterministic,
+    upcast,
+    weight_step,
+)
 from .space import TrainedNet, build_network, count_parameters
 
 _TRANSFER = dict(cutout=0)  # SPEC §9: MNIST, Fashion-MNIST, SVHN, smallNORB: flip (+ resize), no cutout
@@ -105,47 +127,86 @@ class TrainConfig:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}")
         given = {k: v for k, v in overrides.items() if v is not None}
         dataset = given.get("dataset", cls.dataset)
-        get_dataset(dataset)  # a clear error for unknown names
+        check_choice("dataset", dataset, list(DATASETS))
         values: dict[str, Any] = dict(RECIPES.get(dataset, {}))
-        if get_genotype(given.get("genotype", cls.genotype)).space == "darts":
+        if _genotype_space(given.get("genotype", cls.genotype)) == "darts":
             values.update(DARTS_SPACE)
         values.update(given)
-        if values.get("batch_size", cls.batch_size) > 256 and dataset == "imagenet":
+        batch = values.get("batch_size", cls.batch_size)
+        if dataset == "imagenet" and isinstance(batch, int) and batch > 256:
             values.setdefault("lr_warmup_epochs", 5)  # SPEC §9: warm-up when the batch exceeds 256
         cfg = cls(**values)
+        if cfg.dataset == "synthetic" and "synthetic_size" not in given:
+            # enough images for one training batch (per torchrun rank) after the held-out --val-split
+            world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+            needed = training_images_needed(cfg.batch_size, cfg.val_split, world)
+            cfg.synthetic_size = max(cfg.synthetic_size, needed or 0)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        """Every option once: its type, a finite value in its range, a known choice, a device and paths that
+        exist. Raises ConfigError with one sentence naming the option."""
+
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
-        for name in ("epochs", "batch_size", "init_channels", "layers", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "lr_min", "weight_decay", "momentum", "grad_clip", "cutout", "auxiliary_weight"):
-            if getattr(self, name) < 0:
-                bad(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if not 0.0 <= self.drop_path < 1.0:
-            bad(f"--drop-path must be in [0, 1), got {self.drop_path}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 <= self.val_split < 1.0:
-            bad(f"--val-split must be a share in [0, 1), got {self.val_split}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            bad(f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}")
-        if self.channels_last not in ("auto", "on", "off"):
-            bad(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
-        if self.on_nan not in ("stop", "skip"):
-            bad(f"--on-nan must be stop or skip, got {self.on_nan!r}")
-        if self.decode not in ("pil", "gpu"):
-            bad(f"--decode must be pil or gpu, got {self.decode!r}")
+        check_types(self)
+        for name, choices in (
+            ("dataset", list(DATASETS)), ("amp", ["auto", "off", "bf16", "fp16"]),
+            ("channels_last", ["auto", "on", "off"]), ("on_nan", ["stop", "skip"]), ("decode", ["pil", "gpu"]),
+        ):  # fmt: skip
+            check_choice(name, getattr(self, name), choices)
+        for name in ("epochs", "batch_size", "init_channels", "layers", "eval_batch_size", "synthetic_size"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("workers", "lr_warmup_epochs", "cutout", "threads", "log_every"):
+            check_int(name, getattr(self, name), 0)
+        check_int("image_size", self.image_size, 32)
+        check_int("blocks", self.blocks, 2)
+        check_int("enhance_cells", self.enhance_cells, 1)
         for name in ("subset", "test_subset"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), 1, optional=True)
+        check_seed(self.seed)
+        for name in ("lr", "lr_min", "weight_decay", "grad_clip", "auxiliary_weight"):
+            check_float(name, getattr(self, name), 0.0)
+        for name in ("momentum", "drop_path", "label_smoothing", "val_split"):
+            check_float(name, getattr(self, name), 0.0, 1.0)
+        check_device(self.device)
+        check_compile(self.compile)
+        check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
+        check_not_file("out", self.out, "a directory for the run")
+        if self.dataset == "synthetic":
+            by_subset = self.subset is not None and self.subset < self.synthetic_size
+            n, which = (self.subset, "--subset") if by_subset else (self.synthetic_size, "--synthetic-size")
+            n_val = round(n * self.val_split)
+            if self.val_split > 0 and not 0 < n_val < n:
+                bad(f"--val-split {self.val_split} of {n} training images leaves a split empty; raise {which}")
+            if n - n_val < self.batch_size:
+                needed = training_images_needed(self.batch_size, self.val_split)
+                fix = f"raise {which} to at least {needed} or " if needed else ""
+                bad(
+                    f"{which} {n} leaves {n - n_val} training images, fewer than --batch-size {self.batch_size}; "
+                    f"{fix}lower --batch-size"
+                )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _genotype_space(name: object) -> str:
+    """The space of --genotype (a bundled name, a genotype file or a search run directory), as one sentence
+    when it is not a genotype (GenotypeError) or cannot be read."""
+    if not isinstance(name, str):
+        raise ConfigError(f"--genotype must be a bundled name or a genotype file, got {name!r}")
+    if name not in ZOO and os.path.isdir(name) and not os.path.isfile(os.path.join(name, "genotype.json")):
+        raise ConfigError(
+            f"--genotype {name} is a directory without genotype.json; give a search run directory, a genotype "
+            "file or a bundled name (bnas genotype list)"
+        )
+    try:
+        return get_genotype(name).space
+    except OSError as e:
+        raise ConfigError(f"--genotype {name!r} cannot be read ({e.strerror}); give a genotype file") from None
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -159,6 +220,10 @@ def network_for(cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_cla
         raise ConfigError(f"--layers {cfg.layers} must be a multiple of the {cfg.blocks} convolution blocks")
     if genotype.space == "bcnn" and (cfg.blocks < 2 or cfg.enhance_cells < 1):
         raise ConfigError("the broad network needs --blocks of at least 2 and --enhance-cells of at least 1")
+    if genotype.space == "bcnn" and cfg.init_channels % 2:
+        raise ConfigError(
+            f"the broad network needs an even --init-channels (FactorizedReduce halves them), got {cfg.init_channels}"
+        )
     return build_network(
         genotype,
         channels=cfg.init_channels,
@@ -228,14 +293,15 @@ class Trainer:
         self.genotype = _genotype_of(cfg, saved_genotype)
         self.rank, self.world = rank_world()
         self._folders = None
-        if cfg.dataset == "imagenet":  # the tree decides the classes: a full ImageNet has 1000
+        # ImageNet: the tree decides the classes (a full ImageNet has 1000); a dry run needs no tree (1000 then)
+        if cfg.dataset == "imagenet" and (load_data or (Path(cfg.data_dir) / "train").is_dir()):
             self._folders = {split: read_image_folder(Path(cfg.data_dir) / split) for split in ("train", "val")}
             if self._folders["train"][1] != self._folders["val"][1]:
                 raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val hold different classes")
-        n_classes = len(self._folders["train"][1]) if self._folders else None
-        self.model = network_for(cfg, self.genotype, self.spec, n_classes)
+        self.num_classes = len(self._folders["train"][1]) if self._folders else self.spec.num_classes
+        self.model = network_for(cfg, self.genotype, self.spec, self.num_classes)
         self.parameters = count_parameters(self.model)
-        self.size = cfg.image_size if self._folders else self.spec.size
+        self.size = cfg.image_size if cfg.dataset == "imagenet" else self.spec.size
         self.macs = count_macs(self.model, self.spec.in_channels, self.size)
         # auto = on: 1.3-2x faster on CPUs too. (torch 2.14's oneDNN corrupted the heap in the channels-last backward
         # of 1x1 stride-2 convolutions with <= 4 input channels; FactorizedReduce no longer runs any.)
@@ -247,6 +313,7 @@ class Trainer:
         if cfg.compile != "off":  # in place: parameter names and checkpoints stay as they are
             self.model.compile(backend=cfg.compile)
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
+        self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 loss scaling (disabled otherwise)
         self.optimizer = SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.start_epoch = 0
         self.run: RunDir | None = None
@@ -320,9 +387,9 @@ class Trainer:
         aug = self.spec.eval_augment
         return {
             "genotype": self.genotype.to_json(),
-            "num_classes": self.spec.num_classes,
+            "num_classes": self.num_classes,
             "in_channels": self.spec.in_channels,
-            "size": self.spec.size,
+            "size": self.size,
             "mean": aug.mean,
             "std": aug.std,
             "parameters": self.parameters,
@@ -337,6 +404,7 @@ class Trainer:
             "meta": self.meta(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),  # fp16: loss scale and growth tracker ({} otherwise)
             "train_loader": self.loaders["train"].state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -346,6 +414,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.loaders["train"].load_state_dict(state["train_loader"])
         torch.set_rng_state(state["rng_cpu"])
         if state.get("rng_cuda") is not None and torch.cuda.is_available():
@@ -394,6 +464,8 @@ class Trainer:
         model.train()
         loss_sum = acc_sum = 0.0
         steps, images, skipped, t0 = 0, 0, 0, time.perf_counter()
+        overflows = 0  # fp16 steps the scaler skipped (counted in skipped_steps too)
+        params = list(model.parameters())
         for x, y in self.loaders["train"]:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
@@ -403,17 +475,16 @@ class Trainer:
             if aux is not None and cfg.auxiliary_weight > 0:
                 aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=cfg.label_smoothing)
                 loss = loss + cfg.auxiliary_weight * aux_loss
-            loss.backward()
-            all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None])  # torchrun: average shards
-            # the norm is needed anyway for clipping; without clipping it is one cheap reduction per step
-            grad_norm = nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            )
-            if not (torch.isfinite(grad_norm) and torch.isfinite(loss.detach())):
-                skipped += self._non_finite(epoch, steps)
-                self.optimizer.zero_grad(set_to_none=True)  # no NaN reaches the weights or the momentum buffers
+            # backward, average the shards, fp16 unscaling, clipping (the norm is needed anyway to find
+            # non-finite gradients: without clipping it is one cheap reduction per step), then the step
+            outcome = weight_step(loss, self.optimizer, params, cfg.grad_clip, self.scaler)
+            if outcome != "ok":  # no NaN reaches the weights or the momentum buffers
+                if outcome == "overflow":  # fp16: the scaler skipped the step and halved its scale
+                    overflows += 1
+                else:
+                    skipped += self._non_finite(epoch, steps)
+                self.optimizer.zero_grad(set_to_none=True)
                 continue
-            self.optimizer.step()
             steps += 1
             images += x.shape[0]
             loss_sum += loss.item()
@@ -422,14 +493,17 @@ class Trainer:
             progress.update(loss=loss_sum / steps, acc=acc_sum / steps, rate=rate)
             if cfg.log_every and steps % cfg.log_every == 0 and self.run is not None:
                 self.run.log({"kind": "step", "epoch": epoch, "step": steps, "train_loss": loss.item()})
-        return {
+        out = {
             "train_loss": loss_sum / max(steps, 1),
             "train_acc": acc_sum / max(steps, 1),
             "lr": lr,
             "drop_prob": model.drop_prob,
-            "skipped_steps": skipped,
+            "skipped_steps": skipped + overflows,
             "images_per_s": images / (time.perf_counter() - t0),
         }
+        if self.scaler.is_enabled():  # fp16: the scaler's share of the skipped steps, and its scale now
+            out.update(amp_skipped_steps=overflows, loss_scale=self.scaler.get_scale())
+        return out
 
     def _non_finite(self, epoch: int, step: int) -> int:
         """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""

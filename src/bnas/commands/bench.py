@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from ..jsonio import dumps
 
 
 def _common(p: argparse.ArgumentParser, batch: int) -> None:
@@ -29,11 +30,17 @@ def _common(p: argparse.ArgumentParser, batch: int) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, run
+    from ..errors import check_device, check_int, check_seed
 
+    check_device(args.device)
+    for name in ("threads", "init_channels", "warmup"):
+        check_int(name, getattr(args, name), 0)
+    check_int("steps", args.steps, 1)
+    check_seed(args.seed)
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "func", "bench_cmd", "json", "debug")}
     result = run(BenchConfig(kind=args.bench_cmd, **opts))
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
         return 0
     what = (
         f"{result['method']} {result['space']} order {result['order']}"

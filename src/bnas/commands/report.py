@@ -7,8 +7,11 @@ from pathlib import Path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ..errors import check_output
     from ..report import write_report
 
+    if args.output is not None:
+        check_output("--output", args.output, directory=True)
     report = write_report(args.run_dir, args.output, embed=args.embed)
     print(f"wrote {report.html} ({len(report.images)} plots: {', '.join(p.name for p in report.images.values())})")
     return 0

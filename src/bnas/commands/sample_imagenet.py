@@ -6,11 +6,20 @@ import argparse
 import sys
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the default of options that have one (not "(default: None)" after a required option)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample-imagenet",
         help="draw the class-balanced ImageNet subset for search (symlinks or file lists)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
         description="Per class, draw --fraction of the training images without replacement; --val-share of "
         "the draw trains the architecture, the rest the weights. Re-running with the same arguments completes "
         "a partial run.",
@@ -27,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.imagenet import sample_imagenet
+    from ..errors import check_not_file
 
+    check_not_file("dst", args.dst, "a directory for the subset")
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm

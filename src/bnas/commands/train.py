@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from ..jsonio import dumps
 
 _HELP = {
     "image_size": "input resolution of image-folder data sets (imagenet)",
@@ -75,7 +76,7 @@ _RESUMABLE = (
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from ..data.registry import DATASETS
-    from ..train import RECIPES, TrainConfig
+    from ..train import DARTS_SPACE, RECIPES, TrainConfig
 
     p.add_argument("--config", type=Path, help="JSON file of options (between the recipe and the command line)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
@@ -85,7 +86,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         per = ", ".join(f"{d} {r[f.name]}" for d, r in RECIPES.items() if f.name in r)
-        default_text = f"default: {getattr(base, f.name)}" + (f"; {per}" if per else "")
+        if f.name in DARTS_SPACE:
+            per += f"{', ' if per else ''}darts-space genotypes {DARTS_SPACE[f.name]}"
+        default = getattr(base, f.name)
+        if f.name == "synthetic_size":
+            default = f"{default}, or more when --batch-size needs it"
+        default_text = f"default: {'all' if default is None else default}" + (f"; {per}" if per else "")
         kw: dict[str, Any] = {"default": None, "dest": f.name, "help": f"{_HELP.get(f.name, f.name)} ({default_text})"}
         if f.type in ("bool", bool):
             kw["action"] = argparse.BooleanOptionalAction
@@ -96,20 +102,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
             if f.name in _CHOICES:
                 kw["choices"] = _CHOICES[f.name]
         p.add_argument(flag, **kw)
-
-
-def _read_config_file(path: Path) -> dict[str, Any]:
-    from ..errors import ConfigError
-
-    try:
-        obj = json.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object of options")
-    return {k.replace("-", "_"): v for k, v in obj.items()}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -127,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..cli import read_config_file, resume_dir
     from ..progress import Reporter
     from ..train import TrainConfig, Trainer, resume_config
 
@@ -134,13 +127,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for k in ("command", "func", "config", "resume", "dry_run", "overwrite", "debug"):
         cli.pop(k, None)
     if args.resume:
-        cfg = resume_config(args.resume)
+        cfg = resume_config(resume_dir(args.resume, "train"))
         for k in _RESUMABLE:
             if k in cli:
                 setattr(cfg, k, cli[k])
         cfg.validate()
     else:
-        file_opts = _read_config_file(args.config) if args.config else {}
+        file_opts = read_config_file(args.config) if args.config else {}
         cfg = TrainConfig.resolve(**{**file_opts, **cli})
     trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
     g = trainer.genotype
@@ -170,14 +163,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..errors import check_device, check_int, check_not_file
     from ..train import evaluate_checkpoint
 
+    check_device(args.device)
+    check_int("batch_size", args.batch_size, 1)
+    check_int("subset", args.subset, 1, optional=True)
+    if args.data_dir is not None:
+        check_not_file("data_dir", args.data_dir, "the directory that holds the data set")
     res = evaluate_checkpoint(
         args.checkpoint, split=args.split, data_dir=args.data_dir, device=args.device,
         batch_size=args.batch_size, subset=args.subset,
     )  # fmt: skip
     if args.json:
-        print(json.dumps(res))
+        print(dumps(res))
     else:
         print(
             f"{res['checkpoint']} (epoch {res['epoch'] + 1}) on the {res['split']} split, {res['images']} images: "

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..jsonio import dumps
 from .formats import read_image_folder
 
 MANIFEST = "subset.json"
@@ -75,7 +76,7 @@ def sample_imagenet(
                 f"{dst} already holds a subset drawn with other parameters ({manifest}); choose another --dst"
             )
     else:
-        manifest.write_text(json.dumps(asdict(plan), indent=1) + "\n")
+        manifest.write_text(dumps(asdict(plan), indent=1) + "\n")
 
     by_class: dict[int, list[Path]] = {}
     for path, label in samples:

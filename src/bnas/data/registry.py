@@ -42,6 +42,23 @@ def _synthetic(_: Path, train: bool, size: int = 512, seed: int = 0) -> ArrayDat
     return ArrayData(images.contiguous(), labels, 10)
 
 
+def training_images_needed(batch_size: object, val_split: object, world: int = 1, cap: int = 1 << 22) -> int | None:
+    """The fewest training images that, less the held-out `val_split` (at least one image when it is
+    positive), still hold one batch per rank; None for invalid inputs or beyond `cap`."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        return None
+    if not isinstance(val_split, int | float) or not 0.0 <= val_split < 1.0:
+        return None
+    per_rank = batch_size * max(world, 1)
+    n = max(per_rank, int(per_rank / (1.0 - val_split)) - 2)
+    while n <= cap:
+        n_val = round(n * val_split)
+        if n - n_val >= per_rank and (val_split == 0 or 0 < n_val < n):
+            return n
+        n += 1
+    return None
+
+
 _cifar10 = Augment(crop_padding=4, flip=True, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 _cifar100 = Augment(crop_padding=4, flip=True, mean=CIFAR100_MEAN, std=CIFAR100_STD)
 _plain_flip = Augment(flip=True)  # SPEC §9: flip + to-tensor, no normalisation

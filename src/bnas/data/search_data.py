@@ -35,6 +35,23 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def search_images_needed(batch_size: object, train_portion: object, world: int = 1, cap: int = 1 << 22) -> int | None:
+    """The fewest training images whose two search splits (as `search_data` cuts them) hold one batch per
+    rank each; None when the inputs are not a batch size and a portion in (0, 1), or it would exceed `cap`."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        return None
+    if not isinstance(train_portion, int | float) or not 0.0 < train_portion < 1.0:
+        return None
+    per_split = batch_size * max(world, 1)
+    n = max(2 * per_split, int(per_split / min(train_portion, 1.0 - train_portion)) - 2)
+    while n <= cap:
+        split = int(n * train_portion)
+        if min(split, n - split) >= per_split:
+            return n
+        n += 1
+    return None
+
+
 def search_data(cfg, device: torch.device, channels_last: bool) -> SearchData:
     """Build the streams for a SearchConfig (duck-typed to keep the data layer below the search layer)."""
     rank, world = dist_rank_world()
