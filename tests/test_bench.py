@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bnas import fastops
 from bnas.cli import main
+from bnas.fast import cells as fastcells
 
 TINY = ["--batch-size", "4", "--init-channels", "8", "--steps", "2", "--warmup", "1", "--threads", "1", "--json"]
 
@@ -49,7 +49,7 @@ def test_bench_search_json(capsys, args, fast, cl):
     assert rec["method"] == args[1] and rec["order"] == int(args[args.index("--order") + 1])
     assert rec["arch_params"] == (252 if args[1] == "pc" else 224)
     assert rec["switches"]["batch_edges"] is ("--no-batch-edges" not in args)
-    assert fastops.BATCH_EDGES  # a process-wide switch, restored after the run
+    assert fastcells.BATCH_EDGES  # a process-wide switch, restored after the run
 
 
 @pytest.mark.parametrize("space", ["bcnn", "darts"])

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnas import fastfn, fastops, native
-from bnas.fast import BACKEND
-from bnas.fastops import depthwise
+from bnas.fast import BACKEND, multi, native
+from bnas.fast import cells as fastcells
+from bnas.fast import functions as fastfn
+from bnas.fast.cells import depthwise
 from bnas.search import Architect, SearchConfig
 from bnas.space import SpaceConfig, SuperNet
 
@@ -49,7 +50,7 @@ def _close(a: dict, b: dict, rtol: float) -> None:
 def test_fast_equals_plain_in_float64(space, k, batch, monkeypatch):
     """Structural equality: in float64 the two paths agree to rounding (the fast one only regroups sums),
     with the edges leaving a state batched into one call per operation or run one by one."""
-    monkeypatch.setattr(fastops, "BATCH_EDGES", batch)
+    monkeypatch.setattr(fastcells, "BATCH_EDGES", batch)
     plain, fast = _pair(space, k, torch.float64)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.arange(2)
@@ -165,8 +166,6 @@ def test_mix_bn_matches_batchnorm_and_sum_with_double_backward():
     ancestor (the skip is the state the pools are taken of: partial, not total, derivatives per input)."""
     from torch import nn
 
-    from bnas import fastfn
-
     bns = [nn.BatchNorm2d(3, affine=False).double() for _ in range(2)]
     base = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
@@ -192,8 +191,6 @@ def test_mix_bn_matches_batchnorm_and_sum_with_double_backward():
 def test_dw_pw_gradients_and_double_backward():
     from torch import nn
 
-    from bnas import fastfn
-
     x = torch.randn(3, 4, 9, 9, dtype=torch.float64, requires_grad=True)
     dw = nn.Conv2d(4, 4, 5, 2, 2, groups=4, bias=False).double()
     pw = nn.Conv2d(4, 6, 1, bias=False).double()
@@ -212,8 +209,6 @@ def test_dw_pw_with_batchnorm_relu_in_front():
     """dw_pw(z, norm=stats) = pw(dw(relu(BN(z)))) with training-mode BatchNorm, saving z only: first and
     second derivatives (the second through a plain recomputation), and the running statistics."""
     from torch import nn
-
-    from bnas import fastfn
 
     z = torch.randn(3, 4, 9, 9, dtype=torch.float64, requires_grad=True)
     bn_p, bn_f = (nn.BatchNorm2d(4, affine=False).double() for _ in range(2))
@@ -240,8 +235,6 @@ def test_bn_out_and_max_pool_match_plain_and_keep_less():
     modules' gradients. Outside backward_once bn_out is the module (twice differentiable); inside, a second
     differentiation is refused with one clear sentence."""
     from torch import nn
-
-    from bnas import fastfn
 
     z = torch.randn(4, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     bn_p, bn_f = (nn.BatchNorm2d(3, affine=False).double() for _ in range(2))
@@ -343,7 +336,7 @@ def test_fast_path_under_bf16_autocast(k, monkeypatch):
     (computed in bf16, saving only its input) and the max pools through `fastfn.max_pool`; but the
     BatchNorm-folding functions (mix_bn, mix_bn_multi, bn_out, conv_bn), FactorizedReduce's function and the
     batching of a state's edges (dw_pw_multi) are full precision only: under autocast each edge runs
-    `fastops._mixed_unfused` with the BatchNorm modules. Its alpha gradients follow the fp32 ones (bf16 keeps
+    `fastcells._mixed_unfused` with the BatchNorm modules. Its alpha gradients follow the fp32 ones (bf16 keeps
     8 bits of mantissa: a direction check, not an equality)."""
     counts: dict[str, int] = {}
 
@@ -355,9 +348,10 @@ def test_fast_path_under_bf16_autocast(k, monkeypatch):
         return wrapper
 
     for name in _AUTOCAST_RUNS + _FULL_PRECISION_ONLY + ("_MixBN",):
-        monkeypatch.setattr(getattr(fastfn, name), "apply", counting(name, getattr(fastfn, name).apply))
+        where = multi if hasattr(multi, name) else fastfn
+        monkeypatch.setattr(getattr(where, name), "apply", counting(name, getattr(where, name).apply))
     for name in ("_mixed_batched", "_mixed_unfused"):
-        monkeypatch.setattr(fastops, name, counting(name, getattr(fastops, name)))
+        monkeypatch.setattr(fastcells, name, counting(name, getattr(fastcells, name)))
     _, fast = _pair("bcnn", k, channels=4)
     x, y = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
     with fastfn.backward_once():  # as the search steps run: every fused function is eligible in fp32
@@ -398,11 +392,11 @@ def test_dw_pw_multi_equals_the_edges_one_by_one(e, c, k, dilation, stride, how)
     x = torch.randn(3, c, 8, 8, dtype=torch.float64, requires_grad=True).contiguous(memory_format=CL)
     params = [x] + [m.weight for m in dws + pws]
     probe = torch.randn(3, e * c, 8 // stride, 8 // stride, dtype=torch.float64)
-    _, s, p = fastops._dw_mode(dws[0], x)
+    _, s, p = fastcells._dw_mode(dws[0], x)
     for create_graph in (False, True):
         ref = torch.cat([pw(dw(torch.relu(x))) for dw, pw in zip(dws, pws, strict=True)], 1)
-        got = fastfn.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how)
-        got = fastops._batch_to_space(got) if how == "s2b" else got
+        got = multi.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how)
+        got = fastcells._batch_to_space(got) if how == "s2b" else got
         assert torch.allclose(ref, got, rtol=1e-12, atol=1e-12)
         g_ref = torch.autograd.grad(ref, params, probe, create_graph=create_graph)
         g_got = torch.autograd.grad(got, params, probe, create_graph=create_graph)
@@ -412,7 +406,7 @@ def test_dw_pw_multi_equals_the_edges_one_by_one(e, c, k, dilation, stride, how)
             h = [torch.autograd.grad((g[0] * x.detach().cos()).sum(), pws[0].weight) for g in (g_ref, g_got)]
             assert torch.allclose(h[0][0], h[1][0], rtol=1e-9, atol=1e-11)
     # the architecture step wants the input's gradient only: no weight gradient is computed for it
-    assert torch.autograd.grad(fastfn.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how).sum(), [x])[0].shape == x.shape
+    assert torch.autograd.grad(multi.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how).sum(), [x])[0].shape == x.shape
 
 
 def test_dw_pw_multi_on_stacked_inputs_with_batchnorm_relu():
@@ -429,7 +423,7 @@ def test_dw_pw_multi_on_stacked_inputs_with_batchnorm_relu():
     probe = torch.randn(4, e * c, 6, 6, dtype=torch.float64)
     parts = z.split(c, 1)
     ref = torch.cat([pw(dw(torch.relu(bn(p)))) for dw, pw, bn, p in zip(dws, pws, bns_p, parts, strict=True)], 1)
-    got = fastfn.dw_pw_multi(z, dws, pws, 1, 1, norm=fastfn.batch_stats_multi(z, bns_f))
+    got = multi.dw_pw_multi(z, dws, pws, 1, 1, norm=multi.batch_stats_multi(z, bns_f))
     for a, b in zip(torch.autograd.grad(ref, params, probe), torch.autograd.grad(got, params, probe), strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     for bp, bf in zip(bns_p, bns_f, strict=True):
@@ -459,14 +453,14 @@ def test_mix_bn_multi_equals_mix_bn_per_edge(skip):
             outs.append(fastfn.mix_bn(w[i], [*zs, part], stats, base if skip else None))
         return outs
 
-    def multi():
+    def batched():
         zs = [base * 2, base.sin(), stacked * base.repeat(1, e, 1, 1)]
         stats = [fastfn.batch_stats(z, [bn]) for z, bn in zip(zs[:2], bns[:2], strict=True)]
-        stats.append(fastfn.batch_stats_multi(zs[2], bns[2:]))
-        return fastfn.mix_bn_multi(w, zs, stats, [True, True, False], base if skip else None)
+        stats.append(multi.batch_stats_multi(zs[2], bns[2:]))
+        return multi.mix_bn_multi(w, zs, stats, [True, True, False], base if skip else None)
 
     results = []
-    for f in (per_edge, multi):
+    for f in (per_edge, batched):
         outs = f()
         loss = sum((o * p).sum() for o, p in zip(outs, probe, strict=True)) + (outs[0] * outs[-1]).sum()
         g = torch.autograd.grad(loss, [base, stacked, w], create_graph=True)
@@ -492,7 +486,7 @@ def test_relu_of_cell_outputs_is_recomputed_not_kept_and_nothing_leaks(monkeypat
         outputs.append(weakref.ref(s))
         register(s, parts)
 
-    monkeypatch.setattr(fastops, "register_parts", spy)
+    monkeypatch.setattr(fastcells, "register_parts", spy)
     plain, fast = _pair("bcnn", 4, torch.float64, cl=True)
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     y = torch.arange(4)

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast, fastops
+from . import fast
 from .errors import ConfigError
+from .fast import cells as fastcells
 from .genotype import get_genotype
 from .optim import SGD
 from .search import Architect, SearchConfig, autocast_factory, pick_device, upcast
@@ -55,7 +56,7 @@ class BenchConfig:
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     seed: int = 0
     # speed switches
-    fast: bool = True  # per-source-state search cells (fastops); False = the plain per-edge forward
+    fast: bool = True  # per-source-state search cells (fast.cells); False = the plain per-edge forward
     batch_edges: bool = True  # fast cells: one call per operation for all edges leaving a state
     channels_last: str = "auto"  # auto (on) | on | off
     amp: str = "off"  # off | bf16 | fp16 | auto (bf16 on GPU, off on CPU)
@@ -146,7 +147,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         overrides["init_channels"] = cfg.init_channels
     scfg = SearchConfig.resolve(cfg.method, **overrides)
     use_fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
-    fastops.BATCH_EDGES = cfg.batch_edges  # a process-wide switch: `run` restores it
+    fastcells.BATCH_EDGES = cfg.batch_edges  # a process-wide switch: `run` restores it
     model = SuperNet(scfg.space_config(10, 3), fast.BACKEND if use_fast else None).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -276,15 +277,15 @@ def _result(cfg, device, wall, cpu, base_mb, amp_mode, cl) -> dict[str, Any]:
 
 
 def _native_on() -> bool:
-    from . import native
+    from .fast import native
 
     return native.library() is not None
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run one benchmark configuration (in this process) and return its record."""
-    batch_edges = fastops.BATCH_EDGES
+    batch_edges = fastcells.BATCH_EDGES
     try:
         return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)
     finally:
-        fastops.BATCH_EDGES = batch_edges
+        fastcells.BATCH_EDGES = batch_edges

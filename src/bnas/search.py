@@ -114,7 +114,7 @@ class SearchConfig:
     # the fast cells' backward asks the autograd engine at run time which gradients are wanted, an answer
     # torch.compile would bake into the graph (measured: a different search).
     compile: str = "off"
-    fast: bool = True  # per-source-state search cells (fastops): the same gradients, less time and memory
+    fast: bool = True  # per-source-state search cells (fast.cells): the same gradients, less time and memory
     eval_every: int = 1  # evaluate the supernet on the architecture split every N epochs (0 = never)
     log_every: int = 50  # steps between "step" records in metrics.jsonl
     hessian_every: int = 0  # collapse diagnostic: dominant eigenvalue of the alpha Hessian every N epochs (0 = off)

@@ -20,26 +20,26 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from .. import fastfn, fastops
 from ..cells import Cell, MixedEdge, PartialEdge
+from . import cells as fastcells
+from .functions import backward_once
 from .sharing import share_relus, sharing_relus
-
-backward_once = fastfn.backward_once
 
 
 class FastBackend:
-    """Per-source-state search cells (fastops), fused autograd functions (fastfn), shared ReLUs (sharing)."""
+    """Per-source-state search cells (fast.cells), fused autograd functions (fast.functions, fast.multi),
+    shared ReLUs (fast.sharing)."""
 
     name = "fast"
 
     def supports(self, cell: Cell) -> bool:
         kinds = {type(e) for e in cell.edges}
-        return fastops.supported() and len(kinds) == 1 and kinds <= {MixedEdge, PartialEdge}
+        return fastcells.supported() and len(kinds) == 1 and kinds <= {MixedEdge, PartialEdge}
 
     def cell_forward(
         self, cell: Cell, s0: torch.Tensor, s1: torch.Tensor, op_weights: torch.Tensor, edge_weights
     ) -> torch.Tensor:
-        return fastops.cell_forward(cell, s0, s1, op_weights, edge_weights)
+        return fastcells.cell_forward(cell, s0, s1, op_weights, edge_weights)
 
     def adopt(self, net: nn.Module) -> None:
         share_relus(net)

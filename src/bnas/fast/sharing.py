@@ -19,8 +19,8 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-from ..fastfn import conv_bn, once
 from ..ops import FactorizedReduce, ReLUConvBN
+from .functions import conv_bn, once
 
 
 class _Sharing:

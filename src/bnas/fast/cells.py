@@ -14,9 +14,9 @@ Nothing here changes the result beyond floating-point summation order; tests/tes
 beta and weight gradients against the plain path.
 
 Under autocast (bf16, fp16) the cells still run state by state, but the fused BatchNorm functions and the
-batching of a state's edges are full precision only (`fastfn.fusable`): each edge runs `_mixed_unfused`,
-its depthwise+pointwise pairs through `fastfn.dw_pw` (in autocast's dtype) and its BatchNorms and
-FactorizedReduce as the modules; of fastfn's autograd functions only `dw_pw`'s and `max_pool`'s run
+batching of a state's edges are full precision only (`fn.fusable`): each edge runs `_mixed_unfused`,
+its depthwise+pointwise pairs through `fn.dw_pw` (in autocast's dtype) and its BatchNorms and
+FactorizedReduce as the modules; of fast.functions' autograd functions only `dw_pw`'s and `max_pool`'s run
 (counted in tests/test_fast.py, `test_fast_path_under_bf16_autocast`).
 """
 
@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fastfn
-from .fast.sharing import register_parts, shared_relu
-from .ops import (
+from ..cells import PartialEdge
+from ..ops import (
     PRIMITIVES,
     DilConv,
     FactorizedReduce,
@@ -39,6 +38,9 @@ from .ops import (
     SepConv,
     channel_shuffle,
 )
+from . import functions as fn
+from . import multi
+from .sharing import register_parts, shared_relu
 
 # positions in PRIMITIVES (the alpha columns) of the operations a mixed edge builds, in its `ops` order
 _MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (PRIMITIVES.index(n) for n in PRIMITIVES[1:])
@@ -53,7 +55,7 @@ def supported() -> bool:
 
 # --- depthwise convolutions: dilation 2 as undilated convolutions on polyphase sub-images
 
-_batch_to_space = fastfn.batch_to_space
+_batch_to_space = fn.batch_to_space
 
 
 class _Phases:
@@ -65,13 +67,13 @@ class _Phases:
 
     def get(self, how: str) -> torch.Tensor:
         if how not in self._forms:
-            self._forms[how] = fastfn.resample(self.x, how)
+            self._forms[how] = fn.resample(self.x, how)
         return self._forms[how]
 
 
 def _dw_mode(conv: nn.Conv2d, x: torch.Tensor) -> tuple[str, int, int] | None:
     """How to run `conv(x)` (a bias-free depthwise convolution) undilated: (resample, stride, padding) with
-    resample "" (as is), "even" or "s2b" (see `fastfn.resample`), or None (keep the dilated convolution).
+    resample "" (as is), "even" or "s2b" (see `fn.resample`), or None (keep the dilated convolution).
 
     Stride 2: the dilated taps only ever touch even pixels, so it is an undilated convolution of the even
     sub-image. Stride 1: each output phase sees only its input phase, so it is an undilated convolution of
@@ -114,13 +116,13 @@ def depthwise(conv: nn.Conv2d, x: torch.Tensor, phases: _Phases | None = None) -
 
 
 def _dw_pw(dw: nn.Conv2d, pw: nn.Conv2d, r: torch.Tensor, phases: _Phases | None) -> torch.Tensor:
-    """pw(dw(r)) through `fastfn.dw_pw` (saves only its input); the pointwise convolution commutes with the
+    """pw(dw(r)) through `fn.dw_pw` (saves only its input); the pointwise convolution commutes with the
     phase stacking, so stacked phases are unstacked once at the end."""
     plan = _dw_plan(dw, r, phases)
     if plan is None:
         return pw(dw(r))
     inp, s, p, stacked = plan
-    y = fastfn.dw_pw(inp, dw, pw, s, p)
+    y = fn.dw_pw(inp, dw, pw, s, p)
     return _batch_to_space(y) if stacked else y
 
 
@@ -138,9 +140,9 @@ def _sep_pre(op: SepConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torc
     z, bn = _dil_pre(first, r, phases)
     _, dw, pw, bn2 = second
     plan = _dw_plan(dw, z, None)
-    if plan is not None and not plan[3] and fastfn.fusable(z, bn):
+    if plan is not None and not plan[3] and fn.fusable(z, bn):
         # the middle BatchNorm and ReLU run inside the second dw_pw, which keeps z only (not relu(bn(z)))
-        return fastfn.dw_pw(z, dw, pw, plan[1], plan[2], norm=fastfn.batch_stats(z, [bn])), bn2
+        return fn.dw_pw(z, dw, pw, plan[1], plan[2], norm=fn.batch_stats(z, [bn])), bn2
     return _dil_pre(second, torch.relu(bn(z)), None)
 
 
@@ -163,8 +165,8 @@ def _shared_bn(bns: Sequence[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
 # mix_bn order: the pools, the four convolutions, then the skip (identity or FactorizedReduce)
 _COLUMNS = (_MAX, _AVG, _SEP3, _SEP5, _DIL3, _DIL5, _SKIP)
 
-# The parametric operations of all edges leaving one state run as one call each (`fastfn.dw_pw_multi`, on the
-# input repeated along channels), and their BatchNorms and sum as one (`fastfn.mix_bn_multi`). Off: one call
+# The parametric operations of all edges leaving one state run as one call each (`multi.dw_pw_multi`, on the
+# input repeated along channels), and their BatchNorms and sum as one (`multi.mix_bn_multi`). Off: one call
 # per edge and operation, as before (kept for comparison: `bnas bench search --no-batch-edges`).
 BATCH_EDGES = True
 
@@ -173,7 +175,7 @@ def _dil_multi(ops: Sequence[DilConv], x: torch.Tensor):
     """`_dil_pre` of E edges at once from the unrectified state x: (outputs stacked along channels, BatchNorms)."""
     dws, pws = [o[1] for o in ops], [o[2] for o in ops]
     how, s, p = _dw_mode(dws[0], x)
-    y = fastfn.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how)
+    y = multi.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how)
     return (_batch_to_space(y) if how == "s2b" else y), [o[3] for o in ops]
 
 
@@ -181,7 +183,7 @@ def _sep_multi(ops: Sequence[SepConv], x: torch.Tensor):
     z, mids = _dil_multi([o[0] for o in ops], x)
     dws, pws = [o[1][1] for o in ops], [o[1][2] for o in ops]
     _, s, p = _dw_mode(dws[0], z)
-    y = fastfn.dw_pw_multi(z, dws, pws, s, p, norm=fastfn.batch_stats_multi(z, mids))
+    y = multi.dw_pw_multi(z, dws, pws, s, p, norm=multi.batch_stats_multi(z, mids))
     return y, [o[1][3] for o in ops]
 
 
@@ -203,22 +205,22 @@ def _mixed_batched(ops, x, pools, pool_stats, weights, identity: bool) -> list:
         r = torch.relu(x)
         convs.append((torch.cat([_reduce_convs(o[2], r) for o in ops], 1), [o[2].bn for o in ops]))
     zs = pools + [z for z, _ in convs]
-    stats = pool_stats + [fastfn.batch_stats_multi(z, bns) for z, bns in convs]
+    stats = pool_stats + [multi.batch_stats_multi(z, bns) for z, bns in convs]
     shared = [True, True] + [False] * len(convs)
     columns = torch.tensor(_COLUMNS, device=weights.device)
-    return list(fastfn.mix_bn_multi(weights[:, columns], zs, stats, shared, x if identity else None))
+    return list(multi.mix_bn_multi(weights[:, columns], zs, stats, shared, x if identity else None))
 
 
 def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor, stride: int) -> list:
     """The outputs of the full mixed edges (`MixedEdge`) leaving one state x; weights: (edges, ops)."""
     ops = [e.ops for e in edges]
-    max_pre, avg_pre = fastfn.max_pool(x, ops[0][0][0]), ops[0][1][0](x)
-    if not fastfn.fusable(x, ops[0][0][1]):
+    max_pre, avg_pre = fn.max_pool(x, ops[0][0][0]), ops[0][1][0](x)
+    if not fn.fusable(x, ops[0][0][1]):
         r = torch.relu(x)
         return _mixed_unfused(ops, x, r, _Phases(r), max_pre, avg_pre, weights)
     identity = isinstance(ops[0][2], Identity)
     pools = [max_pre, avg_pre]
-    pool_stats = [fastfn.batch_stats(z, [o[i][1] for o in ops]) for i, z in enumerate(pools)]
+    pool_stats = [fn.batch_stats(z, [o[i][1] for o in ops]) for i, z in enumerate(pools)]
     if _batchable(ops, x):
         return _mixed_batched(ops, x, pools, pool_stats, weights, identity)
     r = torch.relu(x)
@@ -231,8 +233,8 @@ def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Te
         if not identity:
             pre.append((_reduce_convs(o[2], r), o[2].bn))
         zs = pools + [z for z, _ in pre]
-        stats = pool_stats + [fastfn.batch_stats(z, [bn]) for z, bn in pre]
-        outs.append(fastfn.mix_bn(w[columns], zs, stats, x if identity else None))
+        stats = pool_stats + [fn.batch_stats(z, [bn]) for z, bn in pre]
+        outs.append(fn.mix_bn(w[columns], zs, stats, x if identity else None))
     return outs
 
 
@@ -267,8 +269,6 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
     Partial-channel edges (PC) add the mixed parts and the bypassed parts of a node separately (times the
     edge-normalisation weights) and concatenate and shuffle once per node.
     """
-    from .cells import PartialEdge  # cells imports this module
-
     states = [_preprocess(cell.preprocess0, s0), _preprocess(cell.preprocess1, s1)]
     steps = cell.steps
     partial = isinstance(cell.edges[0], PartialEdge)
@@ -291,7 +291,7 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
         if partial:
             part, rest = x[:, : mods[0].c_part], x[:, mods[0].c_part :]
             if mods[0].bypass is not None:
-                rest = fastfn.max_pool(rest, mods[0].bypass)
+                rest = fn.max_pool(rest, mods[0].bypass)
             hs = mixed_outputs([m.mixed for m in mods], part, w, stride)
         else:
             hs = mixed_outputs(mods, x, w, stride)
@@ -307,16 +307,16 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
 
 
 def _reduce_convs(module: FactorizedReduce, r: torch.Tensor) -> torch.Tensor:
-    out = fastfn.factorized_reduce(r, module.conv_1, module.conv_2)
+    out = fn.factorized_reduce(r, module.conv_1, module.conv_2)
     return module.reduce_convs(r) if out is None else out
 
 
 def _preprocess(module: nn.Module, s: torch.Tensor) -> torch.Tensor:
-    """A cell's ReLUConvBN or FactorizedReduce input, its BatchNorm keeping the output only (`fastfn.bn_out`)."""
+    """A cell's ReLUConvBN or FactorizedReduce input, its BatchNorm keeping the output only (`fn.bn_out`)."""
     if isinstance(module, FactorizedReduce):
-        return fastfn.bn_out(_reduce_convs(module, shared_relu(s)), module.bn)
+        return fn.bn_out(_reduce_convs(module, shared_relu(s)), module.bn)
     if isinstance(module, ReLUConvBN):
-        return fastfn.bn_out(module[1](shared_relu(s)), module[2])
+        return fn.bn_out(module[1](shared_relu(s)), module[2])
     return module(s)
 
 

@@ -1,0 +1,110 @@
+"""Imports flow one way (DESIGN: config -> data -> space -> strategy -> run -> artefacts): no cycles, and the
+plain modules that are the SPEC in code import nothing from the fast backend or from anything above them.
+Imports inside functions count too: a lazy import hides a cycle, it does not remove it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import bnas
+
+SRC = Path(bnas.__file__).parent
+
+# the plain network math: may import only each other (downwards) and the leaf helpers
+PLAIN = {"bnas.ops", "bnas.cells", "bnas.topology", "bnas.space", "bnas.genotype"}
+LEAVES = {"bnas.errors", "bnas.jsonio"}
+# what each plain module may import (besides torch and the standard library)
+ALLOWED = {
+    "bnas.ops": set(),
+    "bnas.genotype": {"bnas.ops"},
+    "bnas.cells": {"bnas.ops"},
+    "bnas.topology": {"bnas.cells", "bnas.ops"},
+    "bnas.space": {"bnas.cells", "bnas.ops", "bnas.topology", "bnas.genotype"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in SRC.rglob("*.py"):
+        parts = p.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """bnas module -> the bnas modules it imports anywhere in its body (relative imports resolved)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+                # `from . import x` imports the submodule x; `from .m import f` imports m
+                deps.update(subs if subs else [target] if target in mods else [])
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in mods)
+        deps.discard(name)
+        deps.discard("bnas")  # the package's own __init__ only re-exports lazily
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(n: str) -> None:
+        state[n] = "open"
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == "open":
+                found.append(stack[stack.index(d) :] + [d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = "done"
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    return found
+
+
+def test_the_graph_sees_imports():
+    g = import_graph()
+    assert {"bnas.ops", "bnas.cells"} <= g["bnas.topology"]  # the parser resolves relative imports
+    assert "bnas.space" in g["bnas.search"]
+
+
+def test_no_import_cycles():
+    assert _cycles(import_graph()) == []
+
+
+def test_plain_modules_import_only_downwards():
+    g = import_graph()
+    for name, allowed in ALLOWED.items():
+        extra = g[name] - allowed - LEAVES
+        assert not extra, f"{name} imports {sorted(extra)}"
+    assert set(ALLOWED) == PLAIN
+
+
+def test_nothing_below_the_fast_backend_imports_it():
+    g = import_graph()
+    fast = {n for n in g if n == "bnas.fast" or n.startswith("bnas.fast.")}
+    for name in PLAIN | LEAVES | {n for n in g if n.startswith("bnas.data")}:
+        assert not g[name] & fast, f"{name} imports the fast backend"
+    for name in fast:  # the backend builds on the plain modules, never on what runs it
+        assert not g[name] & {"bnas.search", "bnas.train", "bnas.bench", "bnas.cli"}, name
+
+
+def test_no_module_over_600_lines():
+    long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
+    assert {n: k for n, k in long.items() if k > 600} == {}
