@@ -104,3 +104,112 @@ def test_imagenet_dry_run_needs_no_data(tmp_path, capsys):
     params = sum(p.numel() for p in net.parameters())
     out = capsys.readouterr().out
     assert f"BNASv2_CLR_v1 (bcnn) on imagenet: {params} parameters" in out and "(3x64x64 input" in out
+
+
+def _subparser(name: str):
+    import argparse
+
+    from bnas.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize(("command", "config"), [("search", "SearchConfig"), ("train", "TrainConfig")])
+def test_every_config_field_parses_as_its_real_type(command, config):
+    """Each option is made from its field's type (typing.get_type_hints, not the annotation's text): a value
+    given on the command line arrives as that type, `X | None` as X, a tuple as its items, a bool as a switch."""
+    import dataclasses
+    import types
+    import typing
+
+    import bnas.search
+    import bnas.train
+
+    cls = getattr(bnas.search if command == "search" else bnas.train, config)
+    parser = _subparser(command)
+    actions = {a.dest: a for a in parser._actions}
+    hints = typing.get_type_hints(cls)
+    samples = {int: "3", float: "0.25", str: "x"}
+    seen = 0
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if f.name == "method" or typing.get_origin(hint) is dict:  # own flag / config files only
+            assert f.name == "method" or f.name not in actions
+            continue
+        action, flag = actions[f.name], "--" + f.name.replace("_", "-")
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if hint is bool:
+            assert getattr(parser.parse_args([flag]), f.name) is True
+            assert getattr(parser.parse_args(["--no-" + flag[2:]]), f.name) is False
+        elif typing.get_origin(hint) is tuple:
+            item = typing.get_args(hint)[0]
+            value = getattr(parser.parse_args([flag, *[samples[item]] * action.nargs]), f.name)
+            assert action.nargs == len(typing.get_args(hint)) and all(type(v) is item for v in value)
+        else:
+            text = str(action.choices[0]) if action.choices else samples[hint]
+            value = getattr(parser.parse_args([flag, text]), f.name)
+            assert type(value) is hint, (f.name, value)
+        assert getattr(parser.parse_args([]), f.name) is None  # unset: the preset or recipe decides
+        seen += 1
+    assert seen >= 30
+
+
+def test_an_optional_float_field_parses_as_float():
+    """The case the old string match got wrong: a `float | None` field became a str option."""
+    import argparse
+    from dataclasses import dataclass
+
+    from bnas.commands._options import add_config_options
+
+    @dataclass
+    class Cfg:
+        rate: float | None = None
+        steps: int | None = None
+        pair: tuple[int, int] = (1, 2)
+
+    p = argparse.ArgumentParser()
+    add_config_options(p, Cfg, {}, lambda name: "default: x")
+    args = p.parse_args(["--rate", "0.5", "--steps", "4", "--pair", "3", "4"])
+    assert (args.rate, args.steps, args.pair) == (0.5, 4, [3, 4])
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "restart"),
+    [
+        (["search", "--dataset", "synthetic"], {}, True),
+        (["train", "--device", "cpu"], {}, True),
+        (["bench", "search"], {}, True),
+        (["search", "--device", "cuda"], {}, False),
+        (["train", "--device=cuda:1"], {}, False),
+        (["genotype", "list"], {}, False),
+        (["report", "RUN"], {}, False),
+        (["search", "--help"], {}, False),
+        (["train"], {"LOCAL_RANK": "0", "WORLD_SIZE": "2"}, False),  # torchrun: its workers run as started
+        (["train"], {"BNAS_MALLOC_TUNING": "0"}, False),
+        (["train"], {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}, False),  # restarted already
+    ],
+)
+def test_glibc_restart_only_for_cpu_runs_of_search_train_bench(argv, env, restart, monkeypatch):
+    import platform
+    import sys
+
+    from bnas import cli
+
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        restart = False
+    monkeypatch.setattr(cli.Path, "exists", lambda self: False)  # as on a machine without an NVIDIA driver
+    monkeypatch.setattr(sys, "gettrace", lambda: None)  # pytest-cov or a debugger would count as attached
+    monkeypatch.setattr(sys, "getprofile", lambda: None)
+    assert cli._wants_tcache_off(argv, env) is restart
+
+
+def test_glibc_restart_not_under_a_debugger(monkeypatch):
+    import sys
+
+    from bnas import cli
+
+    monkeypatch.setattr(cli.Path, "exists", lambda self: False)
+    monkeypatch.setattr(sys, "gettrace", lambda: lambda *a: None)
+    assert cli._wants_tcache_off(["search"], {}) is False

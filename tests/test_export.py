@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from bnas.cli import main
+from bnas.evaluation import load_trained
 from bnas.export import FORMATS, export_checkpoint
-from bnas.train import TrainConfig, Trainer, load_trained
+from bnas.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

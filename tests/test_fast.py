@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnas.architect import Architect
 from bnas.fast import BACKEND, multi, native
 from bnas.fast import cells as fastcells
 from bnas.fast import functions as fastfn
 from bnas.fast.cells import depthwise
-from bnas.search import Architect, SearchConfig
+from bnas.search import SearchConfig
 from bnas.space import SpaceConfig, SuperNet
 
 CL = torch.channels_last

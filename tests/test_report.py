@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from bnas import SpaceConfig, SuperNet, get_genotype, plots, report
+from bnas.architect import alpha_hessian_eigenvalue, dominant_eigenvalue
 from bnas.cli import main
 from bnas.errors import BnasError
 from bnas.progress import Reporter
 from bnas.runs import RunDir, flatten_scalars
-from bnas.search import SearchConfig, Searcher, alpha_hessian_eigenvalue, dominant_eigenvalue
+from bnas.search import SearchConfig, Searcher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,13 +12,15 @@ from torch import nn
 from torch.func import functional_call
 
 from bnas import SpaceConfig, SuperNet
+from bnas.architect import Architect, clr_arch_lr
 from bnas.cells import PartialEdge
 from bnas.errors import ConfigError
 from bnas.fast import BACKEND
 from bnas.genotype import derive_cell
 from bnas.ops import PRIMITIVES, channel_shuffle
 from bnas.optim import SGD
-from bnas.search import Architect, SearchConfig, Searcher, clr_arch_lr, grad_scaler
+from bnas.runtime import grad_scaler
+from bnas.search import SearchConfig, Searcher
 
 
 @pytest.mark.parametrize("stride", [1, 2])

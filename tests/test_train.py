@@ -14,7 +14,9 @@ from bnas import build_network, count_parameters, get_genotype
 from bnas.cli import main
 from bnas.data.registry import load_split
 from bnas.errors import ConfigError
-from bnas.train import TrainConfig, Trainer, count_macs, evaluate_checkpoint
+from bnas.evaluation import evaluate_checkpoint
+from bnas.space import count_macs
+from bnas.train import TrainConfig, Trainer
 
 # the smallest network the broad wiring allows: C=4, one cell per block, one enhancement cell
 TINY = dict(
@@ -196,7 +198,7 @@ def test_fp16_gradients_that_would_underflow_train_with_loss_scaling():
     autocast unscaled, while the scaled weight step (the one `bnas search` and `bnas train` take) recovers the
     fp32 gradients and steps."""
     from bnas.optim import SGD
-    from bnas.search import grad_scaler, upcast, weight_step
+    from bnas.runtime import grad_scaler, upcast, weight_step
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))

@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast
+from .architect import Architect
 from .errors import ConfigError
 from .fast import cells as fastcells
 from .genotype import get_genotype
 from .optim import SGD
-from .search import Architect, SearchConfig, autocast_factory, pick_device, upcast
+from .runtime import autocast_factory, pick_device, upcast
+from .search import SearchConfig
 from .space import SuperNet, build_network, count_parameters
 
 # SPEC §8: the trained networks of each space (CIFAR); DARTS' evaluation network for darts genotypes

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .evaluation import load_trained
 from .runs import atomic_write_bytes
-from .train import load_trained
 
 FORMATS: dict[str, str] = {"export": ".pt2", "torchscript": ".ts", "onnx": ".onnx"}
 INPUT = "float (N, C, H, W): pixels / 255, then (x - mean) / std if given"

@@ -147,3 +147,23 @@ def _compact(genotype) -> str:
     return " ; ".join(
         f"{name}: " + " ".join(f"{s(op)}/{src}" for op, src in genotype.cell(name).edges) for name in genotype.names
     )
+
+
+def print_results(results: dict[str, Any], print_fn=print) -> None:
+    fe = results["final_epoch"]
+    lines = [
+        "",
+        f"== train finished: {results['genotype']} on {results['dataset']}, {results['epochs']} epochs, "
+        f"{results['train_s'] / 60:.1f} min ==",
+        f"network: {results['parameters']:,} parameters, {results['macs_per_image']:,} multiply-accumulates per image",
+        f"final epoch: test top-1 {fe['test_top1']:.4f}, top-5 {fe['test_top5']:.4f} "
+        f"({results['images']['test']} test images)",
+    ]
+    if "selected_on_val" in results:
+        s = results["selected_on_val"]
+        lines.append(
+            f"selected on the validation split: epoch {s['epoch'] + 1} (val top-1 {s['val_top1']:.4f}), "
+            f"test top-1 {s['test_top1']:.4f}"
+        )
+    lines.append(f"run directory: {results['run_dir']} (results.json, metrics.jsonl, checkpoint.pt)")
+    print_fn("\n".join(lines))

@@ -1,4 +1,4 @@
-"""Architecture search (SPEC §7): the Architect (first/second order, CLR, warm-up) and the search loop.
+"""Architecture search (SPEC §7): the search configuration, its method presets and the search loop.
 
 The three methods are presets over independent switches (DESIGN "methods are configuration"):
 edge kind and K, edge normalisation, architecture-lr schedule (CLR power), warm-up epochs, order.
@@ -6,22 +6,19 @@ edge kind and K, edge normalisation, architecture-lr schedule (CLR power), warm-
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call
 
 from . import fast
+from .architect import Architect, alpha_hessian_eigenvalue, clr_arch_lr
 from .data.search_data import search_data, search_images_needed
 from .dist import NullRun, all_reduce_mean, is_main
 from .errors import (
@@ -38,8 +35,18 @@ from .errors import (
 )
 from .genotype import Genotype
 from .ops import PRIMITIVES
-from .optim import SGD, Adam
+from .optim import SGD
 from .runs import RunDir, environment
+from .runtime import (
+    accuracy,
+    autocast_factory,
+    cosine_lr,
+    grad_scaler,
+    pick_device,
+    set_deterministic,
+    upcast,
+    weight_step,
+)
 from .space import SpaceConfig, SuperNet
 
 # SPEC §7 defaults by method (CIFAR-10). Everything else is shared.
@@ -221,274 +228,6 @@ class SearchConfig:
     def backend(self) -> fast.FastBackend | None:
         """The fast backend unless --no-fast or --compile (compiled networks use the plain cells)."""
         return fast.BACKEND if self.fast and self.compile == "off" else None
-
-
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float, warmup: int = 0) -> float:
-    """Weight learning rate of an epoch: linear warm-up, then cosine from lr to lr_min."""
-    if epoch < warmup:
-        return lr * (epoch + 1) / warmup
-    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
-    """CLR: base x ((epoch + 1) / epochs) ** power (power 0 = constant)."""
-    return base * ((epoch + 1) / epochs) ** power if power else base
-
-
-class Architect:
-    """Updates the architecture parameters on validation batches (first or second order)."""
-
-    def __init__(self, model: SuperNet, cfg: SearchConfig, w_optimizer: SGD, autocast=None, scaler=None):
-        self.model = model
-        self.cfg = cfg
-        self.w_optimizer = w_optimizer
-        self.autocast = autocast or contextlib.nullcontext
-        # fp16: the architecture loss has its own scaler (its gradients' range is not the weights')
-        self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
-        if self.scaler.is_enabled() and cfg.order == 2:
-            raise ConfigError("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off")
-        self.overflowed = False  # the last step was an fp16 overflow the scaler skipped (see `weight_step`)
-        self.optimizer = Adam(
-            model.arch_parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
-        )
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor] | None = None, once=True):
-        """The loss of a batch; `once`: it will be differentiated once (lets the fast cells keep less)."""
-        with self.autocast(), fast.backward_once() if once else contextlib.nullcontext():
-            logits = self.model(x) if params is None else functional_call(self.model, params, (x,))
-        return F.cross_entropy(upcast(logits), y)
-
-    def gradients(
-        self, x_train, y_train, x_val, y_val, eta: float, scaled: bool = False
-    ) -> tuple[list[torch.Tensor], float]:
-        """Architecture gradients (without applying them) and the validation loss; `scaled`: of the loss times
-        the fp16 loss scale (first order; `step` unscales them), else the true gradients."""
-        arch = self.model.arch_parameters()
-        if self.cfg.order == 1:
-            loss = self._loss(x_val, y_val)
-            # alpha gradients only: autograd never computes the weights' gradients here
-            target = self.scaler.scale(loss) if scaled else loss
-            return list(torch.autograd.grad(target, arch)), loss.item()
-        return self._unrolled(x_train, y_train, x_val, y_val, eta)
-
-    def _unrolled(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], float]:
-        """DARTS' second order: grad_a L_val(w', a) - eta * H v, with w' one SGD step ahead of w.
-
-        w' is the step the weight optimizer would take (SPEC §7): w - eta (momentum * buf + g + wd * w) with its
-        own momentum, weight decay and momentum buffers (none before its first step). The buffers do not depend
-        on a, so dw'/da = -eta d(grad_w L_train)/da and H v is the same with or without them; v = grad_w' L_val.
-        """
-        model, arch = self.model, self.model.arch_parameters()
-        named = [(n, p) for n, p in model.named_parameters() if not n.startswith("arch.")]
-        names, weights = [n for n, _ in named], [p for _, p in named]
-        grads = torch.autograd.grad(self._loss(x_train, y_train), weights)
-        group = self.w_optimizer.param_groups[0]  # the optimizer that takes the real step (= cfg in a search)
-        mom, wd = group["momentum"], group["weight_decay"]
-        with torch.no_grad():  # w' = w - eta (momentum * buf + g + wd * w), as lists (a few hundred tensors)
-            bufs = [self.w_optimizer.state.get(p, {}).get("momentum_buffer") for p in weights]
-            step = torch._foreach_add(list(grads), weights, alpha=wd)
-            held = [i for i, b in enumerate(bufs) if b is not None]
-            if held:
-                torch._foreach_add_([step[i] for i in held], [bufs[i] for i in held], alpha=mom)
-            w_prime = list(torch._foreach_add(weights, step, alpha=-eta))
-        for t in w_prime:
-            t.requires_grad_()
-        val_loss = self._loss(x_val, y_val, dict(zip(names, w_prime, strict=True)))
-        both = torch.autograd.grad(val_loss, arch + w_prime)
-        d_arch, v = list(both[: len(arch)]), [t.detach() for t in both[len(arch) :]]
-        hv = (
-            self._hvp_fd(weights, v, x_train, y_train)
-            if self.cfg.hvp == "fd"
-            else self._hvp_exact(weights, v, x_train, y_train)
-        )
-        return [d - eta * h for d, h in zip(d_arch, hv, strict=True)], val_loss.item()
-
-    def _hvp_fd(self, weights, v, x, y) -> list[torch.Tensor]:
-        """(grad_a L_train(w + eps v) - grad_a L_train(w - eps v)) / 2 eps, eps = fd_eps / ||v||."""
-        arch = self.model.arch_parameters()
-        eps = self.cfg.fd_eps / torch.cat([t.flatten() for t in v]).norm().clamp_min(1e-12).item()
-        with torch.no_grad():
-            saved = torch._foreach_mul(weights, 1.0)  # copies, restored exactly below
-            torch._foreach_add_(weights, v, alpha=eps)
-        g_plus = torch.autograd.grad(self._loss(x, y), arch)
-        with torch.no_grad():
-            torch._foreach_add_(weights, v, alpha=-2 * eps)
-        g_minus = torch.autograd.grad(self._loss(x, y), arch)
-        with torch.no_grad():
-            torch._foreach_copy_(weights, saved)
-        return [(a - b) / (2 * eps) for a, b in zip(g_plus, g_minus, strict=True)]
-
-    def _hvp_exact(self, weights, v, x, y) -> list[torch.Tensor]:
-        """d/da (grad_w L_train(w, a) . v) by double backpropagation."""
-        arch = self.model.arch_parameters()
-        g_w = torch.autograd.grad(self._loss(x, y, once=False), weights, create_graph=True)
-        dot = sum((g * t).sum() for g, t in zip(g_w, v, strict=True))
-        return list(torch.autograd.grad(dot, arch))
-
-    def step(self, x_train, y_train, x_val, y_val, eta: float) -> float:
-        """One architecture update. Returns the validation loss, or NaN when the step was not taken; then
-        `overflowed` tells an fp16 overflow that the scaler skipped (lowering its scale) from a fault."""
-        grads, loss = self.gradients(x_train, y_train, x_val, y_val, eta, scaled=True)
-        all_reduce_mean(grads)  # torchrun: autograd.grad bypasses DDP's hooks, so average the ranks' gradients
-        arch = self.model.arch_parameters()
-        for p, g in zip(arch, grads, strict=True):
-            p.grad = g
-        scaler = self.scaler
-        scaler.unscale_(self.optimizer)  # fp16: the true gradients, before clipping (a no-op otherwise)
-        self.overflowed = False
-        if not (math.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in arch)):
-            # never let a non-finite gradient into Adam's moments; the caller decides
-            self.overflowed = math.isfinite(loss) and scaler.is_enabled() and scaler.get_scale() > 1.0
-            scaler.update()  # an overflow halves the scale
-            self.optimizer.zero_grad(set_to_none=True)
-            return float("nan")
-        if self.cfg.arch_grad_clip > 0:
-            nn.utils.clip_grad_norm_(arch, self.cfg.arch_grad_clip)
-        scaler.step(self.optimizer)
-        scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss
-
-
-def set_deterministic() -> None:
-    """Deterministic kernels on GPU (cuDNN without autotuning, deterministic cuBLAS workspace)."""
-    import os
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def autocast_factory(amp: str, device: torch.device):
-    """A context-manager factory for mixed precision; auto = bf16 on GPU, off on CPU."""
-    mode = ("bf16" if device.type == "cuda" else "off") if amp == "auto" else amp
-    if mode == "off":
-        return contextlib.nullcontext, "off"
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-    return (lambda: torch.autocast(device.type, dtype=dtype)), mode
-
-
-def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Losses in at least fp32 under autocast; float64 stays float64 (gradient checks)."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
-def grad_scaler(amp_mode: str, device: torch.device) -> torch.amp.GradScaler:
-    """fp16 loss scaling: fp16's 5 exponent bits flush gradients below 6e-8 to zero, so the loss is multiplied
-    by a scale (2**16 at first, halved after an overflow, doubled after 2000 clean steps) before backward and
-    the gradients divided by it before clipping. bf16 (fp32's exponent range) and fp32 get a disabled scaler,
-    which changes nothing."""
-    return torch.amp.GradScaler(device.type, enabled=amp_mode == "fp16")
-
-
-def weight_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], clip: float, scaler) -> str:
-    """Backward (of the scaled loss), average the shards (torchrun), unscale, clip to `clip` (0 = off), step.
-
-    Returns "ok"; "overflow" when fp16 gradients overflowed while the loss was scaled up (the scaler skips the
-    step and halves its scale: its normal working, not a fault); or "non-finite" (a NaN or infinite loss, or
-    non-finite gradients with nothing left to blame on scaling): the step is not taken, --on-nan decides.
-    """
-    scaler.scale(loss).backward()
-    all_reduce_mean([p.grad for p in params if p.grad is not None])  # torchrun: average the shards
-    scaler.unscale_(optimizer)  # before clipping: the norm is the true gradient's (no-op without fp16)
-    grad_norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-    finite_loss = math.isfinite(loss.item())
-    if finite_loss and torch.isfinite(grad_norm):
-        scaler.step(optimizer)
-        scaler.update()
-        return "ok"
-    overflow = finite_loss and scaler.is_enabled() and scaler.get_scale() > 1.0
-    scaler.update()  # an overflow halves the scale
-    return "overflow" if overflow else "non-finite"
-
-
-def dominant_eigenvalue(
-    hvp: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
-    like: Sequence[torch.Tensor],
-    iters: int = 20,
-    tol: float = 1e-3,
-    generator: torch.Generator | None = None,
-) -> float:
-    """The largest eigenvalue of a symmetric operator known by its products (RobustDARTS' lambda_max).
-
-    Power iteration finds the eigenvalue of largest magnitude; when that one is negative it is the smallest,
-    and a second power iteration on H - lambda I (all eigenvalues >= 0) finds the largest. Each stops once
-    two successive Rayleigh quotients agree to `tol` (relative); `generator` draws the start vector so that
-    the global random state (and with it a resumed run) is left untouched.
-    """
-    v0 = [torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in like]
-    lam = _power_iteration(hvp, v0, iters, tol)
-    if lam < 0:
-        low = lam
-
-        def shifted(v: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [h - low * t for h, t in zip(hvp(v), v, strict=True)]
-
-        lam = low + _power_iteration(shifted, v0, iters, tol)
-    return lam
-
-
-def _power_iteration(hvp, v: list[torch.Tensor], iters: int, tol: float) -> float:
-    eig: float | None = None
-    for _ in range(iters):
-        norm = torch.sqrt(sum((t * t).sum() for t in v))
-        if norm == 0:
-            return 0.0
-        v = [t / norm for t in v]
-        hv = [h.detach() for h in hvp(v)]
-        new = float(sum((h * t).sum() for h, t in zip(hv, v, strict=True)))
-        settled = eig is not None and abs(new - eig) <= tol * max(abs(new), 1e-12)
-        eig, v = new, hv
-        if settled:
-            break
-    return float(eig or 0.0)
-
-
-def alpha_hessian_eigenvalue(
-    model: SuperNet, x: torch.Tensor, y: torch.Tensor, iters: int = 20, tol: float = 1e-3, generator=None
-) -> float:
-    """RobustDARTS' collapse indicator: the dominant eigenvalue of the Hessian of the loss on (x, y) w.r.t.
-    the alphas (power iteration, each product by double backprop), in full precision. The model is used as
-    the architecture step uses it (train mode: BatchNorm on batch statistics); its buffers are restored."""
-    alphas = [model.arch[f"alpha_{k}"] for k in model.cell_types]
-    saved = [b.detach().clone() for b in model.buffers()]
-    was_training = model.training
-    model.train()
-    try:
-        loss = F.cross_entropy(upcast(model(x)), y)
-        grads = torch.autograd.grad(loss, alphas, create_graph=True)
-
-        def hvp(v: list[torch.Tensor]) -> Sequence[torch.Tensor]:
-            return torch.autograd.grad(grads, alphas, grad_outputs=v, retain_graph=True)
-
-        return dominant_eigenvalue(hvp, alphas, iters, tol, generator)
-    finally:
-        with torch.no_grad():
-            for b, s in zip(model.buffers(), saved, strict=True):
-                b.copy_(s)
-        model.train(was_training)
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return (top == y[:, None]).any(dim=1).float().mean().item()
 
 
 class Searcher:

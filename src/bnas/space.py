@@ -131,6 +131,36 @@ def count_parameters(module: nn.Module, exclude: str = "auxiliary") -> int:
     return sum(p.numel() for name, p in module.named_parameters() if exclude not in name)
 
 
+def count_macs(model: nn.Module, in_channels: int, size: int) -> int:
+    """Multiply-accumulates of one image at inference: convolutions and linear layers, biases excluded.
+
+    Counted with forward hooks rather than torch's FlopCounterMode, whose dispatch mode imports torch._dynamo
+    (~150 MB resident for the rest of the run); tests check the two agree.
+    """
+    total = 0
+
+    def hook(module: nn.Module, args, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += out.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += out.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    model.eval()  # no auxiliary head, no drop-path
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, size, size, device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
 def fixed_cell_factory(genotype: Genotype):
     """A cell factory that builds each cell type from its genotype cell (affine BN, drop-path ready)."""
 

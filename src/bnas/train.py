@@ -19,15 +19,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .data.folder import FolderLoader, gpu_decoding, imagenet_transform
 from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
 from .data.registry import DATASETS, DatasetSpec, get_dataset, load_split, training_images_needed
-from .dist import NullRun, all_reduce_mean, broadcast_buffers, rank_world
+from .dist import NullRun, broadcast_buffers, rank_world
 from .errors import (
-    CheckpointError,
     ConfigError,
     check_choice,
     check_compile,
@@ -41,18 +39,20 @@ from .errors import (
 )
 from .genotype import ZOO, Genotype, get_genotype
 from .optim import SGD
-from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment, load_checkpoint
-from .search import (
+from .progress import print_results
+from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment
+from .runtime import (
     accuracy,
     autocast_factory,
     cosine_lr,
+    evaluate,
     grad_scaler,
     pick_device,
     set_deterministic,
     upcast,
     weight_step,
 )
-from .space import TrainedNet, build_network, count_parameters
+from .space import TrainedNet, build_network, count_macs, count_parameters
 
 _TRANSFER = dict(cutout=0)  # SPEC §9: MNIST, Fashion-MNIST, SVHN, smallNORB: flip (+ resize), no cutout
 # Per data set overrides of the CIFAR recipe (SPEC §9).
@@ -235,36 +235,6 @@ def network_for(cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_cla
         blocks=cfg.blocks,
         auxiliary=cfg.auxiliary,
     )
-
-
-def count_macs(model: nn.Module, in_channels: int, size: int) -> int:
-    """Multiply-accumulates of one image at inference: convolutions and linear layers, biases excluded.
-
-    Counted with forward hooks rather than torch's FlopCounterMode, whose dispatch mode imports torch._dynamo
-    (~150 MB resident for the rest of the run); tests check the two agree.
-    """
-    total = 0
-
-    def hook(module: nn.Module, args, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += out.numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            total += out.numel() * module.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    was_training = model.training
-    model.eval()  # no auxiliary head, no drop-path
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, size, size, device=device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
 
 
 def _genotype_of(cfg: TrainConfig, saved: dict | None = None) -> Genotype:
@@ -590,112 +560,6 @@ class Trainer:
                 "test_top5": sel["top5"],
             }
         return out
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, autocast=None) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
-    loss = top1 = top5 = n = 0.0
-    for x, y in loader:
-        if autocast is not None:
-            with autocast():
-                logits = upcast(model(x))
-        else:
-            logits = model(x)
-        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        top1 += accuracy(logits, y, 1) * y.shape[0]
-        top5 += accuracy(logits, y, 5) * y.shape[0]
-        n += y.shape[0]
-    model.train(was_training)
-    totals = torch.tensor([loss, top1, top5, n], dtype=torch.float64)
-    all_reduce_mean([totals])  # torchrun: each rank evaluated its shard; ratios are unaffected by the mean
-    loss, top1, top5, n = totals.tolist()
-    n = max(n, 1e-12)
-    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "images": round(n * rank_world()[1])}
-
-
-def print_results(results: dict[str, Any], print_fn=print) -> None:
-    fe = results["final_epoch"]
-    lines = [
-        "",
-        f"== train finished: {results['genotype']} on {results['dataset']}, {results['epochs']} epochs, "
-        f"{results['train_s'] / 60:.1f} min ==",
-        f"network: {results['parameters']:,} parameters, {results['macs_per_image']:,} multiply-accumulates per image",
-        f"final epoch: test top-1 {fe['test_top1']:.4f}, top-5 {fe['test_top5']:.4f} "
-        f"({results['images']['test']} test images)",
-    ]
-    if "selected_on_val" in results:
-        s = results["selected_on_val"]
-        lines.append(
-            f"selected on the validation split: epoch {s['epoch'] + 1} (val top-1 {s['val_top1']:.4f}), "
-            f"test top-1 {s['test_top1']:.4f}"
-        )
-    lines.append(f"run directory: {results['run_dir']} (results.json, metrics.jsonl, checkpoint.pt)")
-    print_fn("\n".join(lines))
-
-
-# ------------------------------------------------------------------------------ checkpoints: load, eval
-
-
-def _checkpoint_path(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist: give a training run directory, its checkpoint.pt or its best.pt")
-    return p / "checkpoint.pt" if p.is_dir() else p
-
-
-def load_trained(path: str | Path, device: str = "cpu") -> tuple[TrainedNet, TrainConfig, dict[str, Any]]:
-    """Rebuild a trained network from a run directory, its checkpoint.pt or its best.pt (eval mode)."""
-    state = load_checkpoint(_checkpoint_path(path), "train")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
-    meta = state["meta"]
-    model = network_for(cfg, Genotype.from_json(meta["genotype"]), get_dataset(cfg.dataset), meta["num_classes"])
-    model.load_state_dict(state["model"])
-    model.to(pick_device(device)).eval()
-    return model, cfg, {**meta, "epoch": state["epoch"]}
-
-
-def evaluate_checkpoint(
-    path: str | Path,
-    split: str = "test",
-    data_dir: str | None = None,
-    device: str = "auto",
-    batch_size: int = 256,
-    subset: int | None = None,
-) -> dict[str, Any]:
-    """Re-evaluate a trained model on a split of its data set (val = the run's own held-out split)."""
-    model, cfg, meta = load_trained(path, device)
-    if data_dir is not None:
-        cfg.data_dir = data_dir
-    spec = get_dataset(cfg.dataset)
-    dev = next(model.parameters()).device
-    kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed)
-    if split == "test":
-        data = load_split(cfg.dataset, cfg.data_dir, train=False, subset=subset, **kw)
-        x, y = data.images, data.labels
-    elif split in ("train", "val"):
-        data = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
-        x, y = data.images, data.labels
-        if cfg.val_split > 0:
-            n_val = round(x.shape[0] * cfg.val_split)
-            perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
-            idx = perm[:n_val] if split == "val" else perm[n_val:]
-            x, y = x[idx], y[idx]
-        elif split == "val":
-            raise ConfigError("this run was trained without --val-split, so it has no validation split")
-        if subset is not None:
-            x, y = x[:subset], y[:subset]
-    else:
-        raise ConfigError(f"--split must be test, val or train, got {split!r}")
-    loader = TensorLoader(x.to(dev), y.to(dev), batch_size, spec.eval_augment, train=False, shuffle=False)
-    return {
-        "checkpoint": str(_checkpoint_path(path)),
-        "epoch": meta["epoch"],
-        "split": split,
-        **evaluate(model, loader),
-    }
 
 
 def train(cfg: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> dict:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..jsonio import dumps
+from ._options import add_config_options, command_line_options, read_config_file, resume_dir
 
 _HELP = {
     "image_size": "input resolution of image-folder data sets (imagenet)",
@@ -83,25 +82,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="build the network, print its size and cost, and exit")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     base = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        per = ", ".join(f"{d} {r[f.name]}" for d, r in RECIPES.items() if f.name in r)
-        if f.name in DARTS_SPACE:
-            per += f"{', ' if per else ''}darts-space genotypes {DARTS_SPACE[f.name]}"
-        default = getattr(base, f.name)
-        if f.name == "synthetic_size":
+
+    def default_text(name: str) -> str:
+        per = ", ".join(f"{d} {r[name]}" for d, r in RECIPES.items() if name in r)
+        if name in DARTS_SPACE:
+            per += f"{', ' if per else ''}darts-space genotypes {DARTS_SPACE[name]}"
+        default = getattr(base, name)
+        if name == "synthetic_size":
             default = f"{default}, or more when --batch-size needs it"
-        default_text = f"default: {'all' if default is None else default}" + (f"; {per}" if per else "")
-        kw: dict[str, Any] = {"default": None, "dest": f.name, "help": f"{_HELP.get(f.name, f.name)} ({default_text})"}
-        if f.type in ("bool", bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        elif f.name == "dataset":
-            kw["choices"] = list(DATASETS)
-        else:
-            kw["type"] = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-            if f.name in _CHOICES:
-                kw["choices"] = _CHOICES[f.name]
-        p.add_argument(flag, **kw)
+        return f"default: {'all' if default is None else default}" + (f"; {per}" if per else "")
+
+    add_config_options(p, TrainConfig, _HELP, default_text, {**_CHOICES, "dataset": list(DATASETS)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -119,13 +110,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..cli import read_config_file, resume_dir
     from ..progress import Reporter
     from ..train import TrainConfig, Trainer, resume_config
 
-    cli = {k: v for k, v in vars(args).items() if v is not None}
-    for k in ("command", "func", "config", "resume", "dry_run", "overwrite", "debug"):
-        cli.pop(k, None)
+    cli = command_line_options(args)
     if args.resume:
         cfg = resume_config(resume_dir(args.resume, "train"))
         for k in _RESUMABLE:
@@ -164,7 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..errors import check_device, check_int, check_not_file
-    from ..train import evaluate_checkpoint
+    from ..evaluation import evaluate_checkpoint
 
     check_device(args.device)
     check_int("batch_size", args.batch_size, 1)

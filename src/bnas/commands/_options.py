@@ -1,0 +1,111 @@
+"""What `bnas search` and `bnas train` share: options made from a config dataclass, --config files, --resume.
+
+An option's parser is chosen from the field's real type (`typing.get_type_hints`), not from the text of
+its annotation: `int | None` parses as int, `tuple[float, float]` as two floats, `bool` as --x/--no-x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+# what a run's config.json records besides its options: a run's config.json can be given to --config as it is
+RECORDS = ("command", "counts", "environment", "genotype_json", "parameters", "macs")
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    """`X | None` -> X (an option left out is None anyway: every option defaults to None on the command line)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def option_kwargs(hint: Any) -> dict[str, Any]:
+    """argparse keywords for a field of this type, or {} for a type the command line cannot give."""
+    hint = _unwrap_optional(hint)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if hint in (int, float, str):
+        return {"type": hint}
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if args and len(set(args)) == 1 and args[0] in (int, float, str) and Ellipsis not in args:
+            return {"type": args[0], "nargs": len(args)}
+    return {}
+
+
+def add_config_options(
+    p: argparse.ArgumentParser,
+    cls: type,
+    helps: dict[str, str],
+    default_text: Callable[[str], str],
+    choices: dict[str, list] | None = None,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """One --option per field of the config dataclass `cls`, defaulting to None (unset: the preset decides)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:  # the command adds its own flag (bnas search --method)
+            continue
+        kw = option_kwargs(hints[f.name])
+        if not kw:  # a field no flag can set (SearchConfig.extra): config files only
+            continue
+        kw.update(default=None, dest=f.name, help=f"{helps.get(f.name, f.name)} ({default_text(f.name)})")
+        if kw.get("nargs"):
+            kw["metavar"] = tuple(f"{f.name.split('_')[-1][0].upper()}{i + 1}" for i in range(kw["nargs"]))
+        if choices and f.name in choices:
+            kw["choices"] = choices[f.name]
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The options of a --config JSON file (a run's config.json works too), as one sentence when it is bad."""
+    if not path.exists():
+        raise ConfigError(f"--config {path} does not exist; give a JSON file of options")
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a directory; give a JSON file of options (e.g. a run's config.json)")
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object of options")
+    return {k.replace("-", "_"): v for k, v in obj.items() if k not in RECORDS}
+
+
+def resume_dir(path: Path, command: str) -> Path:
+    """--resume RUN_DIR: an existing directory holding a run of this command, or one sentence saying what to do."""
+    from ..runs import RunDir
+
+    if not path.exists():
+        raise ConfigError(f"--resume {path} does not exist; give the directory of a bnas {command} run")
+    if not path.is_dir():
+        raise ConfigError(
+            f"--resume {path} is a file, not a run directory; give the directory that holds the run's config.json "
+            "and checkpoint.pt"
+        )
+    saved = RunDir(path).read_json("config.json")
+    kind = saved.get("command") if isinstance(saved, dict) else None
+    if kind in ("search", "train") and kind != command:
+        raise ConfigError(f"{path} is a bnas {kind} run; continue it with bnas {kind} --resume {path}")
+    return path
+
+
+def command_line_options(args: argparse.Namespace, *own: str) -> dict[str, Any]:
+    """The config options given on the command line (unset ones are None), without the command's own flags."""
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    for k in ("command", "func", "config", "resume", "dry_run", "overwrite", "debug", *own):
+        cli.pop(k, None)
+    return cli

@@ -1,0 +1,47 @@
+"""`bnas genotype show|list|plot`: the bundled genotypes and found ones, as text, JSON or a drawing."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..jsonio import dumps
+
+
+def cmd_genotype(args: argparse.Namespace) -> int:
+    from ..genotype import ZOO, get_genotype
+
+    if args.genotype_cmd == "list":
+        for name, entry in ZOO.items():
+            free = entry.genotype.parameter_free()
+            print(f"{name:<20} {entry.genotype.space:<6} {entry.source}")
+            print(f"{'':<20} parameter-free ops {free}" + (f"; reported: {entry.reported}" if entry.reported else ""))
+        return 0
+    g = get_genotype(args.name)
+    if args.genotype_cmd == "show":
+        print(f"{args.name} ({g.space} space)")
+        print(g.describe())
+        if args.json:
+            print(dumps(g.to_json(), indent=1))
+    if args.genotype_cmd == "plot":
+        from ..errors import check_output
+        from ..plots import draw_genotype
+
+        check_output("--output", args.output, directory=False)
+        out = draw_genotype(g, args.output, engine=args.engine, title=Path(str(args.name)).name)
+        print(f"wrote {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("genotype", help="show or list genotypes")
+    gsub = g.add_subparsers(dest="genotype_cmd", required=True)
+    show = gsub.add_parser("show", help="print a genotype's cells as text")
+    show.add_argument("name", help="bundled genotype name or genotype.json / run directory")
+    show.add_argument("--json", action="store_true", help="also print the JSON form")
+    gsub.add_parser("list", help="list the bundled genotypes")
+    plot = gsub.add_parser("plot", help="draw both cells as graphs (graphviz's dot if installed, else matplotlib)")
+    plot.add_argument("name", help="bundled genotype name or genotype.json / run directory")
+    plot.add_argument("-o", "--output", type=Path, default=Path("cell.svg"), help="file to write: .svg, .png or .pdf")
+    plot.add_argument("--engine", choices=["auto", "dot", "matplotlib"], default="auto", help="drawing program")
+    g.set_defaults(func=cmd_genotype)
