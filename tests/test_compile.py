@@ -4,6 +4,7 @@ tracing and graph breaks without code generation, so a compiled run must equal a
 import pytest
 import torch
 
+from bnas.cells import Cell
 from bnas.search import SearchConfig, Searcher
 from bnas.train import TrainConfig, Trainer
 
@@ -23,6 +24,9 @@ def test_compiled_search_equals_the_plain_cells(tmp_path):
     plain.run_search()
     compiled = Searcher(SearchConfig.resolve("clr", compile="eager", out=str(tmp_path / "c"), **kw))
     assert compiled.model.backend is None  # the fast cells' run-time gradient queries do not survive tracing
+    cells = [m for m in compiled.model.net.modules() if isinstance(m, Cell)]
+    assert cells and all(c._compiled_call_impl is not None for c in cells)  # regional: each cell, in place
+    assert compiled.model.net._compiled_call_impl is None  # not the whole supernet
     compiled.run_search()
     _same_state(plain.model.state_dict(), compiled.model.state_dict())
 

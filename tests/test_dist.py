@@ -115,3 +115,39 @@ def test_torchrun_training_matches_averaged_shards(tmp_path):
     # gradients); two SGD steps at lr 0.025 with momentum keep parameter differences far below 1e-5.
     for name, p in ref.items():
         assert torch.allclose(r0[name], p, rtol=1e-4, atol=1e-5), name
+
+
+def test_every_tensor_reaching_a_collective_is_on_the_models_device(tmp_path, monkeypatch):
+    """nccl takes device tensors only: evaluation once all-reduced a CPU tensor built from Python numbers.
+    Here two ranks are pretended and torch's default device is `meta` while the model runs on the CPU, so a
+    tensor made without an explicit device would reach the collective on `meta`, not on the model's device."""
+    import bnas.dist
+    import bnas.runtime
+    from bnas.runtime import evaluate
+    from bnas.search import SearchConfig, Searcher
+    from bnas.train import TrainConfig, Trainer
+
+    seen: list[torch.device] = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: seen.append(t.device))
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda t, *a, **k: seen.append(t.device))
+    cfg = SearchConfig.resolve(
+        "clr", dataset="synthetic", synthetic_size=16, batch_size=4, init_channels=4, epochs=1, eval_every=1,
+        log_every=0, out=str(tmp_path / "s"), quiet=True, device="cpu",
+    )  # fmt: skip
+    searcher = Searcher(cfg)
+    trainer = Trainer(TrainConfig.resolve(
+        dataset="synthetic", synthetic_size=8, batch_size=4, eval_batch_size=8, init_channels=4, layers=2,
+        enhance_cells=1, epochs=1, out=str(tmp_path / "t"), quiet=True, device="cpu",
+    ))  # fmt: skip
+    for module in (bnas.dist, bnas.runtime):
+        monkeypatch.setattr(module, "rank_world", lambda: (0, 2))
+    (x, y), (xv, yv) = next(iter(searcher.train_loader)), next(iter(searcher.val_loader))
+    from bnas.runtime import Tally
+    from bnas.search import SearchStep
+
+    with torch.device("meta"):
+        evaluate(trainer.model, trainer.loaders["test"])
+        searcher.evaluate()
+        searcher.step(x, y, xv, yv, 0.01, Tally(torch.device("cpu"), SearchStep.FIGURES))
+        bnas.dist.broadcast_buffers(trainer.model)
+    assert len(seen) >= 5 and set(seen) == {torch.device("cpu")}, seen

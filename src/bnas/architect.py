@@ -8,20 +8,18 @@ know which method preset chose them.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
 from . import fast
 from .dist import all_reduce_mean
 from .errors import ConfigError
-from .optim import SGD, Adam
-from .runtime import upcast
+from .optim import SGD
+from .runtime import StepResult, guarded_step, make_adam, upcast
 from .space import SuperNet
 
 if TYPE_CHECKING:
@@ -45,9 +43,9 @@ class Architect:
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
         if self.scaler.is_enabled() and cfg.order == 2:
             raise ConfigError("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off")
-        self.overflowed = False  # the last step was an fp16 overflow the scaler skipped (see `weight_step`)
-        self.optimizer = Adam(
-            model.arch_parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
+        device = model.arch_parameters()[0].device
+        self.optimizer = make_adam(
+            model.arch_parameters(), device, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
         )
 
     def set_lr(self, lr: float) -> None:
@@ -66,18 +64,19 @@ class Architect:
 
     def gradients(
         self, x_train, y_train, x_val, y_val, eta: float, scaled: bool = False
-    ) -> tuple[list[torch.Tensor], float]:
-        """Architecture gradients (without applying them) and the validation loss; `scaled`: of the loss times
-        the fp16 loss scale (first order; `step` unscales them), else the true gradients."""
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Architecture gradients (without applying them) and the validation loss (a detached 0-dim tensor: no
+        host read); `scaled`: of the loss times the fp16 loss scale (first order; `step` unscales them), else
+        the true gradients."""
         arch = self.model.arch_parameters()
         if self.cfg.order == 1:
             loss = self._loss(x_val, y_val)
             # alpha gradients only: autograd never computes the weights' gradients here
             target = self.scaler.scale(loss) if scaled else loss
-            return list(torch.autograd.grad(target, arch)), loss.item()
+            return list(torch.autograd.grad(target, arch)), loss.detach()
         return self._unrolled(x_train, y_train, x_val, y_val, eta)
 
-    def _unrolled(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], float]:
+    def _unrolled(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], torch.Tensor]:
         """DARTS' second order: grad_a L_val(w', a) - eta * H v, with w' one SGD step ahead of w.
 
         w' is the step the weight optimizer would take (SPEC §7): w - eta (momentum * buf + g + wd * w) with its
@@ -107,18 +106,21 @@ class Architect:
             if self.cfg.hvp == "fd"
             else self._hvp_exact(weights, v, x_train, y_train)
         )
-        return [d - eta * h for d, h in zip(d_arch, hv, strict=True)], val_loss.item()
+        return [d - eta * h for d, h in zip(d_arch, hv, strict=True)], val_loss.detach()
 
     def _hvp_fd(self, weights, v, x, y) -> list[torch.Tensor]:
-        """(grad_a L_train(w + eps v) - grad_a L_train(w - eps v)) / 2 eps, eps = fd_eps / ||v||."""
+        """(grad_a L_train(w + eps v) - grad_a L_train(w - eps v)) / 2 eps, eps = fd_eps / ||v||.
+
+        eps stays a tensor on the device (the host never reads ||v||): the perturbations are eps * v."""
         arch = self.model.arch_parameters()
-        eps = self.cfg.fd_eps / torch.cat([t.flatten() for t in v]).norm().clamp_min(1e-12).item()
+        eps = self.cfg.fd_eps / torch.cat([t.flatten() for t in v]).norm().clamp_min(1e-12)
         with torch.no_grad():
             saved = torch._foreach_mul(weights, 1.0)  # copies, restored exactly below
-            torch._foreach_add_(weights, v, alpha=eps)
+            step = torch._foreach_mul(v, eps)
+            torch._foreach_add_(weights, step)
         g_plus = torch.autograd.grad(self._loss(x, y), arch)
         with torch.no_grad():
-            torch._foreach_add_(weights, v, alpha=-2 * eps)
+            torch._foreach_add_(weights, step, alpha=-2)
         g_minus = torch.autograd.grad(self._loss(x, y), arch)
         with torch.no_grad():
             torch._foreach_copy_(weights, saved)
@@ -131,29 +133,17 @@ class Architect:
         dot = sum((g * t).sum() for g, t in zip(g_w, v, strict=True))
         return list(torch.autograd.grad(dot, arch))
 
-    def step(self, x_train, y_train, x_val, y_val, eta: float) -> float:
-        """One architecture update. Returns the validation loss, or NaN when the step was not taken; then
-        `overflowed` tells an fp16 overflow that the scaler skipped (lowering its scale) from a fault."""
+    def step(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[torch.Tensor, StepResult]:
+        """One architecture update, decided on the device: the validation loss (detached) and what the step did
+        (`StepResult`: skipped on a non-finite loss or gradient, with fp16 overflows told apart)."""
         grads, loss = self.gradients(x_train, y_train, x_val, y_val, eta, scaled=True)
         all_reduce_mean(grads)  # torchrun: autograd.grad bypasses DDP's hooks, so average the ranks' gradients
         arch = self.model.arch_parameters()
         for p, g in zip(arch, grads, strict=True):
             p.grad = g
-        scaler = self.scaler
-        scaler.unscale_(self.optimizer)  # fp16: the true gradients, before clipping (a no-op otherwise)
-        self.overflowed = False
-        if not (math.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in arch)):
-            # never let a non-finite gradient into Adam's moments; the caller decides
-            self.overflowed = math.isfinite(loss) and scaler.is_enabled() and scaler.get_scale() > 1.0
-            scaler.update()  # an overflow halves the scale
-            self.optimizer.zero_grad(set_to_none=True)
-            return float("nan")
-        if self.cfg.arch_grad_clip > 0:
-            nn.utils.clip_grad_norm_(arch, self.cfg.arch_grad_clip)
-        scaler.step(self.optimizer)
-        scaler.update()
+        result = guarded_step(loss, self.optimizer, arch, self.cfg.arch_grad_clip, self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss, result
 
 
 def dominant_eigenvalue(

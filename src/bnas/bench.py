@@ -1,7 +1,7 @@
 """Throughput and memory of a search step and of a training step, behind `bnas bench` (issue 7).
 
-A search step is what `Searcher.train_epoch` does per batch: one architecture step on a validation batch
-(first or second order, through the same `Architect`) and one weight step on a training batch, on random
+A search step is `search.SearchStep`, the object `Searcher.train_epoch` calls per batch: one architecture
+step on a validation batch (first or second order) and one weight step on a training batch, on random
 CIFAR-shaped data with the SPEC §7 configuration of the chosen method. A training step is one SGD step of
 the trained network of a genotype (SPEC §8-9). Steps are timed after a warm-up; `images_per_s` is the
 images a step consumes over the median step time: 2 x batch for a search step (a training and a validation
@@ -29,12 +29,13 @@ from torch import nn
 
 from . import fast
 from .architect import Architect
+from .cells import Cell
 from .errors import ConfigError
 from .fast import cells as fastcells
 from .genotype import get_genotype
 from .optim import SGD
-from .runtime import autocast_factory, pick_device, upcast
-from .search import SearchConfig
+from .runtime import Tally, autocast_factory, compile_regions, grad_scaler, pick_device, upcast
+from .search import SearchConfig, SearchStep
 from .space import SuperNet, build_network, count_parameters
 
 # SPEC §8: the trained networks of each space (CIFAR); DARTS' evaluation network for darts genotypes
@@ -104,10 +105,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step, n_warmup: int, n_steps: int, device: torch.device) -> tuple[list[float], list[float]]:
+def _timed(step, n_warmup: int, n_steps: int, device: torch.device) -> tuple[list[float], list[float], float]:
+    """Wall and CPU times of `n_steps` steps after `n_warmup` untimed ones, and the warm-up's total wall time
+    (with --compile: mostly compilation)."""
+    t = time.perf_counter()
     for _ in range(n_warmup):
         step()
     _sync(device)
+    warmup_s = time.perf_counter() - t
     wall, cpu = [], []
     for _ in range(n_steps):
         t, c = time.perf_counter(), time.process_time()
@@ -115,7 +120,7 @@ def _timed(step, n_warmup: int, n_steps: int, device: torch.device) -> tuple[lis
         _sync(device)
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return wall, cpu
+    return wall, cpu, warmup_s
 
 
 def _batches(n: int, batch: int, in_channels: int, size: int, device: torch.device, cl: bool):
@@ -153,8 +158,8 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     model = SuperNet(scfg.space_config(10, 3), fast.BACKEND if use_fast else None).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model.net = torch.compile(model.net)
+    if cfg.compile:  # as `bnas search --compile inductor`: each cell, in place
+        compile_regions(model.net, Cell, "inductor")
     autocast, amp_mode = autocast_factory(scfg.amp, device)
     sgd = torch.optim.SGD if cfg.torch_optim else SGD
     w_opt = sgd(model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay)
@@ -168,10 +173,18 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     it = iter(range(len(data) // 2))
     model.train()
 
+    scaler = grad_scaler(amp_mode, device)
+    search_step = SearchStep(model, architect, w_opt, scaler, autocast, scfg.grad_clip)
+    tally = Tally(device, SearchStep.FIGURES)
+    published = cfg.arch_grads == "all" or cfg.weight_grads == "all"  # the published code's full backward()s
+
     def step() -> None:
         i = next(it)
         (x, y), (xv, yv) = data[2 * i], data[2 * i + 1]
-        if cfg.arch_grads == "all" and cfg.order == 1:  # the published code: backward() through everything
+        if not published:  # what `bnas search` runs, step for step (Searcher.train_epoch calls the same object)
+            search_step(x, y, xv, yv, scfg.lr, tally, i)
+            return
+        if cfg.arch_grads == "all" and cfg.order == 1:  # backward() through everything, as the published code
             architect._loss(xv, yv).backward()
             for p in weights:
                 p.grad = None
@@ -189,8 +202,9 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         model.zero_grad(set_to_none=True)
 
     base = peak_rss_mb()
-    wall, cpu = _timed(step, cfg.warmup, cfg.steps, device)
+    wall, cpu, warmup_s = _timed(step, cfg.warmup, cfg.steps, device)
     return _result(cfg, device, wall, cpu, base, amp_mode, cl) | {
+        "warmup_s": warmup_s,
         "method": cfg.method,
         "space": cfg.space,
         "order": cfg.order,
@@ -217,7 +231,9 @@ def bench_train(cfg: BenchConfig) -> dict[str, Any]:
         net = net.to(memory_format=torch.channels_last)
     net.train()
     net.drop_prob = 0.15  # mid-run of the recipe's 0.3 x epoch / epochs
-    model = torch.compile(net) if cfg.compile else net
+    if cfg.compile:  # as `bnas train --compile inductor`
+        compile_regions(net, Cell, "inductor")
+    model = net
     autocast, amp_mode = autocast_factory(cfg.amp, device)
     opt = (torch.optim.SGD if cfg.torch_optim else SGD)(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     data = _batches(cfg.warmup + cfg.steps, cfg.batch_size, 3, 32, device, cl)
@@ -233,8 +249,9 @@ def bench_train(cfg: BenchConfig) -> dict[str, Any]:
         opt.step()
 
     base = peak_rss_mb()
-    wall, cpu = _timed(step, cfg.warmup, cfg.steps, device)
+    wall, cpu, warmup_s = _timed(step, cfg.warmup, cfg.steps, device)
     return _result(cfg, device, wall, cpu, base, amp_mode, cl) | {
+        "warmup_s": warmup_s,
         "genotype": cfg.genotype,
         "init_channels": shape["channels"],
         "weights": count_parameters(net),

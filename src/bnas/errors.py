@@ -99,25 +99,34 @@ def check_choice(name: str, value: object, choices) -> None:
 
 
 def check_types(cfg) -> None:
-    """Every field of a config dataclass holds a value of its annotated type (a JSON file can hold anything)."""
+    """Every field of a config dataclass holds a value of its type (a JSON file can hold anything); the types
+    are the annotations' real ones (`typing.get_type_hints`): `X | None` also takes None."""
     import dataclasses
+    import types
+    import typing
 
+    hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        value, kind = getattr(cfg, f.name), str(f.type)
-        if kind == "bool" and not isinstance(value, bool):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            if value is None and len(args) < len(typing.get_args(hint)):
+                continue
+            hint = args[0]
+        origin = typing.get_origin(hint)
+        if hint is bool and not isinstance(value, bool):
             raise ConfigError(f"{_flag(f.name)} must be true or false, got {value!r}")
-        if kind == "str" and not isinstance(value, str):
+        if hint is str and not isinstance(value, str):
             raise ConfigError(f"{_flag(f.name)} must be a string, got {value!r}")
-        whole = isinstance(value, int) and not isinstance(value, bool)
-        if kind in ("int", "int | None") and not whole and not (kind == "int | None" and value is None):
+        if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"{_flag(f.name)} must be a whole number, got {value!r}")
-        if kind == "float" and not _is_number(value):
+        if hint is float and not _is_number(value):
             raise ConfigError(f"{_flag(f.name)} must be a number, got {value!r}")
-        if kind.startswith("tuple[float") and not (
-            isinstance(value, tuple | list) and len(value) == 2 and all(_is_number(v) for v in value)
-        ):
-            raise ConfigError(f"{_flag(f.name)} must be two numbers, got {value!r}")
-        if kind.startswith("dict") and not isinstance(value, dict):
+        if origin is tuple:
+            n = len(typing.get_args(hint))
+            if not (isinstance(value, tuple | list) and len(value) == n and all(_is_number(v) for v in value)):
+                raise ConfigError(f"{_flag(f.name)} must be {n} numbers, got {value!r}")
+        if origin is dict and not isinstance(value, dict):
             raise ConfigError(f"{_flag(f.name)} must be a JSON object, got {value!r}")
 
 

@@ -68,6 +68,12 @@ class _Optimizer:
             group.update({k: v for k, v in saved.items() if k != "params"})
 
 
+def _masked_copy_(dst: list[torch.Tensor], new: list[torch.Tensor], mask: torch.Tensor) -> None:
+    """dst <- new where mask (a 0-dim bool tensor), else unchanged: no host read, and NaN-safe (a select)."""
+    for d, n in zip(dst, new, strict=True):
+        torch.where(mask, n, d, out=d)
+
+
 class SGD(_Optimizer):
     """torch.optim.SGD with momentum and L2 weight decay (no dampening, no Nesterov: what DARTS-style code uses)."""
 
@@ -76,26 +82,48 @@ class SGD(_Optimizer):
                                       nesterov=False, maximize=False))  # fmt: skip
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, mask: torch.Tensor | None = None) -> None:
+        """One update of every parameter with a gradient. `mask` (a 0-dim bool tensor on the parameters'
+        device) decides on the device whether the update happens: where it is False parameters and momentum
+        buffers keep their values, so a step with non-finite gradients is skipped without the host reading
+        anything. Lists of tensors go through torch's foreach kernels, in torch.optim's order of operations
+        (the same bits); a missing momentum buffer starts at zero, which makes the first step's
+        momentum * 0 + d_p exactly torch's clone of d_p."""
         for group in self.param_groups:
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                if momentum != 0:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            d_p = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else grads
+            if momentum != 0:
+                bufs = []
+                for p in params:
                     state = self.state.setdefault(p, {})
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.clone(d_p).detach()
-                    else:
-                        buf.mul_(momentum).add_(d_p)
-                    d_p = buf
-                p.add_(d_p, alpha=-lr)
+                    if state.get("momentum_buffer") is None:
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    bufs.append(state["momentum_buffer"])
+                if mask is None:
+                    torch._foreach_mul_(bufs, momentum)
+                    torch._foreach_add_(bufs, d_p)
+                else:
+                    new = torch._foreach_mul(bufs, momentum)
+                    torch._foreach_add_(new, d_p)
+                    _masked_copy_(bufs, new, mask)
+                d_p = bufs
+            if mask is None:
+                torch._foreach_add_(params, d_p, alpha=-lr)
+            else:
+                _masked_copy_(params, torch._foreach_add(params, d_p, alpha=-lr), mask)
 
 
 class Adam(_Optimizer):
-    """torch.optim.Adam with L2 weight decay (not AdamW), no amsgrad."""
+    """torch.optim.Adam with L2 weight decay (not AdamW), no amsgrad.
+
+    The step count of each parameter lives in its state as a CPU tensor (torch.optim's format) and, for the
+    bias corrections, as a Python number, so a step reads nothing back from any tensor. A masked step
+    (`step(mask)`, see SGD) leaves parameters and moments unchanged but still counts: the host cannot
+    know it was skipped without reading the mask (a skipped step is a rare NaN or fp16 overflow)."""
 
     def __init__(
         self,
@@ -107,9 +135,14 @@ class Adam(_Optimizer):
     ):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=False, maximize=False))  # fmt: skip
+        self._steps: dict[torch.Tensor, float] = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._steps = {p: float(s["step"]) for p, s in self.state.items() if "step" in s}
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, mask: torch.Tensor | None = None) -> None:
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -122,10 +155,31 @@ class Adam(_Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                step = state["step"].item()
+                step = self._steps[p] = self._steps.get(p, 0.0) + 1.0
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                if mask is not None:
+                    old = (exp_avg.clone(), exp_avg_sq.clone(), p.clone())
                 exp_avg.lerp_(grad, 1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step_size = lr / (1 - beta1**step)
                 denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
                 p.addcdiv_(exp_avg, denom, value=-step_size)
+                if mask is not None:  # where the mask is False, back to the values before the step
+                    for now, before in zip((exp_avg, exp_avg_sq, p), old, strict=True):
+                        torch.where(mask, now, before, out=now)
+
+
+def masked_step(optimizer, mask: torch.Tensor) -> None:
+    """optimizer.step() where the 0-dim bool `mask` is True, decided on the device where possible: bnas'
+    optimizers mask their update; torch.optim's fused ones (CUDA) skip through their `found_inf` input, as
+    under a GradScaler; torch.optim's others cannot be masked, and cost one host read (bench --torch-optim)."""
+    if isinstance(optimizer, _Optimizer):
+        optimizer.step(mask=mask)
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~mask).to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(mask):
+        optimizer.step()

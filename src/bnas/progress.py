@@ -15,6 +15,7 @@ class _Bar:
     def __init__(self, total: int, desc: str, stream: TextIO, bar: bool, line_every: float | None = None):
         self.total, self.desc, self.stream = total, desc, stream
         self.n = 0
+        self.stats: dict[str, float] = {}
         self.line_every = line_every
         self._last = time.perf_counter()
         self._tqdm = None
@@ -24,7 +25,11 @@ class _Bar:
             self._tqdm = tqdm(total=total, desc=desc, file=stream, leave=False, dynamic_ncols=True, unit="step")
 
     def update(self, **stats: float) -> None:
+        """One step done; `stats` update the figures shown (the loops give loss and accuracy at log points
+        only, where they read them from the device, and the rate every step)."""
         self.n += 1
+        self.stats.update(stats)
+        stats = self.stats
         if self._tqdm is not None:
             self._tqdm.set_postfix({_LABELS.get(k, k): _fmt(k, v) for k, v in stats.items()}, refresh=False)
             self._tqdm.update(1)

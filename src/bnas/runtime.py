@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from torch import nn
 
 from .dist import all_reduce_mean, rank_world
 from .errors import ConfigError
+from .optim import SGD, Adam, masked_step
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float, warmup: int = 0) -> float:
@@ -39,6 +41,52 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_defaults(device: torch.device, deterministic: bool = False) -> dict[str, object]:
+    """The GPU defaults, set here once per run and returned for config.json: cuDNN autotuning (unless
+    --deterministic), TF32 matrix products and convolutions. A CPU run changes nothing."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matrix products
+    return {
+        "cudnn_benchmark": device.type == "cuda" and torch.backends.cudnn.benchmark,
+        "tf32": device.type == "cuda" and torch.get_float32_matmul_precision() != "highest",
+    }
+
+
+def optimizer_kind(device: torch.device) -> str:
+    """torch.optim's fused kernels on CUDA (one launch for all parameters, masked steps through found_inf);
+    bnas.optim elsewhere (the same arithmetic, and no torch._dynamo import: 150 MB less on a CPU)."""
+    return "torch-fused" if device.type == "cuda" else "bnas"
+
+
+def make_sgd(params, device: torch.device, lr: float, momentum: float, weight_decay: float):
+    if optimizer_kind(device) == "torch-fused":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_adam(params, device: torch.device, lr: float, betas: tuple[float, float], weight_decay: float):
+    if optimizer_kind(device) == "torch-fused":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
+    return Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def compile_regions(model: nn.Module, region: type[nn.Module], backend: str) -> int:
+    """Regional compilation: torch.compile each `region` module (the cells) of the network in place (parameter
+    names, checkpoints and functional_call unchanged) instead of the whole network. Cells share their forward
+    code, so dynamo traces a cell once per distinct structure and shape rather than one huge graph; its
+    per-code recompile limit is raised to what the network's cells can need. Returns the count."""
+    import torch._dynamo
+
+    cells = [m for m in model.modules() if isinstance(m, region)]
+    limit = max(len(cells) * 2, 8)  # x2: a last, smaller batch may trace each variant once more
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    for cell in cells:
+        cell.compile(backend=backend)
+    return len(cells)
+
+
 def autocast_factory(amp: str, device: torch.device):
     """A context-manager factory for mixed precision; auto = bf16 on GPU, off on CPU."""
     mode = ("bf16" if device.type == "cuda" else "off") if amp == "auto" else amp
@@ -61,50 +109,120 @@ def grad_scaler(amp_mode: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=amp_mode == "fp16")
 
 
-def weight_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], clip: float, scaler) -> str:
-    """Backward (of the scaled loss), average the shards (torchrun), unscale, clip to `clip` (0 = off), step.
+class StepResult(NamedTuple):
+    """What a guarded step did, as 0-dim bool tensors on the device (reading them is a host sync: the loops
+    add them to a `Tally` and read that at log points)."""
 
-    Returns "ok"; "overflow" when fp16 gradients overflowed while the loss was scaled up (the scaler skips the
-    step and halves its scale: its normal working, not a fault); or "non-finite" (a NaN or infinite loss, or
-    non-finite gradients with nothing left to blame on scaling): the step is not taken, --on-nan decides.
+    ok: torch.Tensor  # the update was applied
+    overflow: torch.Tensor  # fp16: skipped because the scaled gradients overflowed (the scaler's normal working)
+
+
+def guarded_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], clip: float, scaler) -> StepResult:
+    """Unscale (fp16), clip to `clip` (0 = off), and update only where the loss and the gradients are finite,
+    decided on the device: the optimizer's masked step keeps parameters and moments as they were otherwise.
+
+    A skipped fp16 step with a finite loss and a loss scale above 1 is an overflow: the scaler lowers its
+    scale and the run goes on. Any other skipped step is non-finite (a NaN loss, or gradients that no
+    scaling explains): --on-nan decides, at the next log point.
     """
-    scaler.scale(loss).backward()
-    all_reduce_mean([p.grad for p in params if p.grad is not None])  # torchrun: average the shards
-    scaler.unscale_(optimizer)  # before clipping: the norm is the true gradient's (no-op without fp16)
-    grad_norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-    finite_loss = math.isfinite(loss.item())
-    if finite_loss and torch.isfinite(grad_norm):
-        scaler.step(optimizer)
-        scaler.update()
-        return "ok"
-    overflow = finite_loss and scaler.is_enabled() and scaler.get_scale() > 1.0
-    scaler.update()  # an overflow halves the scale
-    return "overflow" if overflow else "non-finite"
+    finite_loss = torch.isfinite(loss.detach())
+    overflow = torch.zeros((), dtype=torch.bool, device=finite_loss.device)
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)  # before clipping: the norm is the true gradient's
+        overflow = finite_loss & (scaler._scale > 1.0)  # read before update() halves it
+    grads = [p.grad for p in params if p.grad is not None]
+    if clip > 0:
+        norm = nn.utils.clip_grad_norm_(params, clip)
+    else:  # the norm only to find non-finite gradients: one reduction, no pass that multiplies by 1
+        norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=finite_loss.device)
+    ok = finite_loss & torch.isfinite(norm)
+    masked_step(optimizer, ok)
+    if scaler.is_enabled():
+        scaler.update()  # from the found-inf flags unscale_ left on the device: an overflow halves the scale
+    return StepResult(ok, overflow & ~ok)
+
+
+def weight_step(
+    loss: torch.Tensor, optimizer, params: list[torch.Tensor], clip: float, scaler, reduce: bool = True
+) -> StepResult:
+    """Backward of the (scaled) loss into `params` only (autograd computes no other gradient), average the
+    shards under torchrun (`reduce`: False when DistributedDataParallel did it during backward), then
+    `guarded_step`."""
+    scaler.scale(loss).backward(inputs=params)
+    if reduce:
+        all_reduce_mean([p.grad for p in params if p.grad is not None])
+    return guarded_step(loss, optimizer, params, clip, scaler)
+
+
+class Tally:
+    """Per-step figures summed on the device, read by the host once per log point (`read`): a loop that adds
+    to a tally between log points never waits for the device, and copies nothing to it (numbers are added
+    as kernel arguments, not as tensors made on the host)."""
+
+    def __init__(self, device: torch.device, names: tuple[str, ...]):
+        self._dtype = torch.float32 if device.type == "mps" else torch.float64
+        self._device = device
+        self.sums = {n: torch.zeros((), dtype=self._dtype, device=device) for n in names}
+
+    def add(self, **values: torch.Tensor | float) -> None:
+        for name, v in values.items():
+            self.sums[name].add_(v)
+
+    def first(self, name: str, cond: torch.Tensor, value: float) -> None:
+        """Keep `value` under `name` the first time `cond` holds (inf until then): the step of a first fault."""
+        held = self.sums.get(name)
+        if held is None:
+            held = self.sums[name] = torch.full((), float("inf"), dtype=self._dtype, device=self._device)
+        held.masked_fill_(cond & torch.isinf(held), value)
+
+    def read(self) -> dict[str, float]:
+        """The sums so far (one device-to-host copy)."""
+        return dict(zip(self.sums, torch.stack(list(self.sums.values())).tolist(), strict=True))
+
+
+STEP_FIGURES = ("train_loss", "train_correct", "steps", "images", "bad", "overflow")  # a weight step's tally
+
+
+def read_log_point(tally: Tally, run, epoch: int, step: int | None, last: dict[str, float]) -> dict[str, float]:
+    """The one host read of a log point: the tally's sums (with the epoch's mean loss and accuracy so far)
+    and, at a step (`step` given), a "step" record of the mean loss since the `last` log point."""
+    sums = tally.read()
+    if step is not None and run is not None:
+        window = max(sums["steps"] - last.get("steps", 0.0), 1)
+        run.log({"kind": "step", "epoch": epoch, "step": step,
+                 "train_loss": (sums["train_loss"] - last.get("train_loss", 0.0)) / window})  # fmt: skip
+    sums["mean_loss"] = sums["train_loss"] / max(sums["steps"], 1)
+    sums["mean_acc"] = sums["train_correct"] / max(sums["images"], 1)
+    return sums
+
+
+def correct(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """How many of the batch have their label among the top k logits: a 0-dim tensor on the device."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == y[:, None]).any(dim=1).sum()
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return (top == y[:, None]).any(dim=1).float().mean().item()
+    """Top-k accuracy of a batch as a number (a host read: for tests and one-off checks, not the loops)."""
+    return correct(logits, y, k).item() / y.shape[0]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, autocast=None) -> dict[str, float]:
+    """Loss, top-1 and top-5 over a loader, summed on the model's device and read once at the end; under
+    torchrun every rank evaluated its shard, and the sums are combined there (nccl takes device tensors only)."""
     was_training = model.training
     model.eval()
-    loss = top1 = top5 = n = 0.0
+    device = next(model.parameters()).device
+    tally = Tally(device, ("loss", "top1", "top5", "n"))
     for x, y in loader:
-        if autocast is not None:
-            with autocast():
-                logits = upcast(model(x))
-        else:
-            logits = model(x)
-        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        top1 += accuracy(logits, y, 1) * y.shape[0]
-        top5 += accuracy(logits, y, 5) * y.shape[0]
-        n += y.shape[0]
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits = upcast(model(x))
+        tally.add(loss=F.cross_entropy(logits.float(), y, reduction="sum"), top1=correct(logits, y, 1),
+                  top5=correct(logits, y, 5), n=y.shape[0])  # fmt: skip
     model.train(was_training)
-    totals = torch.tensor([loss, top1, top5, n], dtype=torch.float64)
-    all_reduce_mean([totals])  # torchrun: each rank evaluated its shard; ratios are unaffected by the mean
+    totals = torch.stack(list(tally.sums.values()))
+    all_reduce_mean([totals])  # a mean of sums: the ratios below are unaffected
     loss, top1, top5, n = totals.tolist()
     n = max(n, 1e-12)
     return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "images": round(n * rank_world()[1])}

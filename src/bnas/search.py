@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from . import fast
 from .architect import Architect, alpha_hessian_eigenvalue, clr_arch_lr
+from .cells import Cell
 from .data.search_data import search_data, search_images_needed
-from .dist import NullRun, all_reduce_mean, is_main
+from .dist import NullRun, is_main
 from .errors import (
     ConfigError,
     check_choice,
@@ -35,17 +36,26 @@ from .errors import (
 )
 from .genotype import Genotype
 from .ops import PRIMITIVES
-from .optim import SGD
 from .runs import RunDir, environment
 from .runtime import (
-    accuracy,
+    STEP_FIGURES,
+    Tally,
     autocast_factory,
+    compile_regions,
+    correct,
     cosine_lr,
+    device_defaults,
     grad_scaler,
+    make_sgd,
+    optimizer_kind,
     pick_device,
+    read_log_point,
     set_deterministic,
     upcast,
     weight_step,
+)
+from .runtime import (
+    evaluate as evaluate_model,
 )
 from .space import SpaceConfig, SuperNet
 
@@ -121,7 +131,9 @@ class SearchConfig:
     # the fast cells' backward asks the autograd engine at run time which gradients are wanted, an answer
     # torch.compile would bake into the graph (measured: a different search).
     compile: str = "off"
-    fast: bool = True  # per-source-state search cells (fast.cells): the same gradients, less time and memory
+    # per-source-state search cells (fast.cells): the same gradients, less time and memory on a CPU; None = auto:
+    # on the CPU, not on a GPU (its kernels are unmeasured there: benchmarks/gpu_check.py decides)
+    fast: bool | None = None
     eval_every: int = 1  # evaluate the supernet on the architecture split every N epochs (0 = never)
     log_every: int = 50  # steps between "step" records in metrics.jsonl
     hessian_every: int = 0  # collapse diagnostic: dominant eigenvalue of the alpha Hessian every N epochs (0 = off)
@@ -225,9 +237,43 @@ class SearchConfig:
             partial_k=self.partial_k, edge_norm=self.edge_norm,
         )  # fmt: skip
 
-    def backend(self) -> fast.FastBackend | None:
-        """The fast backend unless --no-fast or --compile (compiled networks use the plain cells)."""
-        return fast.BACKEND if self.fast and self.compile == "off" else None
+    def backend(self, device: torch.device | None = None) -> fast.FastBackend | None:
+        """The fast backend unless --no-fast, --compile (compiled networks use the plain cells) or, with --fast
+        left to auto, a device other than the CPU."""
+        use = self.fast if self.fast is not None else (device is None or device.type == "cpu")
+        return fast.BACKEND if use and self.compile == "off" else None
+
+
+class SearchStep:
+    """One step of the search loop, as `Searcher.train_epoch` runs it and `bnas bench search` times it: an
+    architecture step on a validation batch (unless the architecture is still warming up), then a weight step
+    on a training batch that asks autograd for the weights' gradients only. Both are decided on the device
+    (`guarded_step`) and their figures go into a `Tally`: the step never waits for the device."""
+
+    FIGURES = (*STEP_FIGURES, "arch_loss", "arch_steps", "arch_bad", "arch_overflow")
+
+    def __init__(self, model: SuperNet, architect: Architect, w_optimizer, scaler, autocast, grad_clip: float):
+        self.model, self.architect, self.w_optimizer = model, architect, w_optimizer
+        self.scaler, self.autocast, self.grad_clip = scaler, autocast, grad_clip
+        self.weights = model.weight_parameters()
+
+    def __call__(self, x, y, xv, yv, lr: float, tally: Tally, index: int = 0) -> None:
+        """`xv is None`: no architecture step. `index` numbers the step in its epoch (for --on-nan's message)."""
+        if xv is not None:
+            arch_loss, a = self.architect.step(x, y, xv, yv, lr)
+            a_bad = ~a.ok & ~a.overflow
+            tally.add(arch_loss=torch.where(a.ok, arch_loss, 0.0), arch_steps=a.ok, arch_bad=a_bad,
+                      arch_overflow=a.overflow)  # fmt: skip
+            tally.first("arch_first_bad", a_bad, index + 1)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        with self.autocast(), fast.backward_once():
+            logits = self.model(x)
+        loss = F.cross_entropy(upcast(logits), y)
+        w = weight_step(loss, self.w_optimizer, self.weights, self.grad_clip, self.scaler)
+        w_bad = ~w.ok & ~w.overflow
+        tally.add(train_loss=torch.where(w.ok, loss.detach(), 0.0), train_correct=correct(logits, y) * w.ok,
+                  steps=w.ok, images=w.ok * y.shape[0], bad=w_bad, overflow=w.overflow)  # fmt: skip
+        tally.first("first_bad", w_bad, index + 1)
 
 
 class Searcher:
@@ -245,19 +291,26 @@ class Searcher:
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
         space = cfg.space_config(data.num_classes, data.in_channels, data.stem)
-        self.model = SuperNet(space, cfg.backend()).to(self.device)
+        self.model = SuperNet(space, cfg.backend(self.device)).to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile != "off":  # in place: parameter names, checkpoints and functional_call stay as they are
-            self.model.net.compile(backend=cfg.compile)
+            compile_regions(self.model.net, Cell, cfg.compile)  # each cell, not the whole supernet
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
-        self.w_optimizer = SGD(
-            self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        self.w_optimizer = make_sgd(
+            self.model.weight_parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 only: the weight loss's scale
         self.architect = Architect(
             self.model, cfg, self.w_optimizer, self.autocast, grad_scaler(self.amp_mode, self.device)
         )
+        self.step = SearchStep(self.model, self.architect, self.w_optimizer, self.scaler, self.autocast, cfg.grad_clip)
+        # what this run resolved its device-dependent switches to (config.json "runtime")
+        self.switches = {
+            **device_defaults(self.device, cfg.deterministic), "optimizer": optimizer_kind(self.device),
+            "cells": "fast" if self.model.backend is not None else "plain", "channels_last": cl,
+            "amp": self.amp_mode, "native_kernel": self.device.type == "cpu",
+        }  # fmt: skip
         self.start_epoch = 0
         self.run: RunDir | None = None
         self._resume = resume
@@ -332,12 +385,21 @@ class Searcher:
             (self.run.path / "genotypes").mkdir(exist_ok=True)
             self.run.write_json(
                 "config.json",
-                {"command": "search", **cfg.to_json(), "counts": self.counts(), "environment": environment()},
+                {
+                    "command": "search",
+                    **cfg.to_json(),
+                    "counts": self.counts(),
+                    "runtime": self.switches,
+                    "environment": environment(),
+                },
             )
             self.run.append("alphas.jsonl", self.alpha_record(-1))  # the starting point of the evolution plots
         return self.run
 
     def train_epoch(self, epoch: int, progress) -> dict[str, float]:
+        """One epoch of search steps. Nothing is read back from the device between log points (every
+        `log_every` steps and the epoch's end): the figures accumulate in a `Tally`, a non-finite step is
+        skipped on the device, and --on-nan stop ends the run at the next log point."""
         cfg, model = self.cfg, self.model
         lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_warmup_epochs)
         for group in self.w_optimizer.param_groups:
@@ -345,53 +407,33 @@ class Searcher:
         arch_on = epoch >= cfg.arch_start_epoch
         self.architect.set_lr(clr_arch_lr(cfg.arch_lr, epoch, cfg.epochs, cfg.clr_power))
         model.train()
+        tally = Tally(self.device, SearchStep.FIGURES)
         val_iter = iter(self.val_loader)
-        totals = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0}
-        steps, images, t0 = 0, 0, time.perf_counter()
-        arch_steps = skipped = overflows = 0  # overflows: fp16 steps the scalers skipped (also in skipped)
-        weights = model.weight_parameters()
-        for x, y in self.train_loader:
+        images, t0, seen = 0, time.perf_counter(), {}
+        for i, (x, y) in enumerate(self.train_loader):
+            xv = yv = None
             if arch_on:
                 try:
                     xv, yv = next(val_iter)
                 except StopIteration:
                     val_iter = iter(self.val_loader)
                     xv, yv = next(val_iter)
-                arch_loss = self.architect.step(x, y, xv, yv, lr)
-                if math.isfinite(arch_loss):
-                    totals["arch_loss"] += arch_loss
-                    arch_steps += 1
-                elif self.architect.overflowed:
-                    overflows += 1
-                else:
-                    skipped += self._non_finite(epoch, steps, "architecture")
-            self.w_optimizer.zero_grad(set_to_none=True)
-            with self.autocast(), fast.backward_once():
-                logits = model(x)
-            loss = F.cross_entropy(upcast(logits), y)
-            outcome = weight_step(loss, self.w_optimizer, weights, cfg.grad_clip, self.scaler)
-            if outcome != "ok":
-                if outcome == "overflow":
-                    overflows += 1
-                else:
-                    skipped += self._non_finite(epoch, steps, "weight")
-                model.zero_grad(set_to_none=True)
-                continue
-            model.zero_grad(set_to_none=True)  # the weight step leaves alpha gradients behind
-            steps += 1
+            self.step(x, y, xv, yv, lr, tally, i)
             images += x.shape[0]
-            totals["train_loss"] += loss.item()
-            totals["train_acc"] += accuracy(logits, y)
-            rate = images / (time.perf_counter() - t0)
-            progress.update(loss=totals["train_loss"] / steps, acc=totals["train_acc"] / steps, rate=rate)
-            if cfg.log_every and steps % cfg.log_every == 0 and self.run is not None:
-                self.run.log({"kind": "step", "epoch": epoch, "step": steps, "train_loss": loss.item()})
-        out = {k: v / max(steps, 1) for k, v in totals.items()}
-        out["arch_loss"] = totals["arch_loss"] / arch_steps if arch_on and arch_steps else None
-        out["skipped_steps"] = skipped + overflows
+            log = bool(cfg.log_every) and (i + 1) % cfg.log_every == 0
+            if log:
+                seen = self._log_point(tally, epoch, i + 1, seen)
+            progress.update(**({"loss": seen["mean_loss"], "acc": seen["mean_acc"]} if log else {}),
+                            rate=images / (time.perf_counter() - t0))  # fmt: skip
+        sums = self._log_point(tally, epoch, None, seen)
+        steps = max(sums["steps"], 1)
+        out = {"train_loss": sums["train_loss"] / steps, "train_acc": sums["train_correct"] / max(sums["images"], 1)}
+        out["arch_loss"] = sums["arch_loss"] / sums["arch_steps"] if arch_on and sums["arch_steps"] else None
+        overflows = sums["overflow"] + sums["arch_overflow"]
+        out["skipped_steps"] = round(sums["bad"] + sums["arch_bad"] + overflows)
         if self.scaler.is_enabled():  # fp16: the scalers' share of the skipped steps, and their scales now
             out.update(
-                amp_skipped_steps=overflows, loss_scale=self.scaler.get_scale(),
+                amp_skipped_steps=round(overflows), loss_scale=self.scaler.get_scale(),
                 arch_loss_scale=self.architect.scaler.get_scale(),
             )  # fmt: skip
         out.update(
@@ -399,25 +441,25 @@ class Searcher:
         )
         return out
 
+    def _log_point(self, tally: Tally, epoch: int, step: int | None, last: dict[str, float]) -> dict[str, float]:
+        """The one host read between log points, and --on-nan stop's check of the steps skipped as non-finite
+        (weight or architecture steps: the message names the first)."""
+        sums = read_log_point(tally, self.run, epoch, step, last)
+        if sums["bad"] + sums["arch_bad"] > 0:
+            w_first, a_first = sums.get("first_bad", math.inf), sums.get("arch_first_bad", math.inf)
+            which = "weight" if w_first < a_first else "architecture"  # the architecture step runs first
+            self._non_finite(epoch, round(min(w_first, a_first)) - 1, which)  # raises unless --on-nan skip
+        return sums
+
     def _non_finite(self, epoch: int, step: int, which: str) -> int:
         """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""
         return non_finite(self.cfg.on_nan, "search", which, epoch, step, self.cfg.out, "--lr/--arch-lr")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        self.model.eval()
-        loss = correct = n = 0.0
-        for x, y in self.eval_loader:
-            with self.autocast():
-                logits = upcast(self.model(x))
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += y.shape[0]
-        totals = torch.tensor([loss, correct, n], dtype=torch.float64, device=self.device)
-        all_reduce_mean([totals])  # every rank evaluated its shard: combine them (the ratio is unaffected)
-        loss, correct, n = totals.tolist()
-        self.model.train()
-        return {"valid_loss": loss / n, "valid_acc": correct / n}
+        """The supernet on the evaluation split (read once at the end; combined over torchrun ranks)."""
+        r = evaluate_model(self.model, self.eval_loader, self.autocast)
+        return {"valid_loss": r["loss"], "valid_acc": r["top1"]}
 
     def run_search(self, reporter=None) -> Genotype:
         from .progress import Reporter

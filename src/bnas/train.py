@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .cells import Cell
 from .data.folder import FolderLoader, gpu_decoding, imagenet_transform
 from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
@@ -38,39 +40,28 @@ from .errors import (
     non_finite,
 )
 from .genotype import ZOO, Genotype, get_genotype
-from .optim import SGD
 from .progress import print_results
+from .recipes import DARTS_SPACE, RECIPES
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment
 from .runtime import (
-    accuracy,
+    STEP_FIGURES,
+    Tally,
     autocast_factory,
+    compile_regions,
+    correct,
     cosine_lr,
+    device_defaults,
     evaluate,
     grad_scaler,
+    make_sgd,
+    optimizer_kind,
     pick_device,
+    read_log_point,
     set_deterministic,
     upcast,
     weight_step,
 )
 from .space import TrainedNet, build_network, count_macs, count_parameters
-
-_TRANSFER = dict(cutout=0)  # SPEC §9: MNIST, Fashion-MNIST, SVHN, smallNORB: flip (+ resize), no cutout
-# Per data set overrides of the CIFAR recipe (SPEC §9).
-RECIPES: dict[str, dict[str, Any]] = {
-    "cifar10": {},
-    "cifar100": {},
-    "synthetic": {},
-    "mnist": _TRANSFER,
-    "fashion-mnist": _TRANSFER,
-    "svhn": _TRANSFER,
-    "smallnorb": _TRANSFER,
-    "imagenet": dict(
-        epochs=250, batch_size=256, lr=0.1, weight_decay=3e-5, label_smoothing=0.1, drop_path=0.0, cutout=0,
-        init_channels=44,
-    ),
-}  # fmt: skip
-# DARTS' evaluation network (Liu et al. 2019): 20 cells of 36 initial channels, auxiliary weight 0.4.
-DARTS_SPACE = dict(init_channels=36, layers=20)
 
 
 @dataclass
@@ -281,10 +272,25 @@ class Trainer:
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile != "off":  # in place: parameter names and checkpoints stay as they are
-            self.model.compile(backend=cfg.compile)
+            compile_regions(self.model, Cell, cfg.compile)  # each cell, not the whole network
         self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
         self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 loss scaling (disabled otherwise)
-        self.optimizer = SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.optimizer = make_sgd(
+            self.model.parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.switches = {  # what this run resolved its device-dependent switches to (config.json "runtime")
+            **device_defaults(self.device, cfg.deterministic), "optimizer": optimizer_kind(self.device),
+            "channels_last": cl, "amp": self.amp_mode, "ddp": self.world > 1,
+        }  # fmt: skip
+        self.net: nn.Module = self.model  # what the training forward runs: DDP's wrapper under torchrun
+        if self.world > 1:  # bucketed gradient all-reduce overlapping backward; BatchNorm statistics: see run_training
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                broadcast_buffers=False, gradient_as_bucket_view=True,
+                find_unused_parameters=bool(cfg.auxiliary and cfg.auxiliary_weight == 0),
+            )  # fmt: skip
         self.start_epoch = 0
         self.run: RunDir | None = None
         self.history: list[dict[str, Any]] = []
@@ -419,6 +425,7 @@ class Trainer:
                     "genotype_json": self.genotype.to_json(),
                     "parameters": self.parameters,
                     "macs": self.macs,
+                    "runtime": self.switches,
                     "environment": environment(),
                 },
             )
@@ -426,54 +433,61 @@ class Trainer:
 
     # --- one epoch
     def train_epoch(self, epoch: int, progress) -> dict[str, float]:
+        """One epoch of SGD steps, none of which waits for the device: the figures accumulate in a `Tally` read
+        at log points (every `log_every` steps, the epoch's end), a non-finite step is skipped on the device
+        (no NaN reaches the weights or the momentum buffers), and --on-nan stop ends the run at the next log
+        point, keeping the last complete epoch's checkpoint."""
         cfg, model = self.cfg, self.model
         lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_warmup_epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         model.drop_prob = cfg.drop_path * epoch / cfg.epochs
         model.train()
-        loss_sum = acc_sum = 0.0
-        steps, images, skipped, t0 = 0, 0, 0, time.perf_counter()
-        overflows = 0  # fp16 steps the scaler skipped (counted in skipped_steps too)
+        tally = Tally(self.device, STEP_FIGURES)
+        images, t0, last = 0, time.perf_counter(), {}
         params = list(model.parameters())
-        for x, y in self.loaders["train"]:
+        net = self.net  # DistributedDataParallel under torchrun, the network itself otherwise
+        for i, (x, y) in enumerate(self.loaders["train"]):
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                logits = model(x)
+                logits = net(x)
             loss = F.cross_entropy(upcast(logits), y, label_smoothing=cfg.label_smoothing)
             aux = model.aux_logits
             if aux is not None and cfg.auxiliary_weight > 0:
                 aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=cfg.label_smoothing)
                 loss = loss + cfg.auxiliary_weight * aux_loss
-            # backward, average the shards, fp16 unscaling, clipping (the norm is needed anyway to find
-            # non-finite gradients: without clipping it is one cheap reduction per step), then the step
-            outcome = weight_step(loss, self.optimizer, params, cfg.grad_clip, self.scaler)
-            if outcome != "ok":  # no NaN reaches the weights or the momentum buffers
-                if outcome == "overflow":  # fp16: the scaler skipped the step and halved its scale
-                    overflows += 1
-                else:
-                    skipped += self._non_finite(epoch, steps)
-                self.optimizer.zero_grad(set_to_none=True)
-                continue
-            steps += 1
+            # backward (DDP averages the shards during it), fp16 unscaling, clipping (the norm finds non-finite
+            # gradients too), then the step, masked on the device where the loss or a gradient is not finite
+            w = weight_step(loss, self.optimizer, params, cfg.grad_clip, self.scaler, reduce=net is model)
+            bad = ~w.ok & ~w.overflow
+            tally.add(train_loss=torch.where(w.ok, loss.detach(), 0.0), train_correct=correct(logits, y) * w.ok,
+                      steps=w.ok, images=w.ok * y.shape[0], bad=bad, overflow=w.overflow)  # fmt: skip
+            tally.first("first_bad", bad, i + 1)
             images += x.shape[0]
-            loss_sum += loss.item()
-            acc_sum += accuracy(logits, y)
-            rate = images / (time.perf_counter() - t0)
-            progress.update(loss=loss_sum / steps, acc=acc_sum / steps, rate=rate)
-            if cfg.log_every and steps % cfg.log_every == 0 and self.run is not None:
-                self.run.log({"kind": "step", "epoch": epoch, "step": steps, "train_loss": loss.item()})
+            log = bool(cfg.log_every) and (i + 1) % cfg.log_every == 0
+            if log:
+                last = self._log_point(tally, epoch, i + 1, last)
+            progress.update(**({"loss": last["mean_loss"], "acc": last["mean_acc"]} if log else {}),
+                            rate=images / (time.perf_counter() - t0))  # fmt: skip
+        sums = self._log_point(tally, epoch, None, last)
         out = {
-            "train_loss": loss_sum / max(steps, 1),
-            "train_acc": acc_sum / max(steps, 1),
+            "train_loss": sums["mean_loss"],
+            "train_acc": sums["mean_acc"],
             "lr": lr,
             "drop_prob": model.drop_prob,
-            "skipped_steps": skipped + overflows,
+            "skipped_steps": round(sums["bad"] + sums["overflow"]),
             "images_per_s": images / (time.perf_counter() - t0),
         }
         if self.scaler.is_enabled():  # fp16: the scaler's share of the skipped steps, and its scale now
-            out.update(amp_skipped_steps=overflows, loss_scale=self.scaler.get_scale())
+            out.update(amp_skipped_steps=round(sums["overflow"]), loss_scale=self.scaler.get_scale())
         return out
+
+    def _log_point(self, tally: Tally, epoch: int, step: int | None, last: dict[str, float]) -> dict[str, float]:
+        """The one host read between log points, and --on-nan stop's check of the steps skipped as non-finite."""
+        sums = read_log_point(tally, self.run, epoch, step, last)
+        if sums["bad"] > 0:
+            self._non_finite(epoch, round(sums["first_bad"]) - 1)  # raises unless --on-nan skip
+        return sums
 
     def _non_finite(self, epoch: int, step: int) -> int:
         """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""

@@ -46,7 +46,7 @@ _HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "mixed precision: auto (bf16 on GPU, off on CPU), off, bf16, fp16",
     "channels_last": "channels-last memory format: auto (= on), on, off",
-    "compile": "torch.compile the network with this backend (inductor; eager to debug); off = plain PyTorch",
+    "compile": "torch.compile each cell with this backend (inductor; eager to debug); off = plain PyTorch",
     "fast": "per-source-state search cells: the same gradients as the per-edge cells, less time and memory",
     "eval_every": "evaluate the supernet on the architecture split every N epochs (0 = never)",
     "log_every": "steps between step records in metrics.jsonl",
@@ -83,6 +83,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     def default_text(name: str) -> str:
         if name in METHODS["clr"]:
             return "method default: " + ", ".join(f"{m} {v[name]}" for m, v in METHODS.items())
+        if name == "fast":
+            return "default: auto = on on the CPU, off on a GPU until benchmarks/gpu_check.py shows it pays there"
         if name == "synthetic_size":
             return f"default: {base.synthetic_size}, or more when --batch-size needs it"
         return f"default: {'all' if getattr(base, name) is None else getattr(base, name)}"

@@ -44,7 +44,7 @@ _HELP = {
     "amp": "mixed precision: auto (bf16 on GPU, off on CPU), off, bf16, fp16",
     "channels_last": "channels-last memory format: auto (= on; 1.3-2x faster on CPU too), on, off",
     "eval_batch_size": "batch size of evaluation",
-    "compile": "torch.compile the network with this backend (inductor; eager to debug); off = plain PyTorch",
+    "compile": "torch.compile each cell with this backend (inductor; eager to debug); off = plain PyTorch",
     "on_nan": "on a NaN or infinite loss or gradient: stop (keep the last complete epoch) or skip and count the step",
     "deterministic": "deterministic GPU kernels (slower; CPU runs are reproducible anyway)",
     "log_every": "steps between step records in metrics.jsonl",
@@ -75,7 +75,8 @@ _RESUMABLE = (
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from ..data.registry import DATASETS
-    from ..train import DARTS_SPACE, RECIPES, TrainConfig
+    from ..recipes import DARTS_SPACE, RECIPES
+    from ..train import TrainConfig
 
     p.add_argument("--config", type=Path, help="JSON file of options (between the recipe and the command line)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")

@@ -1,12 +1,14 @@
 """Device-resident loaders for small data sets: uint8 images on the device, augmentation as batched ops.
 
-No DataLoader, no per-image Python in the hot loop (DESIGN "fast by construction"). Randomness comes from
-a CPU `torch.Generator` owned by the loader, so a run is reproducible on any device and its position can
-be checkpointed and restored exactly (`state_dict`).
+No DataLoader, no per-image Python in the hot loop (DESIGN "fast by construction"), and nothing copied from
+the host per batch: the random numbers of shuffling and augmentation come from a `torch.Generator` on the
+images' device owned by the loader (seeded, and checkpointed and restored exactly by `state_dict`; a CPU
+run and a GPU run of one seed draw different numbers), and the normalisation constants are made once.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,12 +26,16 @@ class Augment:
     std: tuple[float, ...] | None = None
 
 
+@functools.lru_cache(maxsize=32)
+def _constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A (1, C, 1, 1) tensor of per-channel constants, copied to the device once per process."""
+    return torch.tensor(values, device=device, dtype=dtype).view(1, -1, 1, 1)
+
+
 def _normalise(x: torch.Tensor, aug: Augment, dtype: torch.dtype) -> torch.Tensor:
     x = x.to(dtype).div_(255.0)
     if aug.mean is not None and aug.std is not None:
-        mean = torch.tensor(aug.mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
-        std = torch.tensor(aug.std, device=x.device, dtype=dtype).view(1, -1, 1, 1)
-        x = x.sub_(mean).div_(std)
+        x = x.sub_(_constants(aug.mean, x.device, dtype)).div_(_constants(aug.std, x.device, dtype))
     return x
 
 
@@ -39,21 +45,21 @@ def augment_batch(x: torch.Tensor, aug: Augment, gen: torch.Generator, train: bo
     if train and aug.crop_padding > 0:
         p = aug.crop_padding
         padded = torch.nn.functional.pad(x, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=gen.device).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=gen.device).to(x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         chan = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[batch, chan, rows, cols]
     if train and aug.flip:
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=gen, device=gen.device) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     out = _normalise(x, aug, torch.float32)
     if train and aug.cutout > 0:
         half = aug.cutout // 2
-        cy = torch.randint(0, h, (n,), generator=gen).to(x.device)
-        cx = torch.randint(0, w, (n,), generator=gen).to(x.device)
+        cy = torch.randint(0, h, (n,), generator=gen, device=gen.device).to(x.device)
+        cx = torch.randint(0, w, (n,), generator=gen, device=gen.device).to(x.device)
         ys = torch.arange(h, device=x.device)[None, :]
         xs = torch.arange(w, device=x.device)[None, :]
         in_y = ((ys >= (cy - half)[:, None]) & (ys < (cy + half)[:, None]))[:, :, None]
@@ -86,7 +92,7 @@ class TensorLoader:
         self.augment, self.train, self.shuffle, self.drop_last = augment, train, shuffle, drop_last
         self.channels_last = channels_last
         self.rank, self.world = rank, world  # torchrun: every rank takes a disjoint shard of each pass
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator(device=images.device).manual_seed(seed)
 
     def _shard_size(self) -> int:
         n = self.images.shape[0]
@@ -98,7 +104,8 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.images.shape[0]
-        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        dev = self.gen.device
+        order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
         if self.world > 1:
             order = order[self.rank :: self.world][: self._shard_size()]
         order = order.to(self.images.device)

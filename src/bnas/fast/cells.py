@@ -22,6 +22,7 @@ FactorizedReduce as the modules; of fast.functions' autograd functions only `dw_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -165,6 +166,13 @@ def _shared_bn(bns: Sequence[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
 # mix_bn order: the pools, the four convolutions, then the skip (identity or FactorizedReduce)
 _COLUMNS = (_MAX, _AVG, _SEP3, _SEP5, _DIL3, _DIL5, _SKIP)
 
+
+@functools.lru_cache(maxsize=8)
+def _columns(device: torch.device) -> torch.Tensor:
+    """_COLUMNS as an index tensor on the device, made once (not copied from the host every forward)."""
+    return torch.tensor(_COLUMNS, device=device)
+
+
 # The parametric operations of all edges leaving one state run as one call each (`multi.dw_pw_multi`, on the
 # input repeated along channels), and their BatchNorms and sum as one (`multi.mix_bn_multi`). Off: one call
 # per edge and operation, as before (kept for comparison: `bnas bench search --no-batch-edges`).
@@ -207,7 +215,7 @@ def _mixed_batched(ops, x, pools, pool_stats, weights, identity: bool) -> list:
     zs = pools + [z for z, _ in convs]
     stats = pool_stats + [multi.batch_stats_multi(z, bns) for z, bns in convs]
     shared = [True, True] + [False] * len(convs)
-    columns = torch.tensor(_COLUMNS, device=weights.device)
+    columns = _columns(weights.device)
     return list(multi.mix_bn_multi(weights[:, columns], zs, stats, shared, x if identity else None))
 
 
@@ -225,7 +233,7 @@ def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Te
         return _mixed_batched(ops, x, pools, pool_stats, weights, identity)
     r = torch.relu(x)
     phases = _Phases(r)
-    columns = torch.tensor(_COLUMNS, device=weights.device)
+    columns = _columns(weights.device)
     outs = []
     for o, w in zip(ops, weights, strict=True):
         pre = [_sep_pre(o[3], r, phases), _sep_pre(o[4], r, phases), _dil_pre(o[5], r, phases)]
@@ -262,6 +270,16 @@ def _mixed_unfused(ops, x, r, phases, max_pre, avg_pre, weights) -> list:
     return outs
 
 
+def _edge_index(cell: nn.Module, src: int, device: torch.device) -> torch.Tensor:
+    """The positions of the edges leaving state `src`, as an index tensor kept on the device with the cell
+    (indexing with a Python list would copy it from the host every forward)."""
+    cache = cell.__dict__.setdefault("_bnas_edge_index", {})
+    key = (src, device)
+    if key not in cache:
+        cache[key] = torch.tensor([i for i, _ in cell.out_edges[src]], device=device)
+    return cache[key]
+
+
 def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights, edge_weights) -> torch.Tensor:
     """`Cell.forward` for a search cell, state by state: all edges leaving a state are computed together.
 
@@ -284,7 +302,7 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
         x = states[src]
         stride = 2 if cell.reduction and src < 2 else 1
         mods = [cell.edges[i] for i, _ in out_edges]
-        idx = [i for i, _ in out_edges]
+        idx = _edge_index(cell, src, op_weights.device)
         w = op_weights[idx]
         if edge_weights is not None:  # a mixed edge is linear in its op weights: scale those, not the output
             w = w * edge_weights[idx, None]

@@ -109,8 +109,10 @@ def dw_weight_grad(x: torch.Tensor, g: torch.Tensor, kernel: int, stride: int, d
     Runs on float32 CPU channels-last tensors; the batch is split across torch's intra-op threads (ctypes
     releases the GIL) and the partial sums are added.
     """
+    if x.device.type != "cpu" or x.dtype != torch.float32 or g.dtype != torch.float32:
+        return None  # before `library()`: a GPU run never builds the kernel
     lib = library()
-    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or g.dtype != torch.float32:
+    if lib is None:
         return None
     n, c, h, w = x.shape
     ho, wo = g.shape[-2:]
