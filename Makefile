@@ -23,8 +23,8 @@ data:
 	  || echo "note: could not install Debian's dataset-fashion-mnist; real-data tests will be skipped"; fi
 
 lint: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test: venv data lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
