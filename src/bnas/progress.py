@@ -158,12 +158,18 @@ def print_results(results: dict[str, Any], print_fn=print) -> None:
     fe = results["final_epoch"]
     lines = [
         "",
-        f"== train finished: {results['genotype']} on {results['dataset']}, {results['epochs']} epochs, "
+        f"== train finished: {results['genotype']} on {results['dataset']}, {results['epochs']:g} epochs, "
         f"{results['train_s'] / 60:.1f} min ==",
         f"network: {results['parameters']:,} parameters, {results['macs_per_image']:,} multiply-accumulates per image",
         f"final epoch: test top-1 {fe['test_top1']:.4f}, top-5 {fe['test_top5']:.4f} "
         f"({results['images']['test']} test images)",
     ]
+    if "budget" in results:
+        b = results["budget"]
+        lines.append(
+            f"budget {b['budget_s']:.0f} s: {b['total_steps']} steps planned from {b['step_s'] * 1000:.0f} ms/step, "
+            f"{b['wall_s']:.0f} s used (training and the final evaluation)"
+        )
     if "selected_on_val" in results:
         s = results["selected_on_val"]
         lines.append(

@@ -11,6 +11,7 @@ test split; `val_split` holds out part of the training set, and only that split 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .budget import BudgetClock, BudgetPlan, parse_duration, reserve_s
 from .cells import Cell
-from .data.folder import FolderLoader, gpu_decoding, imagenet_transform
 from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
-from .data.registry import DATASETS, DatasetSpec, get_dataset, load_split, training_images_needed
+from .data.registry import DATASETS, DatasetSpec, get_dataset, training_images_needed
+from .data.train_data import train_loaders
 from .dist import NullRun, broadcast_buffers, rank_world
 from .errors import (
     ConfigError,
@@ -80,6 +82,7 @@ class TrainConfig:
     workers: int = 4  # decoding workers of image-folder data sets
     decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
     epochs: int = 600
+    budget: str | None = None  # train for this long instead of --epochs ("90s", "20m", "1h"): budget.py
     batch_size: int = 128
     init_channels: int = 48
     layers: int = 6  # N convolution-block cells (bcnn) or cells (darts)
@@ -117,6 +120,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}")
         given = {k: v for k, v in overrides.items() if v is not None}
+        if "budget" in given and "epochs" in given:
+            raise ConfigError("--budget and --epochs cannot be given together: a budget sizes the epochs itself")
         dataset = given.get("dataset", cls.dataset)
         check_choice("dataset", dataset, list(DATASETS))
         values: dict[str, Any] = dict(RECIPES.get(dataset, {}))
@@ -162,6 +167,8 @@ class TrainConfig:
             check_float(name, getattr(self, name), 0.0)
         for name in ("momentum", "drop_path", "label_smoothing", "val_split"):
             check_float(name, getattr(self, name), 0.0, 1.0)
+        if self.budget is not None:
+            parse_duration(self.budget)
         check_device(self.device)
         check_compile(self.compile)
         check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
@@ -298,64 +305,25 @@ class Trainer:
         self.loaders: dict[str, TensorLoader] = {}
         if load_data:
             self._load_data()
+        self.clock: BudgetClock | None = None  # --budget: sizes the schedule by measured throughput
+        if cfg.budget is not None and load_data:
+            per_epoch = len(self.loaders["train"])
+            plan = BudgetPlan(parse_duration(cfg.budget), per_epoch, warmup_steps=cfg.lr_warmup_epochs * per_epoch)
+            self.clock = BudgetClock(plan, self._sync, self._reserve_s)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _reserve_s(self) -> float:
+        return reserve_s(self.model, self.loaders["test"], self.autocast, self.sizes["test"], self._sync)
 
     # --- data
-    def _load_folders(self) -> None:
-        """ImageNet: decoding workers, SPEC §9 transforms, a disjoint shard per torchrun rank."""
-        cfg, (train, _), (val, _) = self.cfg, self._folders["train"], self._folders["val"]
-        if cfg.subset is not None:
-            train = train[: cfg.subset]
-        if cfg.test_subset is not None:
-            val = val[: cfg.test_subset]
-        kw = dict(device=self.device, workers=cfg.workers, rank=self.rank, world=self.world,
-                  channels_last=self.channels_last, decode_device=gpu_decoding(cfg.decode, self.device))  # fmt: skip
-        self.loaders["train"] = FolderLoader(
-            train, imagenet_transform(cfg.image_size, train=True), cfg.batch_size, seed=cfg.seed, **kw
-        )
-        self.loaders["test"] = FolderLoader(
-            val, imagenet_transform(cfg.image_size, train=False), cfg.eval_batch_size, shuffle=False,
-            drop_last=False, **kw,
-        )  # fmt: skip
-        if len(self.loaders["train"]) == 0:
-            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images")
-        self.sizes = {"train": len(train), "test": len(val)}
-
     def _load_data(self) -> None:
-        cfg, spec = self.cfg, self.spec
-        if self._folders is not None:
-            return self._load_folders()
-        kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download)
-        train = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
-        test = load_split(cfg.dataset, cfg.data_dir, train=False, subset=cfg.test_subset, **kw)
-        images, labels = train.images, train.labels
-        splits = {"test": (test.images, test.labels)}
-        if cfg.val_split > 0:
-            n_val = round(images.shape[0] * cfg.val_split)
-            if not 0 < n_val < images.shape[0]:
-                raise ConfigError(
-                    f"--val-split {cfg.val_split} of {images.shape[0]} training images leaves a split empty"
-                )
-            perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
-            splits["val"] = (images[perm[:n_val]], labels[perm[:n_val]])
-            images, labels = images[perm[n_val:]], labels[perm[n_val:]]
-        if images.shape[0] < cfg.batch_size:
-            raise ConfigError(
-                f"--batch-size {cfg.batch_size} is larger than the {images.shape[0]} training images; "
-                "lower --batch-size or use more data"
-            )
-        self.sizes = {"train": images.shape[0], **{k: v[0].shape[0] for k, v in splits.items()}}
-        aug = dataclasses.replace(spec.train_augment, cutout=cfg.cutout)
-        dev, cl = self.device, self.channels_last
-        shard = dict(rank=self.rank, world=self.world)  # torchrun: every rank a disjoint shard of each pass
-        self.loaders["train"] = TensorLoader(
-            images.to(dev), labels.to(dev), cfg.batch_size, aug, drop_last=True, seed=cfg.seed, channels_last=cl,
-            **shard,
-        )  # fmt: skip
-        for name, (x, y) in splits.items():
-            self.loaders[name] = TensorLoader(
-                x.to(dev), y.to(dev), cfg.eval_batch_size, spec.eval_augment, train=False, shuffle=False,
-                channels_last=cl, **shard,
-            )  # fmt: skip
+        loaders, self.sizes = train_loaders(
+            self.cfg, self.spec, self.device, self.channels_last, self.rank, self.world, self._folders
+        )
+        self.loaders.update(loaders)
 
     # --- state
     def meta(self) -> dict[str, Any]:
@@ -385,6 +353,7 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "best_val": self.best_val,
+            "budget": self.clock.plan.state() if self.clock is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -397,6 +366,8 @@ class Trainer:
         if state.get("rng_cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.best_val = state.get("best_val")
+        if self.clock is not None and state.get("budget"):
+            self.clock.plan = BudgetPlan.from_state(state["budget"])
         self.start_epoch = state["epoch"] + 1
 
     def open_run(self) -> RunDir:
@@ -437,17 +408,23 @@ class Trainer:
         at log points (every `log_every` steps, the epoch's end), a non-finite step is skipped on the device
         (no NaN reaches the weights or the momentum buffers), and --on-nan stop ends the run at the next log
         point, keeping the last complete epoch's checkpoint."""
-        cfg, model = self.cfg, self.model
+        cfg, model, clock = self.cfg, self.model, self.clock
         lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_warmup_epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         model.drop_prob = cfg.drop_path * epoch / cfg.epochs
         model.train()
+        per_epoch = len(self.loaders["train"])
         tally = Tally(self.device, STEP_FIGURES)
         images, t0, last = 0, time.perf_counter(), {}
         params = list(model.parameters())
         net = self.net  # DistributedDataParallel under torchrun, the network itself otherwise
         for i, (x, y) in enumerate(self.loaders["train"]):
+            if clock is not None:  # a budget: the schedule is per step, by progress (budget.py)
+                lr = clock.plan.lr(epoch * per_epoch + i, cfg.lr, cfg.lr_min)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                model.drop_prob = cfg.drop_path * clock.plan.progress(epoch * per_epoch + i)
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 logits = net(x)
@@ -467,9 +444,15 @@ class Trainer:
             log = bool(cfg.log_every) and (i + 1) % cfg.log_every == 0
             if log:
                 last = self._log_point(tally, epoch, i + 1, last)
+                if clock is not None:
+                    clock.log_point(epoch * per_epoch + i + 1)
             progress.update(**({"loss": last["mean_loss"], "acc": last["mean_acc"]} if log else {}),
                             rate=images / (time.perf_counter() - t0))  # fmt: skip
+            if clock is not None and clock.step_done(epoch * per_epoch + i + 1):
+                break  # the budget's last step: a partial epoch
         sums = self._log_point(tally, epoch, None, last)
+        if clock is not None:  # the epoch's end is a log point too (and holds its overheads: evaluation...)
+            clock.log_point(epoch * per_epoch + i + 1)
         out = {
             "train_loss": sums["mean_loss"],
             "train_acc": sums["mean_acc"],
@@ -503,10 +486,14 @@ class Trainer:
 
         reporter = reporter or Reporter(quiet=self.cfg.quiet)
         run = self.run or self.open_run()
-        cfg = self.cfg
-        for epoch in range(self.start_epoch, cfg.epochs):
+        cfg, clock, per_epoch = self.cfg, self.clock, len(self.loaders["train"])
+        if clock is not None:
+            clock.start(self.start_epoch * per_epoch)
+        epoch = self.start_epoch
+        while (clock.plan.done(epoch * per_epoch) is False) if clock is not None else epoch < cfg.epochs:
             t0 = time.perf_counter()
-            with reporter.epoch(epoch, cfg.epochs, len(self.loaders["train"])) as progress:
+            shown = math.ceil(clock.plan.epochs()) or epoch + 1 if clock is not None else cfg.epochs
+            with reporter.epoch(epoch, shown, per_epoch) as progress:
                 stats = self.train_epoch(epoch, progress)
             broadcast_buffers(self.model)  # every rank keeps rank 0's BatchNorm statistics, as DDP does
             if "val" in self.loaders:
@@ -516,11 +503,22 @@ class Trainer:
                     self.best_val = {"epoch": epoch, **val}
                     self._save_weights(run.path / "best.pt", epoch)
             record = {"kind": "epoch", "epoch": epoch, **stats, "epoch_s": time.perf_counter() - t0}
+            if clock is not None:
+                clock.plan.spent_s = clock.elapsed()  # what a resume from this checkpoint has spent
+                record.update(budget_progress=clock.plan.progress((epoch + 1) * per_epoch),
+                              planned_epochs=clock.plan.epochs())  # fmt: skip
             run.save_checkpoint(self.state_dict(epoch))  # checkpoint first (atomic), then the record
             run.log(record)
             self.history.append(record)
             reporter.epoch_done(record, None)
+            epoch += 1
+        if clock is not None:  # the epochs the budget resolved to, in config.json as in results.json
+            cfg.epochs = epoch
+            run.update_config({"epochs": epoch, "budget_plan": clock.plan.state()})
         results = self.results()
+        if clock is not None:
+            results["budget"] = {**clock.plan.state(), "epochs": clock.plan.epochs(), "wall_s": clock.elapsed()}
+            results["epochs"] = clock.plan.epochs()
         run.write_json("results.json", results)
         run.write_json("summary.json", {"command": "train", **results})
         print_results(results, reporter.print)

@@ -21,6 +21,8 @@ _HELP = {
     "val_split": "share of the training set held out for model selection (0 = none; the test split never selects)",
     "synthetic_size": "number of training images of --dataset synthetic",
     "epochs": "training epochs",
+    "budget": "train for this long instead of --epochs (90s, 20m, 1h, 1h30m): the schedule (epochs, learning "
+    "rate, drop-path) is sized from the measured step time to end, final evaluation included, within it",
     "batch_size": "training batch size",
     "init_channels": "C, initial channels",
     "layers": "N, convolution-block cells (bcnn) or cells (darts)",
@@ -89,6 +91,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if name in DARTS_SPACE:
             per += f"{', ' if per else ''}darts-space genotypes {DARTS_SPACE[name]}"
         default = getattr(base, name)
+        if name == "budget":
+            return "default: none, --epochs decides"
         if name == "synthetic_size":
             default = f"{default}, or more when --batch-size needs it"
         return f"default: {'all' if default is None else default}" + (f"; {per}" if per else "")
