@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,26 @@ def derive(
     """A Genotype from the two cell types' alphas (and betas)."""
     b = betas if betas is not None else (None, None)
     return Genotype(derive_cell(alphas[0], b[0]), derive_cell(alphas[1], b[1]), space)
+
+
+def sample_cell(rng: random.Random, steps: int = 4) -> CellGenotype:
+    """A cell drawn uniformly from what derivation can produce: per node two distinct inputs (in either order,
+    as derivation orders them by weight), each with one of the operations other than `none`."""
+    ops = [op for op in PRIMITIVES if op != "none"]
+    edges: list[tuple[str, int]] = []
+    for node in range(steps):
+        for src in rng.sample(range(node + 2), 2):
+            edges.append((rng.choice(ops), src))
+    return CellGenotype(tuple(edges), tuple(range(2, 2 + steps)))
+
+
+def sample_genotype(space: str = "bcnn", seed: int = 0) -> Genotype:
+    """A random baseline of the search space (both cells), reproducible by seed and independent of torch's
+    random state: the cells a search has to beat (Li & Talwalkar 2019; Yang et al. 2020)."""
+    if space not in CELL_NAMES:
+        raise GenotypeError(f"unknown search space {space!r}; known: {', '.join(CELL_NAMES)}")
+    rng = random.Random(f"bnas-genotype-{space}-{seed}")
+    return Genotype(sample_cell(rng), sample_cell(rng), space)
 
 
 def _g(spec: str) -> tuple[tuple[str, int], ...]:

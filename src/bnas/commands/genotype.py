@@ -1,4 +1,4 @@
-"""`bnas genotype show|list|plot`: the bundled genotypes and found ones, as text, JSON or a drawing."""
+"""`bnas genotype show|list|plot|sample`: the bundled genotypes and found ones, as text, JSON or a drawing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ def cmd_genotype(args: argparse.Namespace) -> int:
             free = entry.genotype.parameter_free()
             print(f"{name:<20} {entry.genotype.space:<6} {entry.source}")
             print(f"{'':<20} parameter-free ops {free}" + (f"; reported: {entry.reported}" if entry.reported else ""))
+        return 0
+    if args.genotype_cmd == "sample":
+        from ..errors import check_int, check_output
+        from ..genotype import sample_genotype
+
+        check_int("seed", args.seed, 0)
+        g = sample_genotype(args.space, args.seed)
+        print(f"random {g.space} cells, seed {args.seed}")
+        print(g.describe())
+        if args.output is not None:
+            check_output("--output", args.output, directory=False)
+            g.save(args.output)
+            print(f"wrote {args.output} (train it with bnas train --genotype {args.output})")
         return 0
     g = get_genotype(args.name)
     if args.genotype_cmd == "show":
@@ -44,4 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     plot.add_argument("name", help="bundled genotype name or genotype.json / run directory")
     plot.add_argument("-o", "--output", type=Path, default=Path("cell.svg"), help="file to write: .svg, .png or .pdf")
     plot.add_argument("--engine", choices=["auto", "dot", "matplotlib"], default="auto", help="drawing program")
+    sample = gsub.add_parser(
+        "sample", help="draw a random cell pair of a search space (the baseline a search has to beat)",
+        description="Draw both cells uniformly from what derivation can produce: per node two distinct inputs, "
+        "each with an operation other than none. The same --seed gives the same cells.",
+    )  # fmt: skip
+    sample.add_argument("--space", choices=["bcnn", "darts"], default="bcnn", help="search space (default bcnn)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("-o", "--output", type=Path, help="write the genotype as JSON to this file")
     g.set_defaults(func=cmd_genotype)
