@@ -70,6 +70,7 @@ def _search_reads(tmp_path, images: int, **kw) -> tuple[int, Counter]:
         dict(method="clr", order=2, hvp="exact"),
         dict(method="pc", order=1),
         dict(method="bnas-d", order=1),
+        dict(method="random"),
         dict(method="clr", order=1, amp="fp16"),
         dict(method="clr", order=1, fast=False),
         dict(method="clr", order=1, arch_grad_clip=1.0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from .errors import (
 )
 from .genotype import Genotype
 from .ops import PRIMITIVES
+from .random_search import candidates, epoch_paths, select
 from .runs import RunDir, environment
 from .runtime import (
     STEP_FIGURES,
@@ -63,15 +65,20 @@ from .space import SpaceConfig, SuperNet
 METHODS: dict[str, dict[str, Any]] = {
     "bnas-d": dict(
         batch_size=256, lr=0.025, lr_min=0.001, arch_lr=3e-4, enhance_cells=2, arch_start_epoch=0,
-        partial_k=1, edge_norm=False, clr_power=0.0,
+        partial_k=1, edge_norm=False, clr_power=0.0, arch_search="gradient",
     ),
     "clr": dict(
         batch_size=256, lr=0.1, lr_min=0.0, arch_lr=3e-4, enhance_cells=1, arch_start_epoch=0,
-        partial_k=1, edge_norm=False, clr_power=2.0,
+        partial_k=1, edge_norm=False, clr_power=2.0, arch_search="gradient",
     ),
     "pc": dict(
         batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-4, enhance_cells=1, arch_start_epoch=15,
-        partial_k=4, edge_norm=True, clr_power=0.0,
+        partial_k=4, edge_norm=True, clr_power=0.0, arch_search="gradient",
+    ),
+    # random search with weight sharing (random_search.py) on CLR's supernet: no architecture step at all
+    "random": dict(
+        batch_size=256, lr=0.025, lr_min=0.001, arch_lr=3e-4, enhance_cells=1, arch_start_epoch=0,
+        partial_k=1, edge_norm=False, clr_power=0.0, arch_search="random",
     ),
 }  # fmt: skip
 
@@ -122,6 +129,8 @@ class SearchConfig:
     arch_grad_clip: float = 0.0  # 0 = off (ImageNet search clips to 5)
     clr_power: float = 2.0  # 0 = constant architecture learning rate (no CLR)
     arch_start_epoch: int = 0  # warm-up: architecture updates start at this epoch
+    arch_search: str = "gradient"  # gradient (architecture steps) | random (random search with weight sharing)
+    random_candidates: int = 8  # random: sampled cells scored on the architecture split at each epoch's end
     train_portion: float = 0.5
     seed: int = 0
     device: str = "auto"
@@ -182,10 +191,11 @@ class SearchConfig:
             ("method", list(METHODS)), ("space", ["bcnn", "darts"]), ("dataset", [*DATASETS, "imagenet-subset"]),
             ("order", [1, 2]), ("hvp", ["fd", "exact"]), ("decode", ["pil", "gpu"]),
             ("amp", ["auto", "off", "bf16", "fp16"]), ("channels_last", ["auto", "on", "off"]),
-            ("on_nan", ["stop", "skip"]),
+            ("on_nan", ["stop", "skip"]), ("arch_search", ["gradient", "random"]),
         ):  # fmt: skip
             check_choice(name, getattr(self, name), choices)
-        for name in ("epochs", "batch_size", "init_channels", "layers", "partial_k", "synthetic_size", "hessian_iters"):
+        for name in ("epochs", "batch_size", "init_channels", "layers", "partial_k", "synthetic_size", "hessian_iters",
+                     "random_candidates"):  # fmt: skip
             check_int(name, getattr(self, name), 1)
         for name in ("workers", "lr_warmup_epochs", "arch_start_epoch", "eval_every", "log_every", "hessian_every"):
             check_int(name, getattr(self, name), 0)
@@ -311,6 +321,9 @@ class Searcher:
             "cells": "fast" if self.model.backend is not None else "plain", "channels_last": cl,
             "amp": self.amp_mode, "native_kernel": self.device.type == "cpu",
         }  # fmt: skip
+        self.path_rng = random.Random(f"bnas-paths-{cfg.seed}")  # random search: one architecture per step
+        self._candidates = candidates(cfg.space, cfg.seed, cfg.random_candidates)
+        self._selected: Genotype | None = None
         self.start_epoch = 0
         self.run: RunDir | None = None
         self._resume = resume
@@ -338,7 +351,8 @@ class Searcher:
             "val_loader": self.val_loader.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "genotype": self.model.genotype().to_json(),
+            "genotype": self.genotype().to_json(),
+            "path_rng": self.path_rng.getstate(),  # random search: the architectures of the next epochs
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -353,7 +367,15 @@ class Searcher:
         torch.set_rng_state(state["rng_cpu"])
         if state.get("rng_cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if state.get("path_rng") is not None:  # (a checkpoint may hold getstate()'s tuples as lists)
+            version, internal, gauss = state["path_rng"]
+            self.path_rng.setstate((version, tuple(internal), gauss))
+            self._selected = Genotype.from_json(state["genotype"])
         self.start_epoch = state["epoch"] + 1
+
+    def genotype(self) -> Genotype:
+        """The run's current genotype: derived from the alphas, or (random search) the best scored candidate."""
+        return self._selected if self.cfg.arch_search == "random" and self._selected else self.model.genotype()
 
     def check_data(self) -> None:
         n = min(self._split_sizes)
@@ -404,7 +426,8 @@ class Searcher:
         lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_warmup_epochs)
         for group in self.w_optimizer.param_groups:
             group["lr"] = lr
-        arch_on = epoch >= cfg.arch_start_epoch
+        arch_on = epoch >= cfg.arch_start_epoch and cfg.arch_search == "gradient"
+        paths = epoch_paths(model, self.path_rng, len(self.train_loader)) if cfg.arch_search == "random" else None
         self.architect.set_lr(clr_arch_lr(cfg.arch_lr, epoch, cfg.epochs, cfg.clr_power))
         model.train()
         tally = Tally(self.device, SearchStep.FIGURES)
@@ -418,6 +441,8 @@ class Searcher:
                 except StopIteration:
                     val_iter = iter(self.val_loader)
                     xv, yv = next(val_iter)
+            if paths is not None:  # random search: this step trains one uniformly drawn architecture
+                model.path = paths[i]
             self.step(x, y, xv, yv, lr, tally, i)
             images += x.shape[0]
             log = bool(cfg.log_every) and (i + 1) % cfg.log_every == 0
@@ -476,7 +501,12 @@ class Searcher:
             if cfg.hessian_every and ((epoch + 1) % cfg.hessian_every == 0 or epoch + 1 == cfg.epochs):
                 t1 = time.perf_counter()
                 stats.update(hessian_eig=self.hessian_eigenvalue(epoch), hessian_s=time.perf_counter() - t1)
-            genotype = self.model.genotype()
+            if cfg.arch_search == "random":  # the candidates on the architecture split (all of it at the end)
+                last = epoch + 1 == cfg.epochs
+                self._selected, scores = select(self.model, self.val_loader, self._candidates, self.autocast,
+                                                None if last else 4)  # fmt: skip
+                stats["candidate_acc"] = scores
+            genotype = self.genotype()
             record = {
                 "kind": "epoch",
                 "epoch": epoch,
@@ -495,7 +525,7 @@ class Searcher:
             run.save_checkpoint(self.state_dict(epoch))
             self.history.append(record)
             reporter.epoch_done(record, genotype)
-        genotype = self.model.genotype()
+        genotype = self.genotype()
         genotype.save(run.path / "genotype.json")
         last = self.history[-1] if self.history else {}
         summary = {

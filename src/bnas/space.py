@@ -87,6 +87,7 @@ class SuperNet(nn.Module):
             if cfg.edge_norm:
                 self.arch[f"beta_{kind}"] = nn.Parameter(1e-3 * torch.randn(n_edges))
         self._node_slices = [(sum(range(2, n + 2)), n + 2) for n in range(cfg.steps)]
+        self.path: dict[str, torch.Tensor] | None = None  # op weights used instead of the alphas' (path_weights)
         self.backend = backend
         if backend is not None:
             backend.adopt(self.net)
@@ -106,7 +107,21 @@ class SuperNet(nn.Module):
         b = _at_least_fp32(betas)
         return torch.cat([torch.softmax(b[s : s + n], dim=-1) for s, n in self._node_slices])
 
+    def path_weights(self, genotype: Genotype) -> dict[str, torch.Tensor]:
+        """A genotype's cells as one-hot op weights on this supernet (its edges' rows; other rows are zero): set
+        as `path`, the supernet computes that architecture with the shared weights (one-shot evaluation)."""
+        out = {}
+        device = self.arch[f"alpha_{self.cell_types[0]}"].device
+        for kind, cell in zip(self.cell_types, (genotype.first, genotype.second), strict=True):
+            w = torch.zeros(self.arch[f"alpha_{kind}"].shape)
+            for (node, src), (op, _) in zip(cell.node_edges(), cell.edges, strict=True):
+                w[self._node_slices[node][0] + src, PRIMITIVES.index(op)] = 1.0
+            out[kind] = w.to(device)
+        return out
+
     def weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        if self.path is not None:  # a fixed architecture on the shared weights (random search, one-shot evaluation)
+            return {kind: (self.path[kind], None) for kind in self.cell_types}
         # softmaxes in fp32 even under autocast: the alphas are small and their differences matter
         out = {}
         for kind in self.cell_types:

@@ -1,0 +1,59 @@
+"""`bnas search --method random`: random search with weight sharing, the strong baseline of a NAS study."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from bnas.cli import main
+from bnas.genotype import get_genotype, sample_genotype
+from bnas.search import SearchConfig, Searcher
+from bnas.space import SpaceConfig, SuperNet
+
+KW = dict(dataset="synthetic", synthetic_size=32, batch_size=8, init_channels=4, eval_every=0, quiet=True,
+          device="cpu", random_candidates=3)  # fmt: skip
+
+
+def test_path_weights_are_the_genotypes_edges():
+    net = SuperNet(SpaceConfig(channels=4))
+    g = sample_genotype("bcnn", 5)
+    path = net.path_weights(g)
+    for kind, cell in zip(net.cell_types, (g.first, g.second), strict=True):
+        w = path[kind]
+        assert w.shape == net.arch[f"alpha_{kind}"].shape and w.sum() == 8 and set(w.unique().tolist()) == {0.0, 1.0}
+        rows = (w.sum(1) > 0).nonzero().flatten().tolist()
+        starts = [0, 2, 5, 9]
+        assert sorted(rows) == sorted(starts[n] + s for n, s in cell.node_edges())
+    net.path = path
+    x = torch.randn(2, 3, 16, 16)
+    before = net(x)
+    with torch.no_grad():  # the alphas no longer matter: the path decides
+        for a in net.arch_parameters():
+            a.normal_()
+    assert torch.allclose(before, net(x))
+
+
+def test_random_search_trains_weights_only_and_picks_a_candidate(tmp_path):
+    searcher = Searcher(SearchConfig.resolve("random", epochs=2, out=str(tmp_path / "r"), **KW))
+    alphas = [a.detach().clone() for a in searcher.model.arch_parameters()]
+    weights = [w.detach().clone() for w in searcher.model.weight_parameters()]
+    g = searcher.run_search()
+    assert all(torch.equal(a, b) for a, b in zip(alphas, searcher.model.arch_parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights, searcher.model.weight_parameters(), strict=True))
+    assert g in searcher._candidates and get_genotype(str(tmp_path / "r" / "genotype.json")) == g
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    assert len(epochs) == 2 and all(len(r["candidate_acc"]) == 3 for r in epochs)
+    assert epochs[-1]["arch_loss"] is None and searcher.model.path is None
+
+
+def test_random_search_resumes_exactly(tmp_path):
+    straight = Searcher(SearchConfig.resolve("random", epochs=2, out=str(tmp_path / "a"), **KW))
+    straight.run_search()
+    first = Searcher(SearchConfig.resolve("random", epochs=1, out=str(tmp_path / "b"), **KW))
+    first.run_search()
+    assert main(["search", "--resume", str(tmp_path / "b"), "--epochs", "2", "--quiet"]) == 0
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, state["model"][k]), k
