@@ -72,6 +72,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         partial_k=2, edge_norm=True, batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-3, arch_start_epoch=35,
         arch_grad_clip=5.0, clr_power=0.0, enhance_cells=1,
     ),
+    "folder": dict(image_size=0),  # your own images: the size from the tree (data/userfolder.py)
 }  # fmt: skip
 
 
@@ -86,7 +87,10 @@ class SearchConfig:
     download: bool = False  # fetch a missing data set with torchvision (where the network allows)
     subset: int | None = None  # first N training images only (quick runs)
     synthetic_size: int = 512
-    image_size: int = 224  # input resolution of image-folder data sets (imagenet-subset)
+    image_size: int = 224  # input resolution of image-folder data sets (imagenet-subset; folder: 0 = from the images)
+    test_split: float = 0.2  # folder without test/: share of each class held out (never searched on)
+    cache_dir: str | None = None  # folder: where the decoded images are cached (default: DIR/.bnas-cache)
+    skip_bad: bool = False  # folder: leave unreadable images out (counted in the run) instead of stopping
     workers: int = 4  # decoding workers of image-folder data sets
     decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
     epochs: int = 50
@@ -161,6 +165,7 @@ class SearchConfig:
         """Every option once: its type, a finite value in its range, a known choice, a device and paths that
         exist. Raises ConfigError with one sentence naming the option."""
         from .data.registry import DATASETS
+        from .data.userfolder import check_folder_options
 
         def bad(msg: str) -> None:
             raise ConfigError(msg)
@@ -177,7 +182,10 @@ class SearchConfig:
             check_int(name, getattr(self, name), 1)
         for name in ("workers", "lr_warmup_epochs", "arch_start_epoch", "eval_every", "log_every", "hessian_every"):
             check_int(name, getattr(self, name), 0)
-        check_int("image_size", self.image_size, 32)
+        if self.dataset == "folder":
+            check_folder_options(self)
+        else:
+            check_int("image_size", self.image_size, 32)
         check_int("subset", self.subset, 1, optional=True)
         check_int("blocks", self.blocks, 2 if self.space == "bcnn" else 1)
         check_int("enhance_cells", self.enhance_cells, 1)
@@ -244,6 +252,7 @@ class Searcher:
         data = search_data(cfg, self.device, cl)
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
+        self.data_info = data.info  # --dataset folder: the tree, split and statistics (config.json "data")
         space = cfg.space_config(data.num_classes, data.in_channels, data.stem)
         self.model = SuperNet(space, cfg.backend()).to(self.device)
         if cl:
@@ -332,7 +341,13 @@ class Searcher:
             (self.run.path / "genotypes").mkdir(exist_ok=True)
             self.run.write_json(
                 "config.json",
-                {"command": "search", **cfg.to_json(), "counts": self.counts(), "environment": environment()},
+                {
+                    "command": "search",
+                    **cfg.to_json(),
+                    "counts": self.counts(),
+                    **({"data": self.data_info} if self.data_info else {}),
+                    "environment": environment(),
+                },  # fmt: skip
             )
             self.run.append("alphas.jsonl", self.alpha_record(-1))  # the starting point of the evolution plots
         return self.run

@@ -24,6 +24,8 @@ from .data.folder import FolderLoader, gpu_decoding, imagenet_transform
 from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
 from .data.registry import DATASETS, DatasetSpec, get_dataset, load_split, training_images_needed
+from .data.userdata import open_user_folder, stream_train_loaders
+from .data.userfolder import check_folder_options
 from .dist import NullRun, broadcast_buffers, rank_world
 from .errors import (
     ConfigError,
@@ -64,6 +66,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fashion-mnist": _TRANSFER,
     "svhn": _TRANSFER,
     "smallnorb": _TRANSFER,
+    "folder": dict(_TRANSFER, image_size=0),  # your own images (data/userfolder.py): flip, the tree's statistics
     "imagenet": dict(
         epochs=250, batch_size=256, lr=0.1, weight_decay=3e-5, label_smoothing=0.1, drop_path=0.0, cutout=0,
         init_channels=44,
@@ -84,8 +87,11 @@ class TrainConfig:
     subset: int | None = None  # first N training images only (quick runs)
     test_subset: int | None = None  # first N test images only (quick runs; results.json says how many)
     val_split: float = 0.0  # share of the training set held out for model selection (0 = none)
+    test_split: float = 0.2  # folder without test/: share of each class held out as the test split
+    cache_dir: str | None = None  # folder: where the decoded images are cached (default: DIR/.bnas-cache)
+    skip_bad: bool = False  # folder: leave unreadable images out (counted in the run) instead of stopping
     synthetic_size: int = 512
-    image_size: int = 224  # input resolution of image-folder data sets (imagenet)
+    image_size: int = 224  # input resolution of image-folder data sets (imagenet; folder: 0 = from the images)
     workers: int = 4  # decoding workers of image-folder data sets
     decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
     epochs: int = 600
@@ -161,7 +167,10 @@ class TrainConfig:
             check_int(name, getattr(self, name), 1)
         for name in ("workers", "lr_warmup_epochs", "cutout", "threads", "log_every"):
             check_int(name, getattr(self, name), 0)
-        check_int("image_size", self.image_size, 32)
+        if self.dataset == "folder":
+            check_folder_options(self)
+        else:
+            check_int("image_size", self.image_size, 32)
         check_int("blocks", self.blocks, 2)
         check_int("enhance_cells", self.enhance_cells, 1)
         for name in ("subset", "test_subset"):
@@ -231,7 +240,7 @@ def network_for(cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_cla
         enhance=cfg.enhance_cells,
         num_classes=num_classes or spec.num_classes,
         in_channels=spec.in_channels,
-        stem="imagenet" if cfg.dataset == "imagenet" else "cifar",
+        stem=spec.stem,
         blocks=cfg.blocks,
         auxiliary=cfg.auxiliary,
     )
@@ -256,7 +265,7 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if cfg.deterministic:
             set_deterministic()
-        self.spec = get_dataset(cfg.dataset)
+        self.spec = open_user_folder(cfg, self.device) if cfg.dataset == "folder" else get_dataset(cfg.dataset)
         saved_genotype = None
         if resume:  # the run's own genotype, even if the file it came from has changed since
             saved_genotype = RunDir(cfg.out).read_json("config.json").get("genotype_json")
@@ -318,7 +327,10 @@ class Trainer:
         cfg, spec = self.cfg, self.spec
         if self._folders is not None:
             return self._load_folders()
-        kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download)
+        if getattr(spec.source, "streaming", False):  # a folder too large for memory: decoding workers
+            self.loaders, self.sizes = stream_train_loaders(spec, cfg, self.device, self.channels_last, *rank_world())
+            return
+        kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download, spec=spec)
         train = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
         test = load_split(cfg.dataset, cfg.data_dir, train=False, subset=cfg.test_subset, **kw)
         images, labels = train.images, train.labels
@@ -362,6 +374,8 @@ class Trainer:
             "size": self.size,
             "mean": aug.mean,
             "std": aug.std,
+            "stem": self.spec.stem,
+            "classes": list(self.spec.classes) if self.spec.classes else None,
             "parameters": self.parameters,
             "macs": self.macs,
         }
@@ -419,6 +433,7 @@ class Trainer:
                     "genotype_json": self.genotype.to_json(),
                     "parameters": self.parameters,
                     "macs": self.macs,
+                    **({"data": self.spec.info} if self.spec.info else {}),
                     "environment": environment(),
                 },
             )

@@ -10,11 +10,16 @@ from ._options import add_config_options, command_line_options, read_config_file
 
 _HELP = {
     "space": "search space: the broad network (bcnn) or the DARTS stack (darts)",
-    "dataset": "data set to search on",
+    "dataset": "data set to search on (folder: your own images, --data-dir DIR/CLASS/*.png|jpg|...)",
     "data_dir": "directory holding the data set files",
     "download": "download a missing data set with torchvision where the network allows it",
     "subset": "use only the first N training images (quick runs)",
-    "image_size": "input resolution of image-folder data sets (imagenet-subset)",
+    "image_size": "input resolution of image-folder data sets (imagenet-subset; folder: 0 = the median image side "
+    "rounded to 32, 64 or 96 for small images; the CIFAR stem up to 64 px, the ImageNet stem above)",
+    "test_split": "folder without test/: share of each class held out as the test split, never searched on "
+    "(seeded, stratified; recorded in the run)",
+    "cache_dir": "folder: directory of the decoded-image cache (default: DIR/.bnas-cache, else ~/.cache/bnas)",
+    "skip_bad": "folder: leave unreadable or truncated images out (counted in the run) instead of stopping",
     "workers": "image decoding workers (imagenet-subset)",
     "decode": "JPEG decoding of imagenet-subset: pil (in the workers) or gpu (nvJPEG; falls back to pil without a GPU)",
     "synthetic_size": "number of training images of --dataset synthetic",
@@ -114,6 +119,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             "deterministic",
             "decode",
             "workers",
+            "cache_dir",
         ):
             if k in cli:
                 setattr(cfg, k, cli[k])
@@ -128,6 +134,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     counts = searcher.counts()
     reporter = Reporter(quiet=cfg.quiet)
+    if searcher.data_info and not cfg.quiet:
+        from ..data.userdata import describe
+
+        print(describe(searcher.data_info))
     if rank == 0:
         print(
             f"supernet ({cfg.method}, {cfg.space}, {cfg.dataset}): {counts['weights']} weights, "
