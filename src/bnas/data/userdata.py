@@ -88,8 +88,8 @@ def open_user_folder(cfg, device: torch.device, meta: dict[str, Any] | None = No
     root = Path(cfg.data_dir)
     listing = list_tree(root)
     cache = cache_dir_for(root, cfg.cache_dir)
-    workers = max(int(cfg.workers), 1)
-    scan = _scan(listing, cache, workers)
+    workers = int(cfg.workers)  # decoding threads (at least one) and, for a streamed tree, DataLoader workers
+    scan = _scan(listing, cache, max(workers, 1))
     if meta is not None:
         if meta.get("classes") and list(meta["classes"]) != listing.classes:
             raise DataError(
@@ -105,7 +105,7 @@ def open_user_folder(cfg, device: torch.device, meta: dict[str, Any] | None = No
     resident = n_ok * channels * size * size <= resident_budget(device)
     images, decoded, cache_file = None, 0, None
     if resident:
-        images, decode_bad, decoded, cache_file = _arrays(listing, set(bad), size, channels, cache, workers)
+        images, decode_bad, decoded, cache_file = _arrays(listing, set(bad), size, channels, cache, max(workers, 1))
         bad.update(decode_bad)
     if bad and not cfg.skip_bad:
         raise DataError(_bad_sentence(root, bad))
