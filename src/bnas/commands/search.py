@@ -18,7 +18,7 @@ _HELP = {
     "rounded to 32, 64 or 96 for small images; the CIFAR stem up to 64 px, the ImageNet stem above)",
     "test_split": "folder without test/: share of each class held out as the test split, never searched on "
     "(seeded, stratified; recorded in the run)",
-    "cache_dir": "folder: directory of the decoded-image cache (default: DIR/.bnas-cache, else ~/.cache/bnas)",
+    "cache_dir": "folder: directory of the decoded-image cache",
     "skip_bad": "folder: leave unreadable or truncated images out (counted in the run) instead of stopping",
     "workers": "image decoding workers (imagenet-subset)",
     "decode": "JPEG decoding of imagenet-subset: pil (in the workers) or gpu (nvJPEG; falls back to pil without a GPU)",
@@ -63,6 +63,7 @@ _HELP = {
     "on_nan": "on a NaN/infinite loss: stop (keep the last complete epoch) or skip the step and count it",
     "quiet": "print only the final summary (when stdout is not a terminal the bar gives way to plain lines anyway)",
 }
+_CACHE_DEFAULT = "default: DIR/.bnas-cache, or ~/.cache/bnas/folders where DIR is not writable"
 _CHOICES = {
     "space": ["bcnn", "darts"],
     "order": [1, 2],
@@ -90,6 +91,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
             return "method default: " + ", ".join(f"{m} {v[name]}" for m, v in METHODS.items())
         if name == "synthetic_size":
             return f"default: {base.synthetic_size}, or more when --batch-size needs it"
+        if name == "cache_dir":
+            return _CACHE_DEFAULT
         return f"default: {'all' if getattr(base, name) is None else getattr(base, name)}"
 
     add_config_options(

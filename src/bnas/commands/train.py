@@ -21,7 +21,7 @@ _HELP = {
     "test_subset": "evaluate on the first N test images only (quick runs; results.json records N)",
     "test_split": "folder without test/: share of each class held out as the test split (seeded, stratified; "
     "recorded in the run)",
-    "cache_dir": "folder: directory of the decoded-image cache (default: DIR/.bnas-cache, else ~/.cache/bnas)",
+    "cache_dir": "folder: directory of the decoded-image cache",
     "skip_bad": "folder: leave unreadable or truncated images out (counted in the run) instead of stopping",
     "val_split": "share of the training set held out for model selection (0 = none; the test split never selects)",
     "synthetic_size": "number of training images of --dataset synthetic",
@@ -56,6 +56,7 @@ _HELP = {
     "out": "run directory to write",
     "quiet": "no progress bar or per-epoch lines",
 }
+_CACHE_DEFAULT = "default: DIR/.bnas-cache, or ~/.cache/bnas/folders where DIR is not writable"
 _CHOICES = {
     "amp": ["auto", "off", "bf16", "fp16"],
     "channels_last": ["auto", "on", "off"],
@@ -94,6 +95,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if name in DARTS_SPACE:
             per += f"{', ' if per else ''}darts-space genotypes {DARTS_SPACE[name]}"
         default = getattr(base, name)
+        if name == "cache_dir":
+            return _CACHE_DEFAULT
         if name == "synthetic_size":
             default = f"{default}, or more when --batch-size needs it"
         return f"default: {'all' if default is None else default}" + (f"; {per}" if per else "")
