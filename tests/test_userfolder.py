@@ -150,6 +150,22 @@ def test_a_tree_too_large_for_memory_streams_through_workers(rgb_tree, tmp_path,
     trainer = Trainer(c)
     assert trainer.spec.info["loader"] == "workers" and trainer.sizes == {"train": 30, "test": 6}
     assert trainer.run_training()["images"] == {"train": 30, "test": 6}
+    from bnas.search import SearchConfig, Searcher
+
+    sc = SearchConfig.resolve("clr", dataset="folder", data_dir=str(rgb_tree), epochs=1, init_channels=4, batch_size=4,
+                              device="cpu", quiet=True, log_every=0, workers=0, out=str(tmp_path / "s"))  # fmt: skip
+    searcher = Searcher(sc)
+    assert searcher.data_info["loader"] == "workers" and searcher._split_sizes == (15, 15)
+    searcher.run_search()
+
+
+def test_a_folder_run_resumes(rgb_tree, tmp_path, capsys):
+    out = tmp_path / "t"
+    argv = ["train", "--dataset", "folder", "--data-dir", str(rgb_tree), *TRAIN, "--out", str(out)]
+    assert main(argv) == 0
+    code, _, err = run_cli(["train", "--resume", str(out), "--epochs", "2", "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
 
 
 # ------------------------------------------------------------------------------------------- the cache
