@@ -18,6 +18,7 @@ from torch.func import functional_call
 from . import fast
 from .dist import all_reduce_mean
 from .errors import ConfigError
+from .ops import PRIMITIVES
 from .optim import SGD
 from .runtime import StepResult, guarded_step, make_adam, upcast
 from .space import SuperNet
@@ -211,3 +212,26 @@ def alpha_hessian_eigenvalue(
             for b, s in zip(model.buffers(), saved, strict=True):
                 b.copy_(s)
         model.train(was_training)
+
+
+def alpha_record(model: SuperNet, epoch: int) -> dict:
+    """The softmaxed op weights of every edge (and PC's normalised edge weights): alphas.jsonl, whose
+    lines the report plots as the alpha evolution per edge."""
+    rec: dict = {"epoch": epoch, "ops": list(PRIMITIVES), "alphas": {}}
+    for kind in model.cell_types:
+        p = torch.softmax(model.arch[f"alpha_{kind}"].detach().float(), dim=-1)
+        rec["alphas"][kind] = [[round(v, 5) for v in row] for row in p.tolist()]
+        if model.cfg.edge_norm:
+            b = model.edge_weights(model.arch[f"beta_{kind}"].detach().float())
+            rec.setdefault("betas", {})[kind] = [round(v, 5) for v in b.tolist()]
+    return rec
+
+
+def alpha_entropy(model: SuperNet) -> dict[str, float]:
+    """Mean entropy of the op distribution per edge, per cell type (low = confident, maybe collapsed)."""
+    out = {}
+    for kind in model.cell_types:
+        # float64: early in a search float32 rounds ln 8 - entropy to multiples of ~2e-7
+        p = torch.softmax(model.arch[f"alpha_{kind}"].detach().double(), dim=-1)
+        out[kind] = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+    return out

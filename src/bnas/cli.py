@@ -18,7 +18,7 @@ class Parser(argparse.ArgumentParser):
 
 
 # the order of `bnas --help`: the main job first
-_ORDER = ("search", "train", "genotype", "sample_imagenet", "report", "bench")
+_ORDER = ("search", "train", "predict", "genotype", "sample_imagenet", "report", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .data.userfolder import PREPROCESS
 from .errors import ConfigError
 from .evaluation import load_trained
 from .runs import atomic_write_bytes
@@ -40,9 +41,9 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, fmt: str 
     model, cfg, meta = load_trained(path, "cpu")
     out = Path(out) if out is not None else default_path(path, fmt)
     info: dict[str, Any] = {k: meta[k] for k in ("num_classes", "in_channels", "size", "mean", "std", "genotype")}
-    info.update(dataset=cfg.dataset, input=INPUT, format=fmt)
-    if meta.get("classes"):
-        info["classes"] = meta["classes"]
+    info.update(dataset=cfg.dataset, input=INPUT, format=fmt, mode="L" if meta["in_channels"] == 1 else "RGB")
+    if meta.get("classes"):  # --dataset folder: the class names, and how a new image becomes the input
+        info.update(classes=meta["classes"], preprocess=PREPROCESS)
     # batch 2: torch.export specialises a dimension traced at size 1, and the batch must stay dynamic
     x = torch.zeros(2, meta["in_channels"], meta["size"], meta["size"])
     {"export": _export, "torchscript": _torchscript, "onnx": _onnx}[fmt](model, x, out, json.dumps(info))

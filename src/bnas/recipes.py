@@ -18,6 +18,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fashion-mnist": _TRANSFER,
     "svhn": _TRANSFER,
     "smallnorb": _TRANSFER,
+    "folder": dict(_TRANSFER, image_size=0),  # your own images (data/userfolder.py): flip, the tree's statistics
     "imagenet": dict(
         epochs=250, batch_size=256, lr=0.1, weight_decay=3e-5, label_smoothing=0.1, drop_path=0.0, cutout=0,
         init_channels=44,

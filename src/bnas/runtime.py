@@ -33,6 +33,12 @@ def set_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device (CUDA; the CPU's work is synchronous): for timing, never inside a step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fast
-from .architect import Architect, alpha_hessian_eigenvalue, clr_arch_lr
+from .architect import Architect, alpha_entropy, alpha_hessian_eigenvalue, alpha_record, clr_arch_lr
 from .cells import Cell
 from .data.search_data import search_data, search_images_needed
 from .dist import NullRun, is_main
@@ -36,7 +36,6 @@ from .errors import (
     non_finite,
 )
 from .genotype import Genotype
-from .ops import PRIMITIVES
 from .random_search import candidates, epoch_paths, select
 from .runs import RunDir, environment
 from .runtime import (
@@ -89,6 +88,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         partial_k=2, edge_norm=True, batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-3, arch_start_epoch=35,
         arch_grad_clip=5.0, clr_power=0.0, enhance_cells=1,
     ),
+    "folder": dict(image_size=0),  # your own images: the size from the tree (data/userfolder.py)
 }  # fmt: skip
 
 
@@ -103,7 +103,10 @@ class SearchConfig:
     download: bool = False  # fetch a missing data set with torchvision (where the network allows)
     subset: int | None = None  # first N training images only (quick runs)
     synthetic_size: int = 512
-    image_size: int = 224  # input resolution of image-folder data sets (imagenet-subset)
+    image_size: int = 224  # input resolution of image-folder data sets (imagenet-subset; folder: 0 = from the images)
+    test_split: float = 0.2  # folder without test/: share of each class held out (never searched on)
+    cache_dir: str | None = None  # folder: where the decoded images are cached (default: DIR/.bnas-cache)
+    skip_bad: bool = False  # folder: leave unreadable images out (counted in the run) instead of stopping
     workers: int = 4  # decoding workers of image-folder data sets
     decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
     epochs: int = 50
@@ -182,6 +185,7 @@ class SearchConfig:
         """Every option once: its type, a finite value in its range, a known choice, a device and paths that
         exist. Raises ConfigError with one sentence naming the option."""
         from .data.registry import DATASETS
+        from .data.userfolder import check_folder_options
 
         def bad(msg: str) -> None:
             raise ConfigError(msg)
@@ -199,7 +203,10 @@ class SearchConfig:
             check_int(name, getattr(self, name), 1)
         for name in ("workers", "lr_warmup_epochs", "arch_start_epoch", "eval_every", "log_every", "hessian_every"):
             check_int(name, getattr(self, name), 0)
-        check_int("image_size", self.image_size, 32)
+        if self.dataset == "folder":
+            check_folder_options(self)
+        else:
+            check_int("image_size", self.image_size, 32)
         check_int("subset", self.subset, 1, optional=True)
         check_int("blocks", self.blocks, 2 if self.space == "bcnn" else 1)
         check_int("enhance_cells", self.enhance_cells, 1)
@@ -300,6 +307,7 @@ class Searcher:
         data = search_data(cfg, self.device, cl)
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
+        self.data_info = data.info  # --dataset folder: the tree, split and statistics (config.json "data")
         space = cfg.space_config(data.num_classes, data.in_channels, data.stem)
         self.model = SuperNet(space, cfg.backend(self.device)).to(self.device)
         if cl:
@@ -412,10 +420,11 @@ class Searcher:
                     **cfg.to_json(),
                     "counts": self.counts(),
                     "runtime": self.switches,
+                    **({"data": self.data_info} if self.data_info else {}),
                     "environment": environment(),
-                },
+                },  # fmt: skip
             )
-            self.run.append("alphas.jsonl", self.alpha_record(-1))  # the starting point of the evolution plots
+            self.run.append("alphas.jsonl", alpha_record(self.model, -1))  # the starting point of the evolution plots
         return self.run
 
     def train_epoch(self, epoch: int, progress) -> dict[str, float]:
@@ -513,14 +522,14 @@ class Searcher:
                 **stats,
                 "epoch_s": time.perf_counter() - t0,
                 "parameter_free": genotype.parameter_free(),
-                "alpha_entropy": self.alpha_entropy(),
+                "alpha_entropy": alpha_entropy(self.model),
                 "genotype": genotype.to_json(),
             }
             # records first, the (atomic) checkpoint last: a resume drops the records of epochs after its
             # checkpoint and recomputes them (runs.py), so a kill anywhere loses no complete epoch
             run.write_json(f"genotypes/epoch_{epoch:03d}.json", genotype.to_json())
             run.write_json("genotype.json", genotype.to_json())
-            run.append("alphas.jsonl", self.alpha_record(epoch))
+            run.append("alphas.jsonl", alpha_record(self.model, epoch))
             run.log(record)
             run.save_checkpoint(self.state_dict(epoch))
             self.history.append(record)
@@ -555,27 +564,6 @@ class Searcher:
         x, y = self._hessian_batch
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         return alpha_hessian_eigenvalue(self.model, x, y, self.cfg.hessian_iters, generator=gen)
-
-    def alpha_record(self, epoch: int) -> dict[str, Any]:
-        """The softmaxed op weights of every edge (and PC's normalised edge weights): alphas.jsonl, whose
-        lines the report plots as the alpha evolution per edge."""
-        rec: dict[str, Any] = {"epoch": epoch, "ops": list(PRIMITIVES), "alphas": {}}
-        for kind in self.model.cell_types:
-            p = torch.softmax(self.model.arch[f"alpha_{kind}"].detach().float(), dim=-1)
-            rec["alphas"][kind] = [[round(v, 5) for v in row] for row in p.tolist()]
-            if self.cfg.edge_norm:
-                b = self.model.edge_weights(self.model.arch[f"beta_{kind}"].detach().float())
-                rec.setdefault("betas", {})[kind] = [round(v, 5) for v in b.tolist()]
-        return rec
-
-    def alpha_entropy(self) -> dict[str, float]:
-        """Mean entropy of the op distribution per edge, per cell type (low = confident, maybe collapsed)."""
-        out = {}
-        for kind in self.model.cell_types:
-            # float64: early in a search float32 rounds ln 8 - entropy to multiples of ~2e-7
-            p = torch.softmax(self.model.arch[f"alpha_{kind}"].detach().double(), dim=-1)
-            out[kind] = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
-        return out
 
 
 def search(cfg: SearchConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> Genotype:

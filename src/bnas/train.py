@@ -11,6 +11,7 @@ test split; `val_split` holds out part of the training set, and only that split 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -28,6 +29,8 @@ from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
 from .data.registry import DATASETS, DatasetSpec, get_dataset, training_images_needed
 from .data.train_data import train_loaders
+from .data.userdata import open_user_folder
+from .data.userfolder import check_folder_options
 from .dist import NullRun, broadcast_buffers, rank_world
 from .errors import (
     ConfigError,
@@ -60,6 +63,7 @@ from .runtime import (
     pick_device,
     read_log_point,
     set_deterministic,
+    synchronize,
     upcast,
     weight_step,
 )
@@ -77,8 +81,11 @@ class TrainConfig:
     subset: int | None = None  # first N training images only (quick runs)
     test_subset: int | None = None  # first N test images only (quick runs; results.json says how many)
     val_split: float = 0.0  # share of the training set held out for model selection (0 = none)
+    test_split: float = 0.2  # folder without test/: share of each class held out as the test split
+    cache_dir: str | None = None  # folder: where the decoded images are cached (default: DIR/.bnas-cache)
+    skip_bad: bool = False  # folder: leave unreadable images out (counted in the run) instead of stopping
     synthetic_size: int = 512
-    image_size: int = 224  # input resolution of image-folder data sets (imagenet)
+    image_size: int = 224  # input resolution of image-folder data sets (imagenet; folder: 0 = from the images)
     workers: int = 4  # decoding workers of image-folder data sets
     decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
     epochs: int = 600
@@ -157,7 +164,10 @@ class TrainConfig:
             check_int(name, getattr(self, name), 1)
         for name in ("workers", "lr_warmup_epochs", "cutout", "threads", "log_every"):
             check_int(name, getattr(self, name), 0)
-        check_int("image_size", self.image_size, 32)
+        if self.dataset == "folder":
+            check_folder_options(self)
+        else:
+            check_int("image_size", self.image_size, 32)
         check_int("blocks", self.blocks, 2)
         check_int("enhance_cells", self.enhance_cells, 1)
         for name in ("subset", "test_subset"):
@@ -229,7 +239,7 @@ def network_for(cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_cla
         enhance=cfg.enhance_cells,
         num_classes=num_classes or spec.num_classes,
         in_channels=spec.in_channels,
-        stem="imagenet" if cfg.dataset == "imagenet" else "cifar",
+        stem=spec.stem,
         blocks=cfg.blocks,
         auxiliary=cfg.auxiliary,
     )
@@ -254,7 +264,7 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if cfg.deterministic:
             set_deterministic()
-        self.spec = get_dataset(cfg.dataset)
+        self.spec = open_user_folder(cfg, self.device) if cfg.dataset == "folder" else get_dataset(cfg.dataset)
         saved_genotype = None
         if resume:  # the run's own genotype, even if the file it came from has changed since
             saved_genotype = RunDir(cfg.out).read_json("config.json").get("genotype_json")
@@ -309,14 +319,11 @@ class Trainer:
         if cfg.budget is not None and load_data:
             per_epoch = len(self.loaders["train"])
             plan = BudgetPlan(parse_duration(cfg.budget), per_epoch, warmup_steps=cfg.lr_warmup_epochs * per_epoch)
-            self.clock = BudgetClock(plan, self._sync, self._reserve_s)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _reserve_s(self) -> float:
-        return reserve_s(self.model, self.loaders["test"], self.autocast, self.sizes["test"], self._sync)
+            sync = functools.partial(synchronize, self.device)
+            reserve = functools.partial(
+                reserve_s, self.model, self.loaders["test"], self.autocast, self.sizes["test"], sync
+            )
+            self.clock = BudgetClock(plan, sync, reserve)
 
     # --- data
     def _load_data(self) -> None:
@@ -336,6 +343,8 @@ class Trainer:
             "size": self.size,
             "mean": aug.mean,
             "std": aug.std,
+            "stem": self.spec.stem,
+            "classes": list(self.spec.classes) if self.spec.classes else None,
             "parameters": self.parameters,
             "macs": self.macs,
         }
@@ -397,6 +406,7 @@ class Trainer:
                     "parameters": self.parameters,
                     "macs": self.macs,
                     "runtime": self.switches,
+                    **({"data": self.spec.info} if self.spec.info else {}),
                     "environment": environment(),
                 },
             )

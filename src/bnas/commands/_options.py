@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 
 # what a run's config.json records besides its options: a run's config.json can be given to --config as it is
-RECORDS = ("command", "counts", "runtime", "budget_plan", "environment", "genotype_json", "parameters", "macs")
+RECORDS = ("command", "counts", "runtime", "budget_plan", "environment", "genotype_json", "parameters", "macs", "data")
 
 
 def _unwrap_optional(hint: Any) -> Any:

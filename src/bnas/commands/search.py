@@ -10,11 +10,16 @@ from ._options import add_config_options, command_line_options, read_config_file
 
 _HELP = {
     "space": "search space: the broad network (bcnn) or the DARTS stack (darts)",
-    "dataset": "data set to search on",
+    "dataset": "data set to search on (folder: your own images, --data-dir DIR/CLASS/*.png|jpg|...)",
     "data_dir": "directory holding the data set files",
     "download": "download a missing data set with torchvision where the network allows it",
     "subset": "use only the first N training images (quick runs)",
-    "image_size": "input resolution of image-folder data sets (imagenet-subset)",
+    "image_size": "input resolution of image-folder data sets (imagenet-subset; folder: 0 = the median image side "
+    "rounded to 32, 64 or 96 for small images; the CIFAR stem up to 64 px, the ImageNet stem above)",
+    "test_split": "folder without test/: share of each class held out as the test split, never searched on "
+    "(seeded, stratified; recorded in the run)",
+    "cache_dir": "folder: directory of the decoded-image cache",
+    "skip_bad": "folder: leave unreadable or truncated images out (counted in the run) instead of stopping",
     "workers": "image decoding workers (imagenet-subset)",
     "decode": "JPEG decoding of imagenet-subset: pil (in the workers) or gpu (nvJPEG; falls back to pil without a GPU)",
     "synthetic_size": "number of training images of --dataset synthetic",
@@ -58,6 +63,7 @@ _HELP = {
     "on_nan": "on a NaN/infinite loss: stop (keep the last complete epoch) or skip the step and count it",
     "quiet": "print only the final summary (when stdout is not a terminal the bar gives way to plain lines anyway)",
 }
+_CACHE_DEFAULT = "default: DIR/.bnas-cache, or ~/.cache/bnas/folders where DIR is not writable"
 _CHOICES = {
     "space": ["bcnn", "darts"],
     "order": [1, 2],
@@ -87,6 +93,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
             return "default: auto = on on the CPU, off on a GPU until benchmarks/gpu_check.py shows it pays there"
         if name == "synthetic_size":
             return f"default: {base.synthetic_size}, or more when --batch-size needs it"
+        if name == "cache_dir":
+            return _CACHE_DEFAULT
         return f"default: {'all' if getattr(base, name) is None else getattr(base, name)}"
 
     add_config_options(
@@ -116,6 +124,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             "deterministic",
             "decode",
             "workers",
+            "cache_dir",
         ):
             if k in cli:
                 setattr(cfg, k, cli[k])
@@ -130,6 +139,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     counts = searcher.counts()
     reporter = Reporter(quiet=cfg.quiet)
+    if searcher.data_info and not cfg.quiet:
+        from ..data.userdata import describe
+
+        print(describe(searcher.data_info))
     if rank == 0:
         print(
             f"supernet ({cfg.method}, {cfg.space}, {cfg.dataset}): {counts['weights']} weights, "

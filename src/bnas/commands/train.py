@@ -10,14 +10,19 @@ from ..jsonio import dumps
 from ._options import add_config_options, command_line_options, read_config_file, resume_dir
 
 _HELP = {
-    "image_size": "input resolution of image-folder data sets (imagenet)",
+    "image_size": "input resolution of image-folder data sets (imagenet; folder: 0 = the median image side rounded "
+    "to 32, 64 or 96 for small images; the CIFAR stem up to 64 px, the ImageNet stem above)",
     "workers": "image decoding workers (imagenet)",
     "decode": "JPEG decoding of imagenet: pil (in the workers) or gpu (nvJPEG; falls back to pil without a GPU)",
     "genotype": "bundled genotype name (bnas genotype list) or a genotype.json / search run directory",
-    "dataset": "data set to train and test on",
+    "dataset": "data set to train and test on (folder: your own images, --data-dir DIR/CLASS/*.png|jpg|...)",
     "data_dir": "directory holding the data set files",
     "subset": "use only the first N training images (quick runs)",
     "test_subset": "evaluate on the first N test images only (quick runs; results.json records N)",
+    "test_split": "folder without test/: share of each class held out as the test split (seeded, stratified; "
+    "recorded in the run)",
+    "cache_dir": "folder: directory of the decoded-image cache",
+    "skip_bad": "folder: leave unreadable or truncated images out (counted in the run) instead of stopping",
     "val_split": "share of the training set held out for model selection (0 = none; the test split never selects)",
     "synthetic_size": "number of training images of --dataset synthetic",
     "epochs": "training epochs",
@@ -53,6 +58,7 @@ _HELP = {
     "out": "run directory to write",
     "quiet": "no progress bar or per-epoch lines",
 }
+_CACHE_DEFAULT = "default: DIR/.bnas-cache, or ~/.cache/bnas/folders where DIR is not writable"
 _CHOICES = {
     "amp": ["auto", "off", "bf16", "fp16"],
     "channels_last": ["auto", "on", "off"],
@@ -69,6 +75,7 @@ _RESUMABLE = (
     "device",
     "threads",
     "data_dir",
+    "cache_dir",
     "eval_batch_size",
     "on_nan",
     "deterministic",
@@ -93,6 +100,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default = getattr(base, name)
         if name == "budget":
             return "default: none, --epochs decides"
+        if name == "cache_dir":
+            return _CACHE_DEFAULT
         if name == "synthetic_size":
             default = f"{default}, or more when --batch-size needs it"
         return f"default: {'all' if default is None else default}" + (f"; {per}" if per else "")
@@ -130,6 +139,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.resolve(**{**file_opts, **cli})
     trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
     g = trainer.genotype
+    if trainer.spec.info and not cfg.quiet:
+        from ..data.userdata import describe
+
+        print(describe(trainer.spec.info))
     print(
         f"{cfg.genotype} ({g.space}) on {cfg.dataset}: {trainer.parameters} parameters, "
         f"{trainer.macs} multiply-accumulates per image "

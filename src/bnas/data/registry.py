@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +30,10 @@ class DatasetSpec:
     read: Callable[[Path, bool], ArrayData]
     train_augment: Augment
     eval_augment: Augment
+    stem: str = "cifar"  # the network's stem: cifar (one 3x3 conv) or imagenet (two stride-2 convs)
+    classes: tuple[str, ...] | None = None  # class names where the data set has them (folder)
+    info: dict[str, Any] | None = None  # what a run records about its data (folder: tree, split, statistics)
+    source: Any = None  # the opened data behind a per-run spec (folder: data.userfolder.UserFolder)
 
 
 def _synthetic(_: Path, train: bool, size: int = 512, seed: int = 0) -> ArrayData:
@@ -108,7 +113,15 @@ def _folder_only(root: Path, train: bool) -> ArrayData:
 
 
 # ImageNet-style trees (root/train/CLASS/*.JPEG, root/val/CLASS/*.JPEG); the class count comes from the tree
-DATASETS["imagenet"] = DatasetSpec("imagenet", 1000, 3, 224, _folder_only, Augment(), Augment())
+DATASETS["imagenet"] = DatasetSpec("imagenet", 1000, 3, 224, _folder_only, Augment(), Augment(), stem="imagenet")
+
+
+def _opened_per_run(root: Path, train: bool) -> ArrayData:
+    raise DataError("--dataset folder is opened per run (data.userfolder.open_user_folder), not by name")
+
+
+# your own images, CLASS/*.png|jpg|... (data/userfolder.py): classes, channels, size and statistics come from the tree
+DATASETS["folder"] = DatasetSpec("folder", 0, 3, 0, _opened_per_run, Augment(flip=True), Augment())
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -151,9 +164,11 @@ def load_split(
     synthetic_size: int = 512,
     seed: int = 0,
     allow_download: bool = False,
+    spec: DatasetSpec | None = None,
 ) -> ArrayData:
-    """One split as uint8 arrays; `subset` keeps the first N images (a fixed, reproducible slice)."""
-    spec = get_dataset(name)
+    """One split as uint8 arrays; `subset` keeps the first N images (a fixed, reproducible slice). `spec`: a
+    per-run spec (--dataset folder) instead of the registry's entry."""
+    spec = spec or get_dataset(name)
     if name == "synthetic":
         data = _synthetic(Path(data_dir), train, synthetic_size if train else max(synthetic_size // 4, 1), seed)
     else:

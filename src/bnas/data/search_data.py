@@ -16,6 +16,7 @@ from .folder import FolderLoader, gpu_decoding, imagenet_transform
 from .imagenet import read_subset
 from .loaders import TensorLoader
 from .registry import get_dataset, load_split
+from .userdata import open_user_folder, stream_search_loaders
 
 
 @dataclass
@@ -27,6 +28,7 @@ class SearchData:
     in_channels: int
     stem: str
     split_sizes: tuple[int, int]
+    info: dict[str, Any] | None = None  # --dataset folder: what the run records about the tree
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -72,8 +74,12 @@ def search_data(cfg, device: torch.device, channels_last: bool) -> SearchData:
                          drop_last=False, **kw),
             len(classes), 3, "imagenet", (len(train), len(val)),
         )  # fmt: skip
-    spec = get_dataset(cfg.dataset)
-    data = load_split(cfg.dataset, cfg.data_dir, True, cfg.subset, cfg.synthetic_size, allow_download=cfg.download)
+    spec = open_user_folder(cfg, device) if cfg.dataset == "folder" else get_dataset(cfg.dataset)
+    if getattr(spec.source, "streaming", False):  # a folder too large for memory: decoding workers
+        *streams, sizes = stream_search_loaders(spec, cfg, device, channels_last, rank, world)
+        return SearchData(*streams, spec.num_classes, spec.in_channels, spec.stem, sizes, spec.info)
+    data = load_split(cfg.dataset, cfg.data_dir, True, cfg.subset, cfg.synthetic_size, allow_download=cfg.download,
+                      spec=spec)  # fmt: skip
     n = data.images.shape[0]
     split = int(n * cfg.train_portion)
     imgs, labels = data.images.to(device), data.labels.to(device)
@@ -84,5 +90,5 @@ def search_data(cfg, device: torch.device, channels_last: bool) -> SearchData:
         TensorLoader(imgs[split:], labels[split:], cfg.batch_size, aug, drop_last=True, seed=cfg.seed + 1, **kw),
         TensorLoader(imgs[split:], labels[split:], cfg.batch_size, spec.eval_augment, train=False, shuffle=False,
                      **kw),
-        data.num_classes, data.images.shape[1], "cifar", (split // world, (n - split) // world),
+        data.num_classes, data.images.shape[1], spec.stem, (split // world, (n - split) // world), spec.info,
     )  # fmt: skip

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from .folder import FolderLoader, gpu_decoding, imagenet_transform
 from .loaders import TensorLoader
 from .registry import DatasetSpec, load_split
+from .userdata import stream_train_loaders
 
 
 def train_loaders(cfg, spec: DatasetSpec, device: torch.device, channels_last: bool, rank: int, world: int,
@@ -21,7 +22,9 @@ def train_loaders(cfg, spec: DatasetSpec, device: torch.device, channels_last: b
     """`cfg` (a TrainConfig) -> ({"train", "test"[, "val"]: loader}, their sizes in images)."""
     if folders is not None:
         return _folder_loaders(cfg, device, channels_last, rank, world, folders)
-    kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download)
+    if getattr(spec.source, "streaming", False):  # a folder too large for memory: decoding workers
+        return stream_train_loaders(spec, cfg, device, channels_last, rank, world)
+    kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download, spec=spec)
     train = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
     test = load_split(cfg.dataset, cfg.data_dir, train=False, subset=cfg.test_subset, **kw)
     images, labels = train.images, train.labels
