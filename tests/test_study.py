@@ -199,6 +199,9 @@ def test_summary_and_bootstrap_are_seeded():
     assert s["clr"]["diff"] == pytest.approx(0.2) and s["clr"]["ci_low"] < 0.2 < s["clr"]["ci_high"]
     assert s["clr"]["ci_low"] > 0  # every resample of the searched cells beats every one of the random cells
     assert s["random-cells"]["diff"] is None
+    one = summarise([{"group": "clr", "kind": "searched", "test_acc": 0.6}, {"group": "random-cells", "kind": "random",
+                     "test_acc": 0.5}])  # fmt: skip
+    assert one[0]["diff"] == pytest.approx(0.1) and one[0]["ci_low"] is None and one[0]["std"] is None
     assert bootstrap_diff([0.6, 0.7], [0.5, 0.4], 500, 3) == bootstrap_diff([0.6, 0.7], [0.5, 0.4], 500, 3)
     with pytest.raises(ConfigError):
         StudySpec.from_json({**ISSUE, "bootstrap_samples": 10})

@@ -53,7 +53,11 @@ class StudyResults:
         for s in self.summary:
             diff = ""
             if s["diff"] is not None:
-                diff = f"{100 * s['diff']:+.2f} [{100 * s['ci_low']:+.2f}, {100 * s['ci_high']:+.2f}]"
+                diff = f"{100 * s['diff']:+.2f} "
+                if s["ci_low"] is None:
+                    diff += "(one result each: no interval)"
+                else:
+                    diff += f"[{100 * s['ci_low']:+.2f}, {100 * s['ci_high']:+.2f}]"
             lines.append(_md_row([
                 s["group"], s["kind"], str(s["n"]), _pct(s["mean"]), _pct(s["std"]), _pct(s["min"]), _pct(s["max"]),
                 diff,
@@ -125,7 +129,8 @@ def summarise(rows: list[dict[str, Any]], samples: int = 10_000, seed: int = 0) 
         entry = {"group": name, "kind": members[0]["kind"], "n": n, "mean": mean, "std": std, "min": min(accs),
                  "max": max(accs), "diff": None, "ci_low": None, "ci_high": None}  # fmt: skip
         if baseline and name != RANDOM:
-            lo, hi = bootstrap_diff(accs, baseline, samples, [seed, k])
+            # one number on each side: no spread to resample (the interval would be a point)
+            lo, hi = bootstrap_diff(accs, baseline, samples, [seed, k]) if n + len(baseline) > 2 else (None, None)
             entry.update(diff=mean - sum(baseline) / len(baseline), ci_low=lo, ci_high=hi)
         out.append(entry)
     return out
