@@ -18,7 +18,7 @@ class Parser(argparse.ArgumentParser):
 
 
 # the order of `bnas --help`: the main job first
-_ORDER = ("search", "train", "predict", "genotype", "sample_imagenet", "report", "bench")
+_ORDER = ("search", "train", "study", "predict", "genotype", "sample_imagenet", "report", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # glibc's per-thread cache of small freed chunks (tcache) fragments the heap of a CPU training process: peak
 # resident memory of a CPU search step measured 50-100 MB lower without it, at the same speed (docs/benchmarks.md).
-# It can only be switched off before the process starts, so `bnas search|train|bench` on the CPU restarts itself
+# It can only be switched off before the process starts, so `bnas search|train|study|bench` on the CPU restarts itself
 # once; every other case runs as started (docs/architecture.md, "The glibc restart").
 _TCACHE_OFF = "glibc.malloc.tcache_count=0"
-_RESTARTED = ("search", "train", "bench")  # the commands whose steps allocate in a loop
+_RESTARTED = ("search", "train", "study", "bench")  # the commands whose steps allocate in a loop
 
 
 def _argv_option(argv: list[str], flag: str) -> str | None:
@@ -58,7 +58,7 @@ def _argv_option(argv: list[str], flag: str) -> str | None:
 
 
 def _wants_tcache_off(argv: list[str], environ: dict[str, str]) -> bool:
-    """Whether this process should restart with the tcache off: a CPU run of search, train or bench, started
+    """Whether this process should restart with the tcache off: a CPU run of search, train, study or bench, started
     as the `bnas` command, not under torchrun (its workers are started by it, with its environment), a
     debugger or a profiler (a restart would detach them), and not switched off with BNAS_MALLOC_TUNING=0."""
     import platform
