@@ -7,7 +7,6 @@ TorchScript in favour of `torch.export`, whose ExportedProgram (`.pt2`) `torch.e
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 from .data.userfolder import PREPROCESS
 from .errors import ConfigError
 from .evaluation import load_trained
-from .runs import atomic_write_bytes
+from .jsonio import atomic_write_bytes, dumps
 
 FORMATS: dict[str, str] = {"export": ".pt2", "torchscript": ".ts", "onnx": ".onnx"}
 INPUT = "float (N, C, H, W): pixels / 255, then (x - mean) / std if given"
@@ -46,7 +45,7 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, fmt: str 
         info.update(classes=meta["classes"], preprocess=PREPROCESS)
     # batch 2: torch.export specialises a dimension traced at size 1, and the batch must stay dynamic
     x = torch.zeros(2, meta["in_channels"], meta["size"], meta["size"])
-    {"export": _export, "torchscript": _torchscript, "onnx": _onnx}[fmt](model, x, out, json.dumps(info))
+    {"export": _export, "torchscript": _torchscript, "onnx": _onnx}[fmt](model, x, out, dumps(info))
     return out
 
 

@@ -8,8 +8,12 @@ layer and the genotypes use it as well as the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -34,3 +38,22 @@ def dumps(obj: Any, indent: int | None = None) -> str:
     """Strict JSON text of everything bnas writes (run files, genotypes, --json output): a non-finite float is
     null, never NaN or Infinity, which other JSON readers reject."""
     return json.dumps(finite(obj), indent=indent, allow_nan=False)
+
+
+def atomic_write_bytes(path: str | Path, write, mode: int | None = None) -> None:
+    """Write via a temp file in the same directory, fsync, then rename: the old file survives any failure.
+    `mode`: the file's permissions (mkstemp's 0600 would hide a shared cache from other users)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -16,13 +16,11 @@ and never leaves a record twice.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import torch
 
 from .errors import BnasError, CheckpointError
-from .jsonio import dumps
+from .jsonio import atomic_write_bytes, dumps
 
 CHECKPOINT_FORMAT = 1
 JSONL_FILES = ("metrics.jsonl", "alphas.jsonl")  # per-epoch logs that a resume truncates together
@@ -57,22 +55,6 @@ def environment() -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write via a temp file in the same directory, fsync, then rename: the old file survives any failure."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, check_float, check_int, check_not_file
-from ..jsonio import dumps
+from ..jsonio import atomic_write_bytes, dumps
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _EXT_TEXT = ".png, .jpg, .jpeg, .bmp or .webp"
@@ -255,21 +255,6 @@ def cache_dir_for(root: Path, cache_dir: str | None) -> Path | None:
     return next((d for d in (root / ".bnas-cache", _user_cache()) if _writable(d)), None)
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_record(path: Path, digest: str) -> dict | None:
     try:
         rec = json.loads(path.read_text())
@@ -281,7 +266,7 @@ def _read_record(path: Path, digest: str) -> dict | None:
 
 def _write_record(path: Path, rec: dict) -> None:
     with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
-        _atomic(path, lambda f: f.write(dumps(rec).encode()))
+        atomic_write_bytes(path, lambda f: f.write(dumps(rec).encode()), mode=0o644)
 
 
 def _drop_stale(cache: Path, root: str, digest: str) -> None:
@@ -344,7 +329,7 @@ def _arrays(listing: Listing, skip: set[str], size: int, channels: int, cache: P
         return torch.from_numpy(out), bad, len(todo), None
     npy = cache / f"{name}.npy"
     try:
-        _atomic(npy, lambda f: np.save(f, out))
+        atomic_write_bytes(npy, lambda f: np.save(f, out), mode=0o644)
     except OSError:
         return torch.from_numpy(out), bad, len(todo), None
     root = str(listing.root.resolve())
