@@ -222,10 +222,11 @@ def bench_train(cfg: BenchConfig) -> dict[str, Any]:
     shape = dict(TRAIN_SHAPES[genotype.space])
     if cfg.init_channels:
         shape["channels"] = cfg.init_channels
+    backend = fast.TRAINED if cfg.fast and not cfg.compile else None  # as `bnas train` (auto)
     if genotype.space == "bcnn":
-        net = build_network(genotype, shape["channels"], shape["layers"], shape["enhance"])
+        net = build_network(genotype, shape["channels"], shape["layers"], shape["enhance"], backend=backend)
     else:
-        net = build_network(genotype, shape["channels"], shape["layers"])
+        net = build_network(genotype, shape["channels"], shape["layers"], backend=backend)
     net = net.to(device)
     if cl:
         net = net.to(memory_format=torch.channels_last)
@@ -287,6 +288,7 @@ def _result(cfg, device, wall, cpu, base_mb, amp_mode, cl) -> dict[str, Any]:
             "torch_optim": cfg.torch_optim,
             "native_depthwise_grad": _native_on(),
             "glibc_tcache": "off" if "tcache_count=0" in os.environ.get("GLIBC_TUNABLES", "") else "on",
+            "glibc_heap_only": "mmap_max=0" in os.environ.get("GLIBC_TUNABLES", ""),
         },
         "device": str(device),
         "device_name": device_name(device),

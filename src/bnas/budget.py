@@ -148,9 +148,10 @@ class BudgetClock:
             self._replan(step, (self.elapsed() - self._start_elapsed) / (step - self._start_step))
 
 
-def reserve_s(model, loader, autocast, images: int, sync: Callable[[], None]) -> float:
+def reserve_s(model, loader, autocast, images: int, sync: Callable[[], None], passes: int = 1) -> float:
     """What a budgeted run needs after its last step: the final test evaluation, timed on one batch and
-    scaled to the `images` of the test split (plus 10%, and a second for the last checkpoint and results)."""
+    scaled to the `images` of the test split and its `passes` over each (2 with --eval-flip), plus 10%, and a
+    second for the last checkpoint and results."""
     import torch
 
     x, _ = next(iter(loader))
@@ -164,4 +165,4 @@ def reserve_s(model, loader, autocast, images: int, sync: Callable[[], None]) ->
             sync()
     finally:
         model.train()
-    return (time.perf_counter() - t) / x.shape[0] * images * 1.1 + 1.0
+    return (time.perf_counter() - t) / x.shape[0] * images * passes * 1.1 + 1.0

@@ -40,11 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# glibc's per-thread cache of small freed chunks (tcache) fragments the heap of a CPU training process: peak
-# resident memory of a CPU search step measured 50-100 MB lower without it, at the same speed (docs/benchmarks.md).
-# It can only be switched off before the process starts, so `bnas search|train|study|bench` on the CPU restarts itself
-# once; every other case runs as started (docs/architecture.md, "The glibc restart").
+# glibc's allocator as it comes costs a CPU training process time and memory (docs/benchmarks.md, "The allocator"):
+# its per-thread cache of small freed chunks (tcache) fragments the heap (peak resident memory of a search step
+# 50-100 MB lower without it, same speed), and every block of 32 MiB or more (one 64-channel 32x32 map at batch
+# 128) is a fresh mmap whose pages fault in at first touch and go back to the kernel when freed: a ReLU of such
+# a map took 14 ms instead of 1.8 ms. So the heap serves every block (mmap_max=0), keeps what it grew to
+# (trim_threshold), on transparent huge pages where the kernel offers them (hugetlb=1: fewer page faults), and no
+# tcache. Tunables are read only at start, so `bnas search|train|study|bench` on the CPU restarts itself once;
+# every other case runs as started (docs/architecture.md, "The glibc restart").
 _TCACHE_OFF = "glibc.malloc.tcache_count=0"
+MALLOC_TUNABLES = (
+    _TCACHE_OFF,
+    "glibc.malloc.mmap_max=0",
+    "glibc.malloc.trim_threshold=4294967296",
+    "glibc.malloc.hugetlb=1",
+)
 _RESTARTED = ("search", "train", "study", "bench")  # the commands whose steps allocate in a loop
 
 
@@ -84,14 +94,14 @@ def _wants_tcache_off(argv: list[str], environ: dict[str, str]) -> bool:
 
 
 def _restart_without_tcache() -> None:
-    """Re-execute this command with glibc's tcache off where `_wants_tcache_off` says it pays."""
+    """Re-execute this command with glibc's allocator tuned (MALLOC_TUNABLES) where `_wants_tcache_off` says it pays."""
     import os
 
     argv = getattr(sys, "orig_argv", None)
     if not argv or not _wants_tcache_off(sys.argv[1:], dict(os.environ)):
         return
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    env = dict(os.environ, GLIBC_TUNABLES=f"{tunables}:{_TCACHE_OFF}" if tunables else _TCACHE_OFF)
+    tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES", ""), *MALLOC_TUNABLES) if t)
+    env = dict(os.environ, GLIBC_TUNABLES=tunables)
     try:
         os.execve(sys.executable, argv, env)
     except OSError:  # cannot re-execute: run as started

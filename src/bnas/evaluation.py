@@ -89,7 +89,7 @@ def evaluate_checkpoint(
         "checkpoint": str(_checkpoint_path(path)),
         "epoch": meta["epoch"],
         "split": split,
-        **evaluate(model, loader),
+        **evaluate(model, loader, flip=cfg.eval_flip),
     }
 
 

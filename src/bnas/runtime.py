@@ -214,9 +214,10 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, autocast=None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, autocast=None, flip: bool = False) -> dict[str, float]:
     """Loss, top-1 and top-5 over a loader, summed on the model's device and read once at the end; under
-    torchrun every rank evaluated its shard, and the sums are combined there (nccl takes device tensors only)."""
+    torchrun every rank evaluated its shard, and the sums are combined there (nccl takes device tensors only).
+    `flip`: the logits are the mean of the image's and its mirror image's (test-time augmentation)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -224,6 +225,8 @@ def evaluate(model: nn.Module, loader, autocast=None) -> dict[str, float]:
     for x, y in loader:
         with autocast() if autocast is not None else contextlib.nullcontext():
             logits = upcast(model(x))
+            if flip:
+                logits = 0.5 * (logits + upcast(model(x.flip(3))))
         tally.add(loss=F.cross_entropy(logits.float(), y, reduction="sum"), top1=correct(logits, y, 1),
                   top5=correct(logits, y, 5), n=y.shape[0])  # fmt: skip
     model.train(was_training)

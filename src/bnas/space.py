@@ -190,16 +190,33 @@ def fixed_cell_factory(genotype: Genotype):
     return make_cell
 
 
-class TrainedNet(nn.Module):
-    """A network built from a genotype with the same wiring as the supernet it came from."""
+class TrainedBackend(Protocol):
+    """What a trained network asks of a backend (bnas.fast.TRAINED): prepare its modules, and a block to run in."""
 
-    def __init__(self, net: BroadNet | DeepNet, genotype: Genotype):
+    def adopt(self, net: nn.Module) -> None: ...
+
+    def context(self) -> contextlib.AbstractContextManager: ...
+
+
+class TrainedNet(nn.Module):
+    """A network built from a genotype with the same wiring as the supernet it came from.
+
+    `backend` (bnas.fast.TRAINED, or None for the plain modules) computes the same forward with less work;
+    the parameters and the state dict are the plain modules'."""
+
+    def __init__(self, net: BroadNet | DeepNet, genotype: Genotype, backend: TrainedBackend | None = None):
         super().__init__()
         self.net = net
         self.genotype = genotype
         self.drop_prob = 0.0
+        self.backend = backend
+        if backend is not None:
+            backend.adopt(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is not None:
+            with self.backend.context():
+                return self.net(x, None, self.drop_prob)
         return self.net(x, None, self.drop_prob)
 
     @property
@@ -217,8 +234,10 @@ def build_network(
     stem: str = "cifar",
     blocks: int = 2,
     auxiliary: bool = False,
+    backend: TrainedBackend | None = None,
 ) -> TrainedNet:
-    """The trained network of SPEC §8 (bcnn) or DARTS' evaluation network (darts) for a genotype."""
+    """The trained network of SPEC §8 (bcnn) or DARTS' evaluation network (darts) for a genotype; `backend`
+    (bnas.fast.TRAINED) computes the same forward with less work."""
     make_cell = fixed_cell_factory(genotype)
     mult = 3 if stem == "cifar" else 1  # trained ImageNet networks: stem C/2 -> C -> C (SPEC §8)
     if genotype.space == "bcnn":
@@ -229,4 +248,4 @@ def build_network(
     else:
         shape = DeepShape(channels, num_classes, in_channels, layers, stem, mult, auxiliary)
         net = DeepNet(shape, make_cell, True)
-    return TrainedNet(net, genotype)
+    return TrainedNet(net, genotype, backend)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from .budget import BudgetClock, BudgetPlan, parse_duration, reserve_s
 from .cells import Cell
 from .data.formats import read_image_folder
 from .data.loaders import TensorLoader
-from .data.registry import DATASETS, DatasetSpec, get_dataset, training_images_needed
+from .data.registry import DatasetSpec, get_dataset
 from .data.train_data import train_loaders
 from .data.userdata import open_user_folder
-from .data.userfolder import check_folder_options
 from .dist import NullRun, broadcast_buffers, rank_world
 from .errors import (
     ConfigError,
-    check_choice,
-    check_compile,
-    check_device,
-    check_float,
-    check_int,
-    check_not_file,
-    check_seed,
-    check_types,
     non_finite,
 )
-from .genotype import ZOO, Genotype, get_genotype
+from .genotype import Genotype, get_genotype
 from .progress import print_results
-from .recipes import DARTS_SPACE, RECIPES
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment
 from .runtime import (
     STEP_FIGURES,
@@ -68,160 +57,16 @@ from .runtime import (
     weight_step,
 )
 from .space import TrainedNet, build_network, count_macs, count_parameters
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run; the defaults are the CIFAR recipe of the published code (SPEC §9)."""
-
-    genotype: str = "BNASv2_CLR_v1"  # bundled name or genotype.json / run directory
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    download: bool = False  # fetch a missing data set with torchvision (where the network allows)
-    subset: int | None = None  # first N training images only (quick runs)
-    test_subset: int | None = None  # first N test images only (quick runs; results.json says how many)
-    val_split: float = 0.0  # share of the training set held out for model selection (0 = none)
-    test_split: float = 0.2  # folder without test/: share of each class held out as the test split
-    cache_dir: str | None = None  # folder: where the decoded images are cached (default: DIR/.bnas-cache)
-    skip_bad: bool = False  # folder: leave unreadable images out (counted in the run) instead of stopping
-    synthetic_size: int = 512
-    image_size: int = 224  # input resolution of image-folder data sets (imagenet; folder: 0 = from the images)
-    workers: int = 4  # decoding workers of image-folder data sets
-    decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
-    epochs: int = 600
-    budget: str | None = None  # train for this long instead of --epochs ("90s", "20m", "1h"): budget.py
-    batch_size: int = 128
-    init_channels: int = 48
-    layers: int = 6  # N convolution-block cells (bcnn) or cells (darts)
-    blocks: int = 2  # L convolution blocks (bcnn)
-    enhance_cells: int = 2  # E (bcnn)
-    auxiliary: bool = False  # DARTS' auxiliary head (darts-space genotypes only)
-    auxiliary_weight: float = 0.4
-    cutout: int = 16
-    drop_path: float = 0.3  # drop-path probability at the last epoch (linear in the epoch)
-    lr: float = 0.025
-    lr_min: float = 0.0
-    lr_warmup_epochs: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # CPU threads of torch (0 = its default); 1 is fastest on a busy machine
-    amp: str = "auto"  # auto | off | bf16 | fp16
-    channels_last: str = "auto"  # auto (= on) | on | off
-    compile: str = "off"  # off, or a torch.compile backend for the network (inductor; eager to debug)
-    eval_batch_size: int = 256
-    on_nan: str = "stop"  # stop: end the run keeping the last complete epoch | skip: skip the step and count it
-    deterministic: bool = False  # GPU: deterministic kernels (slower); CPU runs are reproducible anyway
-    log_every: int = 50
-    out: str = "runs/train"
-    quiet: bool = False
-
-    @classmethod
-    def resolve(cls, **overrides: Any) -> TrainConfig:
-        """Defaults, then the data set's recipe and the genotype's space, then the caller's overrides."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if "budget" in given and "epochs" in given:
-            raise ConfigError("--budget and --epochs cannot be given together: a budget sizes the epochs itself")
-        dataset = given.get("dataset", cls.dataset)
-        check_choice("dataset", dataset, list(DATASETS))
-        values: dict[str, Any] = dict(RECIPES.get(dataset, {}))
-        if _genotype_space(given.get("genotype", cls.genotype)) == "darts":
-            values.update(DARTS_SPACE)
-        values.update(given)
-        batch = values.get("batch_size", cls.batch_size)
-        if dataset == "imagenet" and isinstance(batch, int) and batch > 256:
-            values.setdefault("lr_warmup_epochs", 5)  # SPEC §9: warm-up when the batch exceeds 256
-        cfg = cls(**values)
-        if cfg.dataset == "synthetic" and "synthetic_size" not in given:
-            # enough images for one training batch (per torchrun rank) after the held-out --val-split
-            world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-            needed = training_images_needed(cfg.batch_size, cfg.val_split, world)
-            cfg.synthetic_size = max(cfg.synthetic_size, needed or 0)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Every option once: its type, a finite value in its range, a known choice, a device and paths that
-        exist. Raises ConfigError with one sentence naming the option."""
-
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
-        check_types(self)
-        for name, choices in (
-            ("dataset", list(DATASETS)), ("amp", ["auto", "off", "bf16", "fp16"]),
-            ("channels_last", ["auto", "on", "off"]), ("on_nan", ["stop", "skip"]), ("decode", ["pil", "gpu"]),
-        ):  # fmt: skip
-            check_choice(name, getattr(self, name), choices)
-        for name in ("epochs", "batch_size", "init_channels", "layers", "eval_batch_size", "synthetic_size"):
-            check_int(name, getattr(self, name), 1)
-        for name in ("workers", "lr_warmup_epochs", "cutout", "threads", "log_every"):
-            check_int(name, getattr(self, name), 0)
-        if self.dataset == "folder":
-            check_folder_options(self)
-        else:
-            check_int("image_size", self.image_size, 32)
-        check_int("blocks", self.blocks, 2)
-        check_int("enhance_cells", self.enhance_cells, 1)
-        for name in ("subset", "test_subset"):
-            check_int(name, getattr(self, name), 1, optional=True)
-        check_seed(self.seed)
-        for name in ("lr", "lr_min", "weight_decay", "grad_clip", "auxiliary_weight"):
-            check_float(name, getattr(self, name), 0.0)
-        for name in ("momentum", "drop_path", "label_smoothing", "val_split"):
-            check_float(name, getattr(self, name), 0.0, 1.0)
-        if self.budget is not None:
-            parse_duration(self.budget)
-        check_device(self.device)
-        check_compile(self.compile)
-        check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
-        check_not_file("out", self.out, "a directory for the run")
-        if self.dataset == "synthetic":
-            by_subset = self.subset is not None and self.subset < self.synthetic_size
-            n, which = (self.subset, "--subset") if by_subset else (self.synthetic_size, "--synthetic-size")
-            n_val = round(n * self.val_split)
-            if self.val_split > 0 and not 0 < n_val < n:
-                bad(f"--val-split {self.val_split} of {n} training images leaves a split empty; raise {which}")
-            if n - n_val < self.batch_size:
-                needed = training_images_needed(self.batch_size, self.val_split)
-                fix = f"raise {which} to at least {needed} or " if needed else ""
-                bad(
-                    f"{which} {n} leaves {n - n_val} training images, fewer than --batch-size {self.batch_size}; "
-                    f"{fix}lower --batch-size"
-                )
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _genotype_space(name: object) -> str:
-    """The space of --genotype (a bundled name, a genotype file or a search run directory), as one sentence
-    when it is not a genotype (GenotypeError) or cannot be read."""
-    if not isinstance(name, str):
-        raise ConfigError(f"--genotype must be a bundled name or a genotype file, got {name!r}")
-    if name not in ZOO and os.path.isdir(name) and not os.path.isfile(os.path.join(name, "genotype.json")):
-        raise ConfigError(
-            f"--genotype {name} is a directory without genotype.json; give a search run directory, a genotype "
-            "file or a bundled name (bnas genotype list)"
-        )
-    try:
-        return get_genotype(name).space
-    except OSError as e:
-        raise ConfigError(f"--genotype {name!r} cannot be read ({e.strerror}); give a genotype file") from None
-
+from .train_config import TrainConfig
 
 # ------------------------------------------------------------------------------------------ building
 
 
-def network_for(cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_classes: int | None = None) -> TrainedNet:
-    """The network a configuration trains (also what eval/export rebuild from a checkpoint)."""
+def network_for(
+    cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_classes: int | None = None, backend=None
+) -> TrainedNet:
+    """The network a configuration trains (also what eval/export rebuild from a checkpoint, with the plain
+    modules: `backend` is fast.TRAINED or None)."""
     if cfg.auxiliary and genotype.space != "darts":
         raise ConfigError("--auxiliary exists only for DARTS-space genotypes; the broad network has no such head")
     if genotype.space == "bcnn" and cfg.layers % cfg.blocks:
@@ -242,6 +87,7 @@ def network_for(cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_cla
         stem=spec.stem,
         blocks=cfg.blocks,
         auxiliary=cfg.auxiliary,
+        backend=backend,
     )
 
 
@@ -277,7 +123,8 @@ class Trainer:
             if self._folders["train"][1] != self._folders["val"][1]:
                 raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val hold different classes")
         self.num_classes = len(self._folders["train"][1]) if self._folders else self.spec.num_classes
-        self.model = network_for(cfg, self.genotype, self.spec, self.num_classes)
+        trained = fast.TRAINED if cfg.fast is not False and cfg.compile == "off" else None
+        self.model = network_for(cfg, self.genotype, self.spec, self.num_classes, trained)
         self.parameters = count_parameters(self.model)
         self.size = cfg.image_size if cfg.dataset == "imagenet" else self.spec.size
         self.macs = count_macs(self.model, self.spec.in_channels, self.size)
@@ -298,6 +145,7 @@ class Trainer:
         self.switches = {  # what this run resolved its device-dependent switches to (config.json "runtime")
             **device_defaults(self.device, cfg.deterministic), "optimizer": optimizer_kind(self.device),
             "channels_last": cl, "amp": self.amp_mode, "ddp": self.world > 1,
+            "cells": "fast" if trained is not None else "plain",
         }  # fmt: skip
         self.net: nn.Module = self.model  # what the training forward runs: DDP's wrapper under torchrun
         if self.world > 1:  # bucketed gradient all-reduce overlapping backward; BatchNorm statistics: see run_training
@@ -321,7 +169,13 @@ class Trainer:
             plan = BudgetPlan(parse_duration(cfg.budget), per_epoch, warmup_steps=cfg.lr_warmup_epochs * per_epoch)
             sync = functools.partial(synchronize, self.device)
             reserve = functools.partial(
-                reserve_s, self.model, self.loaders["test"], self.autocast, self.sizes["test"], sync
+                reserve_s,
+                self.model,
+                self.loaders["test"],
+                self.autocast,
+                self.sizes["test"],
+                sync,
+                2 if cfg.eval_flip else 1,
             )
             self.clock = BudgetClock(plan, sync, reserve)
 
@@ -489,7 +343,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, float]:
         """Loss, top-1 and top-5 accuracy of the current weights on a split, in eval mode."""
-        return evaluate(self.model, self.loaders[split], self.autocast)
+        return evaluate(self.model, self.loaders[split], self.autocast, flip=self.cfg.eval_flip)
 
     def run_training(self, reporter=None) -> dict[str, Any]:
         from .progress import Reporter

@@ -97,5 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_bench)
     t = bsub.add_parser("train", help="SGD steps of a genotype's trained network (SPEC §8 shape)")
     t.add_argument("--genotype", default="BNASv2_CLR_v1", help="bundled genotype name (default BNASv2_CLR_v1)")
+    t.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one ReLU per tensor for every operation that starts with one, as bnas train (default on)",
+    )
     _common(t, 128)
     t.set_defaults(func=cmd_bench)

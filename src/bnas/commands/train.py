@@ -36,6 +36,12 @@ _HELP = {
     "auxiliary": "DARTS' auxiliary head (darts-space genotypes)",
     "auxiliary_weight": "weight of the auxiliary head's loss",
     "cutout": "cutout square side in pixels (0 = off)",
+    "crop_padding": "random crop after zero padding by this many pixels (unset: the data set's own augmentation)",
+    "eval_flip": "test logits averaged over each image and its mirror image (test-time augmentation)",
+    "recipe": "paper: the published recipe of the data set (SPEC §9); fast: the CPU recipe for short budgets "
+    "(docs/recipes.md; bnas train --recipe fast --budget 10m)",
+    "fast": "one ReLU per tensor for every operation that starts with one (same network; default on, off with "
+    "--compile)",
     "drop_path": "drop-path probability reached at the last epoch (linear in the epoch)",
     "lr": "learning rate (SGD, cosine schedule)",
     "lr_min": "final learning rate of the cosine schedule",
@@ -64,6 +70,7 @@ _CHOICES = {
     "channels_last": ["auto", "on", "off"],
     "on_nan": ["stop", "skip"],
     "decode": ["pil", "gpu"],
+    "recipe": ["paper", "fast"],
 }
 # options that may change when a run is resumed (the rest would make the checkpoint meaningless)
 _RESUMABLE = (
@@ -79,6 +86,7 @@ _RESUMABLE = (
     "eval_batch_size",
     "on_nan",
     "deterministic",
+    "fast",
 )
 
 

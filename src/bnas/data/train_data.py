@@ -43,6 +43,8 @@ def train_loaders(cfg, spec: DatasetSpec, device: torch.device, channels_last: b
         )
     sizes = {"train": images.shape[0], **{k: v[0].shape[0] for k, v in splits.items()}}
     aug = dataclasses.replace(spec.train_augment, cutout=cfg.cutout)
+    if cfg.crop_padding is not None:  # the recipe's random crop instead of the data set's own
+        aug = dataclasses.replace(aug, crop_padding=cfg.crop_padding)
     shard = dict(rank=rank, world=world)  # torchrun: every rank a disjoint shard of each pass
     loaders = {"train": TensorLoader(
         images.to(device), labels.to(device), cfg.batch_size, aug, drop_last=True, seed=cfg.seed,

@@ -268,6 +268,8 @@ def stream_train_loaders(spec: DatasetSpec, cfg, device, channels_last: bool, ra
         )
     kw = dict(device=device, workers=src.workers, channels_last=channels_last, rank=rank, world=world)
     aug = dataclasses.replace(spec.train_augment, cutout=cfg.cutout)
+    if cfg.crop_padding is not None:  # the recipe's random crop instead of the data set's own
+        aug = dataclasses.replace(aug, crop_padding=cfg.crop_padding)
     loaders = {"train": StreamLoader(train, src.size, src.channels, cfg.batch_size, aug, drop_last=True,
                                      seed=cfg.seed, **kw)}  # fmt: skip
     for name, samples in splits.items():

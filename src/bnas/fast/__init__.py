@@ -8,6 +8,8 @@ A supernet is given a backend at construction (`SuperNet(cfg, backend=fast.BACKE
 * `adopt(net)`: prepares a wiring's modules (one shared ReLU per state for its taps and preprocessing);
 * `context()`: the block a training forward of the supernet runs in.
 
+`TRAINED` is the trained network's backend: `adopt` and `context` only (its cells are fixed).
+
 `backward_once()` marks the search steps whose graphs are differentiated once (not Hessian-vector
 products), where more can be recomputed instead of kept. Everything is tested against the plain modules
 (tests/test_fast.py).
@@ -48,6 +50,20 @@ class FastBackend:
         return sharing_relus()
 
 
-BACKEND = FastBackend()
+class TrainedBackend:
+    """A trained network's forward: one ReLU per tensor for every operation, preprocessing and tap that starts
+    with one (fast.sharing); the fixed cells themselves run their plain forward."""
 
-__all__ = ["BACKEND", "FastBackend", "backward_once"]
+    name = "fast"
+
+    def adopt(self, net: nn.Module) -> None:
+        share_relus(net, ops=True)
+
+    def context(self) -> AbstractContextManager:
+        return sharing_relus()
+
+
+BACKEND = FastBackend()
+TRAINED = TrainedBackend()
+
+__all__ = ["BACKEND", "TRAINED", "FastBackend", "TrainedBackend", "backward_once"]

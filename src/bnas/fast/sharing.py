@@ -19,7 +19,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-from ..ops import FactorizedReduce, ReLUConvBN
+from ..ops import DilConv, FactorizedReduce, ReLUConvBN
 from .functions import conv_bn, once
 
 
@@ -154,12 +154,22 @@ class SharedFactorizedReduce(FactorizedReduce):
         return self.reduce(shared_relu(x))
 
 
+class SharedDilConv(DilConv):
+    """DilConv (and so each half of a SepConv) reading its input's shared ReLU: in a trained cell, the edges
+    leaving one state (BNASv2_CLR_v1: four from the same state) rectify it once."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[3](self[2](self[1](shared_relu(x))))
+
+
 _SHARED = {ReLUConvBN: SharedReLUConvBN, FactorizedReduce: SharedFactorizedReduce}
 
 
-def share_relus(net: nn.Module) -> None:
-    """Gives every ReLUConvBN and FactorizedReduce of `net` the shared-ReLU forward (in place)."""
+def share_relus(net: nn.Module, ops: bool = False) -> None:
+    """Gives every ReLUConvBN and FactorizedReduce of `net` the shared-ReLU forward (in place); with `ops`, the
+    fixed edges' DilConv and SepConv too (a trained network: a supernet's mixed edges have their own path)."""
+    table = _SHARED | {DilConv: SharedDilConv} if ops else _SHARED
     for m in net.modules():
-        shared = _SHARED.get(type(m))
+        shared = table.get(type(m))
         if shared is not None:
             m.__class__ = shared
