@@ -10,8 +10,10 @@ idempotent: a complete tree (OUT/fashion-mnist.json) is left as it is.
 --compare trains the same genotype with the same recipe and budget on `--dataset fashion-mnist` and on
 `--dataset folder --image-size 28` (the folder run twice: the first decodes the tree into the cache, the
 second reads the cache) and prints their final-epoch test accuracy and training speed as a markdown table
-(docs/userfolder.md says what to expect). The folder runs normalise with the tree's statistics, the
-fashion-mnist run with none (SPEC §9): the one recipe difference the data sets themselves make.
+(docs/userfolder.md says what to expect). Every run gets the same `--normalize`: data (default; the training
+images' mean and std, the folder's own default) or off (pixels / 255, the built-in data set's own, SPEC §9).
+`--recipe fast --budget 10m` trains every run with the CPU recipe for a fixed time instead of `--epochs`;
+`--skip folder-cached` leaves a run out.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ def write_tree(out: Path, data_dir: str, limit: int | None = None) -> dict:
 
 def _train(args: argparse.Namespace, name: str, extra: list[str]) -> dict:
     out = Path(args.runs) / name
-    cmd = [sys.executable, "-m", "bnas.cli", "train", "--genotype", args.genotype, "--epochs", str(args.epochs),
-           "--batch-size", str(args.batch_size), "--init-channels", str(args.init_channels), "--lr", str(args.lr),
-           "--drop-path", "0", "--seed", str(args.seed), "--device", args.device, "--quiet", "--overwrite",
-           "--out", str(out), *extra]  # fmt: skip
+    if args.budget:
+        recipe = ["--recipe", args.recipe, "--budget", args.budget]
+    else:
+        recipe = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--init-channels",
+                  str(args.init_channels), "--lr", str(args.lr), "--drop-path", "0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "bnas.cli", "train", "--genotype", args.genotype, *recipe, "--seed", str(args.seed),
+           "--device", args.device, "--quiet", "--overwrite", "--out", str(out), *extra]  # fmt: skip
     if args.subset:
         cmd += ["--subset", str(args.subset)]
     t0 = time.perf_counter()
@@ -75,11 +80,16 @@ def _train(args: argparse.Namespace, name: str, extra: list[str]) -> dict:
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
-    rows = [_train(args, "fashion-mnist", ["--dataset", "fashion-mnist", "--data-dir", args.data_dir])]
-    folder = ["--dataset", "folder", "--data-dir", str(args.out), "--image-size", "28"]
-    shutil.rmtree(args.out / ".bnas-cache", ignore_errors=True)  # so that the first folder run decodes the tree
-    rows.append(_train(args, "folder-first", folder))  # decodes the tree into the cache
-    rows.append(_train(args, "folder-cached", folder))  # reads the cache
+    builtin = ["--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--normalize", args.normalize]
+    folder = ["--dataset", "folder", "--data-dir", str(args.out), "--image-size", "28", "--normalize", args.normalize]
+    runs = [("fashion-mnist", builtin), ("folder-first", folder), ("folder-cached", folder)]
+    rows = []
+    for name, extra in runs:
+        if name in args.skip:
+            continue
+        if name == "folder-first":  # so that the first folder run decodes the tree into the cache
+            shutil.rmtree(args.out / ".bnas-cache", ignore_errors=True)
+        rows.append(_train(args, name, extra))
     print("| run | final-epoch test top-1 | training images/s | training s | wall s (with loading) |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -99,6 +109,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--init-channels", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--recipe", default="fast", choices=["fast", "paper"], help="the recipe of --budget runs")
+    p.add_argument("--budget", help="train every run for this long with --recipe (instead of --epochs ...)")
+    p.add_argument("--normalize", default="data", choices=["data", "off"], help="--normalize of every run")
+    p.add_argument("--skip", nargs="*", default=[], choices=["fashion-mnist", "folder-first", "folder-cached"])
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -84,3 +84,33 @@ def test_fast_recipe_trains_end_to_end_and_records_itself(tmp_path: Path, capsys
     assert config["config"]["recipe"] == "fast" if "config" in config else config["recipe"] == "fast"
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["final_epoch"]["test_top1"] <= 1.0
+
+
+def test_normalize_data_uses_the_training_splits_statistics_and_eval_feeds_the_same(tmp_path: Path):
+    from bnas.data.registry import load_split
+    from bnas.data.userfolder import channel_stats
+    from bnas.evaluation import evaluate_checkpoint
+
+    cfg = TrainConfig.resolve(**TINY, epochs=1, normalize="data", out=str(tmp_path / "data"))
+    trainer = Trainer(cfg)
+    images = load_split("synthetic", cfg.data_dir, train=True, synthetic_size=32, seed=cfg.seed).images
+    mean, std = channel_stats(images)
+    for split in ("train", "test"):
+        aug = trainer.loaders[split].augment
+        assert (aug.mean, aug.std) == (mean, std)
+    assert trainer.meta()["mean"] == mean
+    result = trainer.run_training()
+    again = evaluate_checkpoint(tmp_path / "data", device="cpu")
+    assert again["top1"] == pytest.approx(result["final_epoch"]["test_top1"])
+    # with the data set's own (CIFAR) statistics instead, the same weights score differently
+    off = Trainer(TrainConfig.resolve(**TINY, epochs=1, normalize="off", out=str(tmp_path / "off")))
+    assert (off.loaders["test"].augment.mean, off.meta()["std"]) == (None, None)
+    auto = Trainer(TrainConfig.resolve(**TINY, epochs=1, out=str(tmp_path / "auto")))
+    assert auto.loaders["test"].augment.mean not in (None, mean)
+
+
+def test_normalize_rejects_imagenet_and_unknown_modes():
+    with pytest.raises(ConfigError, match="normalize"):
+        TrainConfig.resolve(dataset="imagenet", normalize="data")
+    with pytest.raises(ConfigError, match="normalize"):
+        TrainConfig.resolve(normalize="yes")

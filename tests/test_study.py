@@ -216,3 +216,17 @@ def test_the_demo_study_plans_a_search_and_two_trainings_alike(tmp_path, capsys)
     ]  # fmt: skip
     spec = StudySpec.load(demo)
     assert spec.train["budget"] == "90s" and spec.search["epochs"] == 4 and spec.search["subset"] == 2000
+
+
+def test_the_fashion_mnist_study_plans_every_method_seed_random_and_published_cell(tmp_path, capsys):
+    """configs/study-fashion-mnist.json (docs/study-fashion-mnist.md): 9 searches and 21 trainings, alike."""
+    config = Path(__file__).parent.parent / "configs" / "study-fashion-mnist.json"
+    assert main(["study", "--config", str(config), "--out", str(tmp_path / "fm"), "--dry-run"]) == 0
+    names = [line.split(" (")[0].split("] ")[1] for line in capsys.readouterr().out.splitlines()]
+    searches = [n for n in names if n.startswith("search ")]
+    trainings = [n for n in names if n.startswith("train ")]
+    assert len(searches) == 9 and {n.split()[1].rsplit("-s", 1)[0] for n in searches} == {"clr", "bnas-d", "random"}
+    assert len(trainings) == 9 + 6 + 2 * 3
+    assert {"train random-cell-5", "train BNASv2_CLR_v1-s2", "train BNASv2_PC_cifar_v1-s0"} <= set(trainings)
+    spec = StudySpec.load(config)
+    assert spec.train["recipe"] == "fast" and spec.train["epochs"] == 1 and "budget" not in spec.train

@@ -84,7 +84,10 @@ def evaluate_checkpoint(
             x, y = x[:subset], y[:subset]
     else:
         raise ConfigError(f"--split must be test, val or train, got {split!r}")
-    loader = TensorLoader(x.to(dev), y.to(dev), batch_size, spec.eval_augment, train=False, shuffle=False)
+    # the run's own normalisation (--normalize data|off may differ from the data set's), stored in its meta
+    mean, std = meta.get("mean", spec.eval_augment.mean), meta.get("std", spec.eval_augment.std)
+    aug = dataclasses.replace(spec.eval_augment, mean=mean and tuple(mean), std=std and tuple(std))
+    loader = TensorLoader(x.to(dev), y.to(dev), batch_size, aug, train=False, shuffle=False)
     return {
         "checkpoint": str(_checkpoint_path(path)),
         "epoch": meta["epoch"],

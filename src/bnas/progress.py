@@ -76,7 +76,7 @@ class Reporter:
         print(*args, file=self.out, flush=True)
 
     @contextmanager
-    def epoch(self, epoch: int, epochs: int, steps: int):
+    def epoch(self, epoch: int, epochs: int | str, steps: int):
         bar = _Bar(steps, f"epoch {epoch + 1}/{epochs}", self.err, self.bar, self.line_every)
         try:
             yield bar

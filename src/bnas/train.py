@@ -181,7 +181,7 @@ class Trainer:
 
     # --- data
     def _load_data(self) -> None:
-        loaders, self.sizes = train_loaders(
+        loaders, self.sizes, self.spec = train_loaders(
             self.cfg, self.spec, self.device, self.channels_last, self.rank, self.world, self._folders
         )
         self.loaders.update(loaders)
@@ -356,7 +356,8 @@ class Trainer:
         epoch = self.start_epoch
         while (clock.plan.done(epoch * per_epoch) is False) if clock is not None else epoch < cfg.epochs:
             t0 = time.perf_counter()
-            shown = math.ceil(clock.plan.epochs()) or epoch + 1 if clock is not None else cfg.epochs
+            # a budget's length is unknown until its first steps are timed: "epoch 1/?" until then
+            shown = (math.ceil(clock.plan.epochs()) or "?") if clock is not None else cfg.epochs
             with reporter.epoch(epoch, shown, per_epoch) as progress:
                 stats = self.train_epoch(epoch, progress)
             broadcast_buffers(self.model)  # every rank keeps rank 0's BatchNorm statistics, as DDP does
@@ -401,7 +402,7 @@ class Trainer:
 
     def results(self) -> dict[str, Any]:
         """Final-epoch test accuracy (never a best epoch chosen on test), size, cost, and where it ran."""
-        cfg = self.cfg
+        cfg, aug = self.cfg, self.spec.eval_augment
         test = self.evaluate("test")
         last = self.history[-1] if self.history else {}
         out: dict[str, Any] = {
@@ -413,6 +414,7 @@ class Trainer:
             "images": self.sizes,
             "parameters": self.parameters,
             "macs_per_image": self.macs,
+            "input": {"normalize": cfg.normalize, "mean": aug.mean, "std": aug.std},  # what eval and export feed
             "train_s": sum(r.get("epoch_s", 0.0) for r in self.history),
             "train_loss": last.get("train_loss"),
             "train_acc": last.get("train_acc"),

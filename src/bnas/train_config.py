@@ -58,6 +58,7 @@ class TrainConfig:
     cutout: int = 16
     crop_padding: int | None = None  # random crop after zero padding (None = the data set's own augmentation)
     eval_flip: bool = False  # test (and validation) logits averaged over the image and its mirror image
+    normalize: str = "auto"  # auto: the data set's own (SPEC §9); data: the training split's mean/std; off: [0, 1]
     drop_path: float = 0.3  # drop-path probability at the last epoch (linear in the epoch)
     lr: float = 0.025
     lr_min: float = 0.0
@@ -125,6 +126,7 @@ class TrainConfig:
         for name, choices in (
             ("dataset", list(DATASETS)), ("amp", ["auto", "off", "bf16", "fp16"]),
             ("channels_last", ["auto", "on", "off"]), ("on_nan", ["stop", "skip"]), ("decode", ["pil", "gpu"]),
+            ("normalize", ["auto", "data", "off"]),
         ):  # fmt: skip
             check_choice(name, getattr(self, name), choices)
         for name in ("epochs", "batch_size", "init_channels", "layers", "eval_batch_size", "synthetic_size"):
@@ -132,6 +134,8 @@ class TrainConfig:
         for name in ("workers", "lr_warmup_epochs", "cutout", "threads", "log_every"):
             check_int(name, getattr(self, name), 0)
         check_int("crop_padding", self.crop_padding, 0, optional=True)
+        if self.dataset == "imagenet" and self.normalize != "auto":
+            bad("--normalize applies to small data sets; imagenet always uses the ImageNet mean and std (SPEC §9)")
         if self.dataset == "folder":
             check_folder_options(self)
         else:

@@ -38,6 +38,8 @@ _HELP = {
     "cutout": "cutout square side in pixels (0 = off)",
     "crop_padding": "random crop after zero padding by this many pixels (unset: the data set's own augmentation)",
     "eval_flip": "test logits averaged over each image and its mirror image (test-time augmentation)",
+    "normalize": "input normalisation: auto (the data set's own, SPEC §9), data (per-channel mean and std of the "
+    "training split, stored in the run), off (pixels / 255)",
     "recipe": "paper: the published recipe of the data set (SPEC §9); fast: the CPU recipe for short budgets "
     "(docs/recipes.md; bnas train --recipe fast --budget 10m)",
     "fast": "one ReLU per tensor for every operation that starts with one (same network; default on, off with "
@@ -71,6 +73,7 @@ _CHOICES = {
     "on_nan": ["stop", "skip"],
     "decode": ["pil", "gpu"],
     "recipe": ["paper", "fast"],
+    "normalize": ["auto", "data", "off"],
 }
 # options that may change when a run is resumed (the rest would make the checkpoint meaningless)
 _RESUMABLE = (

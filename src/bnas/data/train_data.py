@@ -15,15 +15,36 @@ from .folder import FolderLoader, gpu_decoding, imagenet_transform
 from .loaders import TensorLoader
 from .registry import DatasetSpec, load_split
 from .userdata import stream_train_loaders
+from .userfolder import channel_stats
+
+
+def normalised(spec: DatasetSpec, mode: str, images: torch.Tensor | None = None) -> DatasetSpec:
+    """The spec with --normalize applied to both augmentations: the data set's own (auto), the training
+    images' per-channel statistics (data: exact sums over `images`), or none (off, pixels / 255)."""
+    if mode == "auto":
+        return spec
+    if mode == "data":
+        if images is None:  # a streamed folder: its statistics are already the training split's
+            return spec
+        mean, std = channel_stats(images)
+    else:
+        mean = std = None
+    return dataclasses.replace(
+        spec,
+        train_augment=dataclasses.replace(spec.train_augment, mean=mean, std=std),
+        eval_augment=dataclasses.replace(spec.eval_augment, mean=mean, std=std),
+    )
 
 
 def train_loaders(cfg, spec: DatasetSpec, device: torch.device, channels_last: bool, rank: int, world: int,
-                  folders: dict | None = None) -> tuple[dict, dict[str, int]]:  # fmt: skip
-    """`cfg` (a TrainConfig) -> ({"train", "test"[, "val"]: loader}, their sizes in images)."""
+                  folders: dict | None = None) -> tuple[dict, dict[str, int], DatasetSpec]:  # fmt: skip
+    """`cfg` (a TrainConfig) -> ({"train", "test"[, "val"]: loader}, their sizes in images, the spec with the
+    run's normalisation: what eval and export must feed the network)."""
     if folders is not None:
-        return _folder_loaders(cfg, device, channels_last, rank, world, folders)
+        return (*_folder_loaders(cfg, device, channels_last, rank, world, folders), spec)
     if getattr(spec.source, "streaming", False):  # a folder too large for memory: decoding workers
-        return stream_train_loaders(spec, cfg, device, channels_last, rank, world)
+        spec = normalised(spec, cfg.normalize)
+        return (*stream_train_loaders(spec, cfg, device, channels_last, rank, world), spec)
     kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, allow_download=cfg.download, spec=spec)
     train = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
     test = load_split(cfg.dataset, cfg.data_dir, train=False, subset=cfg.test_subset, **kw)
@@ -42,6 +63,7 @@ def train_loaders(cfg, spec: DatasetSpec, device: torch.device, channels_last: b
             "lower --batch-size or use more data"
         )
     sizes = {"train": images.shape[0], **{k: v[0].shape[0] for k, v in splits.items()}}
+    spec = normalised(spec, cfg.normalize, images)
     aug = dataclasses.replace(spec.train_augment, cutout=cfg.cutout)
     if cfg.crop_padding is not None:  # the recipe's random crop instead of the data set's own
         aug = dataclasses.replace(aug, crop_padding=cfg.crop_padding)
@@ -55,7 +77,7 @@ def train_loaders(cfg, spec: DatasetSpec, device: torch.device, channels_last: b
             x.to(device), y.to(device), cfg.eval_batch_size, spec.eval_augment, train=False, shuffle=False,
             channels_last=channels_last, **shard,
         )  # fmt: skip
-    return loaders, sizes
+    return loaders, sizes, spec
 
 
 def _folder_loaders(cfg, device, channels_last: bool, rank: int, world: int, folders: dict):
