@@ -331,3 +331,23 @@ def test_listing_order_and_layouts(tmp_path):
     make_tree(tmp_path / "t" / "train", {"b": 2, "a": 2}, ext="jpg")
     listing = list_tree(tmp_path / "t")
     assert listing.classes == ["a", "b"] and listing.rels[0] == "train/a/0.jpg" and not listing.has_test
+
+
+def test_a_study_on_a_folder_searches_and_trains_every_candidate(rgb_tree, tmp_path, capsys):
+    """`bnas study` with "dataset": "folder": the tree reaches the searches and the trainings alike."""
+    tiny = {"epochs": 1, "init_channels": 4, "device": "cpu", "log_every": 0, "data_dir": str(rgb_tree)}
+    study = {
+        "dataset": "folder", "methods": ["clr"], "seeds": [0], "random_cells": 1,
+        "search": {**tiny, "batch_size": 4, "eval_every": 0},
+        "train": {**tiny, "layers": 2, "enhance_cells": 1, "batch_size": 8, "eval_batch_size": 16},
+    }  # fmt: skip
+    config = tmp_path / "study.json"
+    config.write_text(json.dumps(study))
+    out = tmp_path / "study"
+    code, _, err = run_cli(["study", "--config", str(config), "--out", str(out)], capsys)
+    assert code == 0, err
+    for run in ("train/clr-s0", "train/random-cell-0"):
+        results = json.loads((out / run / "results.json").read_text())
+        assert results["dataset"] == "folder" and results["images"]["train"] + results["images"]["test"] == 36
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # the header, the searched cell and the random cell
