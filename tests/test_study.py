@@ -229,4 +229,4 @@ def test_the_fashion_mnist_study_plans_every_method_seed_random_and_published_ce
     assert len(trainings) == 9 + 6 + 2 * 3
     assert {"train random-cell-5", "train BNASv2_CLR_v1-s2", "train BNASv2_PC_cifar_v1-s0"} <= set(trainings)
     spec = StudySpec.load(config)
-    assert spec.train["recipe"] == "fast" and spec.train["epochs"] == 1 and "budget" not in spec.train
+    assert spec.train["recipe"] == "fast" and spec.train["budget"] == "3m" and "epochs" not in spec.train
