@@ -31,7 +31,6 @@ from . import fast
 from .architect import Architect
 from .cells import Cell
 from .errors import ConfigError
-from .fast import cells as fastcells
 from .genotype import get_genotype
 from .optim import SGD
 from .runtime import Tally, autocast_factory, compile_regions, grad_scaler, pick_device, upcast
@@ -154,8 +153,8 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         overrides["init_channels"] = cfg.init_channels
     scfg = SearchConfig.resolve(cfg.method, **overrides)
     use_fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
-    fastcells.BATCH_EDGES = cfg.batch_edges  # a process-wide switch: `run` restores it
-    model = SuperNet(scfg.space_config(10, 3), fast.BACKEND if use_fast else None).to(device)
+    backend = fast.FastBackend(batch_edges=cfg.batch_edges) if use_fast else None  # this run's switches only
+    model = SuperNet(scfg.space_config(10, 3), backend).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:  # as `bnas search --compile inductor`: each cell, in place
@@ -305,8 +304,4 @@ def _native_on() -> bool:
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run one benchmark configuration (in this process) and return its record."""
-    batch_edges = fastcells.BATCH_EDGES
-    try:
-        return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)
-    finally:
-        fastcells.BATCH_EDGES = batch_edges
+    return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)

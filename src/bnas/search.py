@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from . import fast
-from .architect import Architect, alpha_entropy, alpha_hessian_eigenvalue, alpha_record, clr_arch_lr
+from .architect import Architect, ArchitectOptions, clr_arch_lr
 from .cells import Cell
 from .data.search_data import search_data, search_images_needed
+from .diagnostics import alpha_entropy, alpha_hessian_eigenvalue, alpha_record
 from .dist import NullRun, is_main
 from .errors import (
     ConfigError,
@@ -274,8 +275,9 @@ class SearchStep:
         self.scaler, self.autocast, self.grad_clip = scaler, autocast, grad_clip
         self.weights = model.weight_parameters()
 
-    def __call__(self, x, y, xv, yv, lr: float, tally: Tally, index: int = 0) -> None:
-        """`xv is None`: no architecture step. `index` numbers the step in its epoch (for --on-nan's message)."""
+    def __call__(self, x, y, xv, yv, lr: float, tally: Tally, index: int = 0, path=None) -> None:
+        """`xv is None`: no architecture step. `index` numbers the step in its epoch (for --on-nan's message).
+        `path` (random search): the weight step trains that one architecture (`SuperNet.path_weights`)."""
         if xv is not None:
             arch_loss, a = self.architect.step(x, y, xv, yv, lr)
             a_bad = ~a.ok & ~a.overflow
@@ -284,7 +286,7 @@ class SearchStep:
             tally.first("arch_first_bad", a_bad, index + 1)
         self.w_optimizer.zero_grad(set_to_none=True)
         with self.autocast(), fast.backward_once():
-            logits = self.model(x)
+            logits = self.model(x, path=path)
         loss = F.cross_entropy(upcast(logits), y)
         w = weight_step(loss, self.w_optimizer, self.weights, self.grad_clip, self.scaler)
         w_bad = ~w.ok & ~w.overflow
@@ -319,8 +321,9 @@ class Searcher:
             self.model.weight_parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 only: the weight loss's scale
+        a_options = ArchitectOptions.from_config(cfg)
         self.architect = Architect(
-            self.model, cfg, self.w_optimizer, self.autocast, grad_scaler(self.amp_mode, self.device)
+            self.model, a_options, self.w_optimizer, self.autocast, grad_scaler(self.amp_mode, self.device)
         )
         self.step = SearchStep(self.model, self.architect, self.w_optimizer, self.scaler, self.autocast, cfg.grad_clip)
         # what this run resolved its device-dependent switches to (config.json "runtime")
@@ -450,9 +453,8 @@ class Searcher:
                 except StopIteration:
                     val_iter = iter(self.val_loader)
                     xv, yv = next(val_iter)
-            if paths is not None:  # random search: this step trains one uniformly drawn architecture
-                model.path = paths[i]
-            self.step(x, y, xv, yv, lr, tally, i)
+            # random search: this step trains one uniformly drawn architecture
+            self.step(x, y, xv, yv, lr, tally, i, path=paths[i] if paths is not None else None)
             images += x.shape[0]
             log = bool(cfg.log_every) and (i + 1) % cfg.log_every == 0
             if log:
@@ -489,10 +491,19 @@ class Searcher:
         """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""
         return non_finite(self.cfg.on_nan, "search", which, epoch, step, self.cfg.out, "--lr/--arch-lr")
 
+    def selected_path(self) -> dict[str, torch.Tensor] | None:
+        """Random search: the op weights of the selected candidate (the best scored one), which the run's
+        evaluation, Hessian diagnostic and genotype all read; None for a gradient search (the alphas)."""
+        if self.cfg.arch_search != "random" or self._selected is None:
+            return None
+        return self.model.path_weights(self._selected)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The supernet on the evaluation split (read once at the end; combined over torchrun ranks)."""
-        r = evaluate_model(self.model, self.eval_loader, self.autocast)
+        """The supernet (random search: the selected candidate on its weights) on the evaluation split (read
+        once at the end; combined over torchrun ranks)."""
+        path = self.selected_path()
+        r = evaluate_model(self.model if path is None else self.model.fixed(path), self.eval_loader, self.autocast)
         return {"valid_loss": r["loss"], "valid_acc": r["top1"]}
 
     def run_search(self, reporter=None) -> Genotype:
@@ -505,16 +516,16 @@ class Searcher:
             t0 = time.perf_counter()
             with reporter.epoch(epoch, cfg.epochs, len(self.train_loader)) as progress:
                 stats = self.train_epoch(epoch, progress)
+            if cfg.arch_search == "random":  # the candidates on the architecture split (all of it at the end)
+                last = epoch + 1 == cfg.epochs  # first: the evaluation and the Hessian read the selected one
+                self._selected, scores = select(self.model, self.val_loader, self._candidates, self.autocast,
+                                                None if last else 4)  # fmt: skip
+                stats["candidate_acc"] = scores
             if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 stats.update(self.evaluate())
             if cfg.hessian_every and ((epoch + 1) % cfg.hessian_every == 0 or epoch + 1 == cfg.epochs):
                 t1 = time.perf_counter()
                 stats.update(hessian_eig=self.hessian_eigenvalue(epoch), hessian_s=time.perf_counter() - t1)
-            if cfg.arch_search == "random":  # the candidates on the architecture split (all of it at the end)
-                last = epoch + 1 == cfg.epochs
-                self._selected, scores = select(self.model, self.val_loader, self._candidates, self.autocast,
-                                                None if last else 4)  # fmt: skip
-                stats["candidate_acc"] = scores
             genotype = self.genotype()
             record = {
                 "kind": "epoch",
@@ -563,7 +574,8 @@ class Searcher:
             self._hessian_batch = next(iter(self.eval_loader))
         x, y = self._hessian_batch
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        return alpha_hessian_eigenvalue(self.model, x, y, self.cfg.hessian_iters, generator=gen)
+        return alpha_hessian_eigenvalue(self.model, x, y, self.cfg.hessian_iters, generator=gen,
+                                        path=self.selected_path())  # fmt: skip
 
 
 def search(cfg: SearchConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> Genotype:

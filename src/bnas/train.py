@@ -291,9 +291,8 @@ class Trainer:
                 model.drop_prob = cfg.drop_path * clock.plan.progress(epoch * per_epoch + i)
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                logits = net(x)
+                logits, aux = net(x, with_aux=True)  # aux: the auxiliary head's logits (DARTS networks) or None
             loss = F.cross_entropy(upcast(logits), y, label_smoothing=cfg.label_smoothing)
-            aux = model.aux_logits
             if aux is not None and cfg.auxiliary_weight > 0:
                 aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=cfg.label_smoothing)
                 loss = loss + cfg.auxiliary_weight * aux_loss
