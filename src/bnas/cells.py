@@ -12,6 +12,7 @@ from .ops import PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, channel_shu
 
 # `none` contributes zeros: mixed edges never build or run it and simply ignore its weight.
 _ACTIVE = tuple(i for i, name in enumerate(PRIMITIVES) if name != "none")
+_COLUMN = {name: i for i, name in enumerate(PRIMITIVES)}  # an operation's column in the alphas
 
 
 def search_edges(steps: int = 4) -> list[tuple[int, int]]:
@@ -38,8 +39,8 @@ class MixedEdge(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
-        for i, op in zip(_ACTIVE, self.ops, strict=True):
-            y = weights[i] * op(x)
+        for name, op in zip(self.op_names, self.ops, strict=True):
+            y = weights[_COLUMN[name]] * op(x)
             out = y if out is None else out + y
         return out
 
