@@ -116,3 +116,30 @@ def test_architect_takes_its_own_options():
     ref = torch.autograd.grad(F.cross_entropy(model(x), y), model.arch_parameters())
     assert all(torch.allclose(g, r) for g, r in zip(grads, ref, strict=True))
     assert opts.lr_at(0, 10) == 6e-4 and ArchitectOptions(lr=1.0, clr_power=2.0).lr_at(4, 10) == 0.25
+
+
+@pytest.mark.parametrize("backend", [None, fast.BACKEND], ids=["plain", "fast"])
+def test_the_hessian_of_a_fixed_path_matches_the_exact_hessian(backend):
+    """Random search's Hessian diagnostic: w.r.t. the selected candidate's op weights, at its one-hot point."""
+    import random
+
+    from bnas.diagnostics import alpha_hessian_eigenvalue
+    from bnas.genotype import Genotype, sample_cell
+
+    torch.manual_seed(0)
+    model = SuperNet(SpaceConfig(channels=4, num_classes=3, steps=1), backend).double()  # 32 op weights
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (4,), generator=g)
+    rng = random.Random(3)
+    path = {k: v.double() for k, v in model.path_weights(Genotype(sample_cell(rng, 1), sample_cell(rng, 1))).items()}
+    shapes = [path[k].shape for k in model.cell_types]
+
+    def loss(flat):
+        parts = flat.split([s.numel() for s in shapes])
+        return F.cross_entropy(model(x, path={k: p.view(s) for k, p, s in zip(model.cell_types, parts, shapes)}), y)
+
+    flat = torch.cat([path[k].flatten() for k in model.cell_types])
+    exact = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat)).max().item()
+    got = alpha_hessian_eigenvalue(model, x, y, iters=300, tol=1e-12, generator=torch.Generator().manual_seed(0),
+                                   path=path)  # fmt: skip
+    assert got == pytest.approx(exact, rel=1e-6)
