@@ -35,7 +35,7 @@ class MixedEdge(nn.Module):
         """The operation called `name` (KeyError naming the edge's operations otherwise)."""
         if name not in self.op_names:
             raise KeyError(f"this mixed edge has no operation {name!r}; it has {', '.join(self.op_names)}")
-        return self.ops[self.op_names.index(name)]
+        return self.ops._modules[str(self.op_names.index(name))]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None

@@ -28,6 +28,7 @@ class NamedSequential(nn.Sequential):
     position: a reordered or retyped part fails here, loudly, instead of computing something else."""
 
     PARTS: tuple[tuple[str, type[nn.Module]], ...] = ()
+    _KEYS: dict[str, str] = {}
 
     def __init__(self, *modules: nn.Module):
         super().__init__(*modules)
@@ -38,12 +39,16 @@ class NamedSequential(nn.Sequential):
             want = [f"{name}: {getattr(kind, '__name__', kind)}" for name, kind in self.PARTS]
             raise TypeError(f"{type(self).__name__} holds {kinds}, but its PARTS name {want}")
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._KEYS = {name: str(i) for i, (name, _) in enumerate(cls.PARTS)}  # name -> its key in _modules
+
     def part(self, name: str) -> nn.Module:
         """The part called `name` (KeyError naming the known parts otherwise)."""
-        for i, (part, _) in enumerate(self.PARTS):
-            if part == name:
-                return self[i]
-        raise KeyError(f"{type(self).__name__} has no part {name!r}; its parts: {[p for p, _ in self.PARTS]}")
+        key = self._KEYS.get(name)
+        if key is None:
+            raise KeyError(f"{type(self).__name__} has no part {name!r}; its parts: {[p for p, _ in self.PARTS]}")
+        return self._modules[key]
 
 
 class ReLUConvBN(NamedSequential):
