@@ -290,8 +290,8 @@ class Trainer:
                     group["lr"] = lr
                 model.drop_prob = cfg.drop_path * clock.plan.progress(epoch * per_epoch + i)
             self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                logits, aux = net(x, with_aux=True)  # aux: the auxiliary head's logits (DARTS networks) or None
+            with self.autocast():  # the auxiliary head's logits (DARTS networks with one): from the forward
+                logits, aux = net(x, with_aux=True) if cfg.auxiliary and cfg.auxiliary_weight > 0 else (net(x), None)
             loss = F.cross_entropy(upcast(logits), y, label_smoothing=cfg.label_smoothing)
             if aux is not None and cfg.auxiliary_weight > 0:
                 aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=cfg.label_smoothing)
