@@ -316,7 +316,8 @@ def _parse_idx(data: bytes) -> np.ndarray:
     try:
         array = array.reshape(dims)
     except ValueError:  # an empty array whose other dimensions numpy cannot hold (found by hypothesis)
-        raise _Malformed(f"the header declares dimensions {' x '.join(map(str, dims))} that numpy cannot hold") from None
+        shape = " x ".join(map(str, dims))
+        raise _Malformed(f"the header declares dimensions {shape} that numpy cannot hold") from None
     return array.astype(dtype.newbyteorder("="))  # astype copies: writable, native order
 
 
