@@ -112,10 +112,6 @@ class TrainConfig:
     def validate(self) -> None:
         """Every option once: its type, a finite value in its range, a known choice, a device and paths that
         exist. Raises ConfigError with one sentence naming the option."""
-
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
         check_types(self)
         for name, choices in (
             ("dataset", names("train")), ("amp", ["auto", "off", "bf16", "fp16"]),
