@@ -111,6 +111,8 @@ def test_the_missing_data_sentence_fits_the_case(tmp_path, monkeypatch):
     text = message("smallnorb", None)
     assert "--download" not in text and "or pass --data-dir DIR where its files are" in text
     assert "--download" not in message("imagenet", named)
+    with pytest.raises(DataError, match="^--dataset folder reads your images from --data-dir DIR .* none was given"):
+        open_source(TrainConfig(dataset="folder"), torch.device("cpu"))
 
 
 def test_eval_val_reads_the_images_training_held_out(tmp_path):

@@ -425,6 +425,11 @@ def open_user_folder(cfg, device: torch.device, meta: dict[str, Any] | None = No
     classes, mean, std) instead of the tree's. The resolved size is written back to cfg.image_size, so the run's
     config.json records it."""
     root = Path(cfg.data_dir or DEFAULT_DIR)
+    if cfg.data_dir is None and not root.is_dir():
+        raise DataError(
+            f"--dataset folder reads your images from --data-dir DIR (DIR/CLASS/*.png); none was given, and "
+            f"{DEFAULT_DIR}, the default, is not a directory"
+        )
     listing = list_tree(root)
     cache = cache_dir_for(root, cfg.cache_dir)
     workers = int(cfg.workers)  # decoding threads (at least one) and, for a streamed tree, DataLoader workers
