@@ -206,7 +206,8 @@ class DataSource:
         for name, part in parts.items():
             loaders[name] = part.loader(cfg.eval_batch_size, source.eval_augment, train=False, shuffle=False,
                                         drop_last=False, seed=0, **kw)  # fmt: skip
-        return loaders, {"train": len(train), **{k: len(v) for k, v in parts.items()}}, source
+        sizes = {"train": len(train), **{k: len(v) for k, v in parts.items()}}
+        return loaders, sizes, dataclasses.replace(source, _splits={})  # the loaders hold the images now
 
     def search_loaders(self, cfg, device: torch.device, channels_last: bool, rank: int, world: int) -> SearchData:
         """The three streams of a search (a SearchConfig, duck-typed): weights and architecture halves of the
