@@ -148,7 +148,11 @@ def test_a_tree_too_large_for_memory_streams_through_workers(rgb_tree, tmp_path,
                             workers=0, out=str(tmp_path / "t"))  # fmt: skip
     trainer = Trainer(c)
     assert trainer.spec.info["loader"] == "workers" and trainer.sizes == {"train": 30, "test": 6}
-    assert trainer.run_training()["images"] == {"train": 30, "test": 6}
+    results = trainer.run_training()
+    assert results["images"] == {"train": 30, "test": 6}
+    from bnas.evaluation import evaluate_checkpoint  # eval streams the same test split (data/source.py)
+
+    assert evaluate_checkpoint(tmp_path / "t", device="cpu")["top1"] == results["final_epoch"]["test_top1"]
     from bnas.search import SearchConfig, Searcher
 
     sc = SearchConfig.resolve("clr", dataset="folder", data_dir=str(rgb_tree), epochs=1, init_channels=4, batch_size=4,
