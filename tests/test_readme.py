@@ -85,11 +85,8 @@ def shrink(argv: list[str]) -> list[str]:
     if command == "search":
         return [*argv, *TINY_SEARCH]
     if command == "train":
-        if "--budget" in argv:
-            argv = [*without(argv, "--budget"), "--budget", "2s"]
-        else:
-            argv = [*argv, "--epochs", "1"]
-        return [*argv, *TINY_TRAIN]
+        length = ["--budget", "2s"] if "--budget" in argv else ["--epochs", "1"]
+        return [*without(argv, "--budget"), *length, *TINY_TRAIN]
     if command == "study":
         return [*argv, "--dry-run"]
     if command == "bench":
