@@ -64,3 +64,19 @@ def test_every_file_of_a_search_a_training_and_an_export_follows_the_umask(tmp_p
         is_dir = (tmp_path / name).is_dir()
         want = (0o777 if is_dir else 0o666) & ~mask
         assert mode == want, f"{name}: {oct(mode)} under umask {oct(mask)}, want {oct(want)}"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_a_folder_cache_follows_the_umask(tmp_path, umask, mask):
+    """The decoded-image cache next to the images is a file like any other: readable by others under 022 only."""
+    from PIL import Image
+
+    for c in range(2):
+        (tmp_path / "photos" / f"c{c}").mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (32, 32), (20 * i, 100 * c, 50)).save(tmp_path / "photos" / f"c{c}" / f"{i}.png")
+    umask(mask)
+    argv = ["search", "--dataset", "folder", "--data-dir", str(tmp_path / "photos"), "--dry-run"]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
+    cache = _modes(tmp_path / "photos" / ".bnas-cache")
+    assert cache and all(m == (0o666 & ~mask) for m in cache.values()), cache
