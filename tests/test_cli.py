@@ -94,7 +94,7 @@ def test_search_hint_trains_on_the_search_data_and_train_hints_run(tmp_path, cap
     line = next(li for li in lines if li.startswith("train what was found:"))
     assert line == (
         "train what was found: bnas train --genotype runs/s/genotype.json --dataset synthetic "
-        "--recipe fast --budget 10m --out runs/s-train"
+        "--recipe fast --budget 10m --batch-size 8 --out runs/s-train"
     )
     assert "plots and report: bnas report runs/s" in lines
     argv = shlex.split(line.split(": ", 1)[1])[1:]
@@ -117,14 +117,18 @@ def test_folder_search_hint_carries_the_folder_options(tmp_path):
     from bnas.search import SearchConfig
 
     cfg = SearchConfig(dataset="folder", data_dir=str(tmp_path / "my photos"), image_size=64, test_split=0.25,
-                       skip_bad=True, out="runs/f")  # fmt: skip
+                       skip_bad=True, batch_size=64, out="runs/f")  # fmt: skip
     command = train_command(cfg, torch.device("cpu"))
     assert command == (
         f"bnas train --genotype runs/f/genotype.json --dataset folder --data-dir '{tmp_path}/my photos' "
         "--image-size 64 --test-split 0.25 --skip-bad --recipe fast --budget 10m --out runs/f-train"
     )
-    gpu = train_command(SearchConfig(dataset="fashion-mnist", data_dir="/d", out="r"), torch.device("cuda"))
-    assert gpu.endswith("--dataset fashion-mnist --data-dir /d --budget 1h --out r-train")
+    cfg = SearchConfig(dataset="fashion-mnist", data_dir="/d", batch_size=256, out="r")
+    assert train_command(cfg, torch.device("cuda")).endswith(
+        "--dataset fashion-mnist --data-dir /d --budget 1h --out r-train"
+    )
+    cfg.batch_size = 32  # what fitted the search fits the training too
+    assert train_command(cfg, torch.device("cuda")).endswith("--budget 1h --batch-size 32 --out r-train")
 
 
 def test_imagenet_dry_run_needs_no_data(tmp_path, capsys):

@@ -17,7 +17,9 @@ GPU_BUDGET = "1h"  # the data set's own recipe, its schedule sized to an hour
 def train_command(search_cfg: Any, device: Any) -> str:
     """`bnas train` of a finished search's genotype on the search's data, to a budget that suits `device`
     (the fast recipe for 10 minutes on a CPU, the data set's recipe for an hour on a GPU), into a sibling run
-    directory `OUT-train`."""
+    directory `OUT-train`; the search's batch size where it was smaller than the recipe's (a small image tree
+    that a recipe's batch would not fit)."""
+    from ..recipes import FAST, RECIPES
     from ..train_config import TrainConfig
 
     out = str(search_cfg.out).rstrip("/") or "."
@@ -38,6 +40,12 @@ def train_command(search_cfg: Any, device: Any) -> str:
             argv += ["--skip-bad"]
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     argv += ["--recipe", "fast", "--budget", CPU_BUDGET] if on_cpu else ["--budget", GPU_BUDGET]
+    train_dataset = "imagenet" if dataset == "imagenet-subset" else dataset
+    recipe_batch = (
+        FAST["batch_size"] if on_cpu else RECIPES.get(train_dataset, {}).get("batch_size", TrainConfig.batch_size)
+    )
+    if search_cfg.batch_size < recipe_batch:  # a small tree (or a small device) that the search had to fit
+        argv += ["--batch-size", str(search_cfg.batch_size)]
     argv += ["--out", f"{out}-train"]
     return _join(argv)
 
