@@ -46,7 +46,7 @@ TINY_BENCH = ["--steps", "1", "--warmup", "0", "--batch-size", "2", "--init-chan
 PLACEHOLDERS = {
     "NAME": "BNASv2_CLR_v1", "FILE": "g.json", "RUN_DIR": "runs/x", "RUN": "runs/x", "IMAGE...": "new.jpg",
     "IMAGE": "new.jpg", "DIR": "data", "SUBSET": "subset", "IMAGENET": "imagenet", "STUDY.json": "study.json",
-    "FILE.json": "options.json",
+    "FILE.json": "options.json", "N": "10", "PATH": "p",
 }  # fmt: skip
 PY_SHRINK = [
     (r'dataset="[^"]*"', 'dataset="synthetic"'), (r"\bepochs=\d+", "epochs=1"), (r'budget="[^"]*"', 'budget="2s"'),
