@@ -128,7 +128,7 @@ def test_export_and_predict_agree_with_onnxruntime_alone(trained, rgb_tree, tmp_
     (ours,) = json.loads(out)
     assert len(ours["top"]) == 3 and {t["class"] for t in ours["top"]} == {"cat", "dog", "emu"}
     snippet = re.search(r"## Your own images.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    snippet = snippet.replace("runs/t/model.onnx", str(model)).replace("new.jpg", str(image))
+    snippet = re.sub(r"runs/[\w.-]+/model\.onnx", str(model), snippet).replace("new.jpg", str(image))
     done = subprocess.run([sys.executable, "-c", "import sys\nsys.modules['bnas'] = None\n" + snippet],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

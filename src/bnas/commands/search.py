@@ -165,6 +165,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"\ninterrupted: finished epochs are saved; continue with bnas search --resume {cfg.out}", file=sys.stderr
         )
         return 130
+    if rank == 0:
+        from ._hints import search_next_steps
+
+        print(search_next_steps(cfg, searcher.device))
     return 0
 
 

@@ -178,6 +178,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished epochs are saved; continue with bnas train --resume {cfg.out}", file=sys.stderr)
         return 130
+    from ._hints import train_next_steps
+
+    print(train_next_steps(cfg.out))  # rank != 0 prints into the void (cmd_train)
     return 0
 
 

@@ -272,7 +272,7 @@ def _read_record(path: Path, digest: str) -> dict | None:
 
 def _write_record(path: Path, rec: dict) -> None:
     with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
-        atomic_write_bytes(path, lambda f: f.write(dumps(rec).encode()), mode=0o644)
+        atomic_write_bytes(path, lambda f: f.write(dumps(rec).encode()))  # umask, as any file
 
 
 def _drop_stale(cache: Path, root: str, digest: str) -> None:
@@ -335,7 +335,7 @@ def _arrays(listing: Listing, skip: set[str], size: int, channels: int, cache: P
         return torch.from_numpy(out), bad, len(todo), None
     npy = cache / f"{name}.npy"
     try:
-        atomic_write_bytes(npy, lambda f: np.save(f, out), mode=0o644)
+        atomic_write_bytes(npy, lambda f: np.save(f, out))
     except OSError:
         return torch.from_numpy(out), bad, len(todo), None
     root = str(listing.root.resolve())
