@@ -19,32 +19,17 @@ def train_command(search_cfg: Any, device: Any) -> str:
     (the fast recipe for 10 minutes on a CPU, the data set's recipe for an hour on a GPU), into a sibling run
     directory `OUT-train`; the search's batch size where it was smaller than the recipe's (a small image tree
     that a recipe's batch would not fit)."""
-    from ..recipes import FAST, RECIPES
+    from ..data.registry import get_entry
+    from ..recipes import FAST
     from ..train_config import TrainConfig
 
     out = str(search_cfg.out).rstrip("/") or "."
-    argv = ["bnas", "train", "--genotype", f"{out}/genotype.json"]
-    dataset = search_cfg.dataset
-    if dataset == "imagenet-subset":  # the cell found on the subset is trained on the whole of ImageNet
-        argv += ["--dataset", "imagenet", "--data-dir", "IMAGENET"]
-    else:
-        argv += ["--dataset", dataset]
-        data_dir = getattr(search_cfg, "data_dir", None)
-        if dataset != "synthetic" and data_dir is not None and data_dir != TrainConfig.data_dir:
-            argv += ["--data-dir", str(data_dir)]
-    if dataset == "folder":  # the same images, sizes and hold-out split as the search
-        argv += ["--image-size", str(search_cfg.image_size), "--test-split", f"{search_cfg.test_split:g}"]
-        if getattr(search_cfg, "cache_dir", None):
-            argv += ["--cache-dir", str(search_cfg.cache_dir)]
-        if getattr(search_cfg, "skip_bad", False):
-            argv += ["--skip-bad"]
+    train_dataset, data_args, _ = get_entry(search_cfg.dataset).train_args(search_cfg)
+    argv = ["bnas", "train", "--genotype", f"{out}/genotype.json", *data_args]
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     argv += ["--recipe", "fast", "--budget", CPU_BUDGET] if on_cpu else ["--budget", GPU_BUDGET]
-    train_dataset = "imagenet" if dataset == "imagenet-subset" else dataset
-    recipe_batch = (
-        FAST["batch_size"] if on_cpu else RECIPES.get(train_dataset, {}).get("batch_size", TrainConfig.batch_size)
-    )
-    if search_cfg.batch_size < recipe_batch:  # a small tree (or a small device) that the search had to fit
+    recipe = FAST if on_cpu else get_entry(train_dataset).train_defaults
+    if search_cfg.batch_size < recipe.get("batch_size", TrainConfig.batch_size):  # a small tree the search had to fit
         argv += ["--batch-size", str(search_cfg.batch_size)]
     argv += ["--out", f"{out}-train"]
     return _join(argv)
@@ -53,9 +38,12 @@ def train_command(search_cfg: Any, device: Any) -> str:
 def search_next_steps(search_cfg: Any, device: Any) -> str:
     """The lines printed at the end of `bnas search`."""
     out = str(search_cfg.out)
+    from ..data.registry import get_entry
+
     lines = [f"train what was found: {train_command(search_cfg, device)}"]
-    if search_cfg.dataset == "imagenet-subset":
-        lines[0] += "  (IMAGENET: the full ImageNet, train/CLASS/*.JPEG and val/CLASS/*.JPEG)"
+    note = get_entry(search_cfg.dataset).train_args(search_cfg)[2]
+    if note:
+        lines[0] += f"  ({note})"
     lines.append(f"plots and report: {_join(['bnas', 'report', out])}")
     return "\n".join(lines)
 

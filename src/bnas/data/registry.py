@@ -67,6 +67,11 @@ class Entry:
         """The options this data set reads, in one sentence each (ConfigError)."""
         check_int("image_size", cfg.image_size, 32)
 
+    def train_args(self, cfg) -> tuple[str, list[str], str]:
+        """How `bnas train` reads what a search on this data set read: the training data set's name, its data
+        options as command-line words, and a note on a placeholder (the command line's next-step hint)."""
+        return self.name, ["--dataset", self.name, *(["--data-dir", str(cfg.data_dir)] if cfg.data_dir else [])], ""
+
     # --- files
     def missing_hint(self, data_dir: str | None) -> str:
         """What to do when the files are not there, for the directory as the user chose it."""
@@ -148,6 +153,9 @@ class SyntheticEntry(Entry):
                 f"{fix}lower --batch-size"
             )
 
+    def train_args(self, cfg) -> tuple[str, list[str], str]:
+        return self.name, ["--dataset", self.name], ""
+
     def read_split(self, cfg, train: bool) -> ArrayData:
         return _synthetic(train, cfg.synthetic_size if train else max(cfg.synthetic_size // 4, 1))
 
@@ -161,6 +169,13 @@ class FolderEntry(Entry):
         from .userfolder import check_folder_options
 
         check_folder_options(cfg)
+
+    def train_args(self, cfg) -> tuple[str, list[str], str]:
+        """The same images, size and hold-out split as the search."""
+        name, argv, note = super().train_args(cfg)
+        argv += ["--image-size", str(cfg.image_size), "--test-split", f"{cfg.test_split:g}"]
+        argv += [*(["--cache-dir", str(cfg.cache_dir)] if cfg.cache_dir else []), *(["--skip-bad"] * cfg.skip_bad)]
+        return name, argv, note
 
     def open(self, cfg, device: torch.device, meta: dict[str, Any] | None = None) -> DataSource:
         from .userfolder import open_user_folder
@@ -186,6 +201,13 @@ class ImageNetEntry(Entry):
             raise ConfigError(
                 f"--normalize applies to small data sets; {self.name} always uses the ImageNet mean and std (SPEC §9)"
             )
+
+    def train_args(self, cfg) -> tuple[str, list[str], str]:
+        if not self.subset:
+            return super().train_args(cfg)
+        # the cell found on the subset is trained on the whole of ImageNet
+        note = "IMAGENET: the full ImageNet, train/CLASS/*.JPEG and val/CLASS/*.JPEG"
+        return "imagenet", ["--dataset", "imagenet", "--data-dir", "IMAGENET"], note
 
     def missing_hint(self, data_dir: str | None) -> str:
         where = data_dir or DEFAULT_DIR
