@@ -171,12 +171,17 @@ class RunLoop:
         clock: BudgetClock | None = None,
     ):  # fmt: skip
         self.job, self.cfg, self.device, self.optimizer = job, cfg, device, optimizer
-        self.schedule = Schedule(cfg.lr, cfg.lr_min, cfg.epochs, cfg.lr_warmup_epochs)
         self.clock = clock
         self.resume, self.overwrite = resume, overwrite
         self.run: RunDir | NullRun | None = None
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def schedule(self) -> Schedule:
+        """The weight learning rate of the configuration as it stands (read at each epoch)."""
+        cfg = self.cfg
+        return Schedule(cfg.lr, cfg.lr_min, cfg.epochs, cfg.lr_warmup_epochs)
 
     # --- state
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -230,7 +235,8 @@ class RunLoop:
         job, cfg, clock = self.job, self.cfg, self.clock
         loader = job.train_loader
         per_epoch = len(loader)
-        lr = self.schedule.epoch_lr(epoch)
+        schedule = self.schedule
+        lr = schedule.epoch_lr(epoch)
         set_lr(self.optimizer, lr)
         feed = job.begin_epoch(epoch)
         tally = Tally(self.device, job.step.FIGURES)
@@ -238,7 +244,7 @@ class RunLoop:
         for i, (x, y) in enumerate(loader):
             step = epoch * per_epoch + i  # steps of the run before this one
             if clock is not None:  # a budget: the schedule is per step, by progress
-                lr = self.schedule.step_lr(clock.plan, step)
+                lr = schedule.step_lr(clock.plan, step)
                 set_lr(self.optimizer, lr)
                 job.at_progress(clock.plan.progress(step))
             feed(i, x, y, lr, tally)

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .genotype import Genotype
 from .random_search import candidates, epoch_paths, select
-from .runcore import DeviceParts, RunLoop, device_parts, setup
+from .runcore import DeviceParts, Feed, RunLoop, device_parts, setup
 from .runs import RunDir, environment
 from .runtime import STEP_FIGURES, Tally, correct, upcast, weight_step
 from .runtime import (
@@ -383,6 +383,7 @@ class Searcher:
         return self.loop.open()
 
     def start_run(self, run: RunDir) -> None:
+        """A new run's config.json (resolved options, counts, runtime switches, data, environment)."""
         cfg = self.cfg
         (run.path / "genotypes").mkdir(exist_ok=True)
         run.write_json(
@@ -403,7 +404,7 @@ class Searcher:
         """One epoch of search steps (the run core's `train_epoch`)."""
         return self.loop.train_epoch(epoch, progress)
 
-    def begin_epoch(self, epoch: int):
+    def begin_epoch(self, epoch: int) -> Feed:
         """The epoch's architecture learning rate and warm-up, and what feeds each step its batches: a
         validation batch for the architecture step (one persistent iterator, restarted when it ends) and, in a
         random search, the architecture the step trains."""
@@ -432,6 +433,7 @@ class Searcher:
         pass  # the search's schedules are by epoch (a budget's per-step schedule sets the weights' lr only)
 
     def epoch_stats(self, sums: dict[str, float], lr: float, images_per_s: float) -> dict[str, Any]:
+        """The epoch's figures from its tally's sums (a record's order of keys)."""
         steps, arch_on = max(sums["steps"], 1), self._arch_on
         out = {"train_loss": sums["train_loss"] / steps, "train_acc": sums["train_correct"] / max(sums["images"], 1)}
         out["arch_loss"] = sums["arch_loss"] / sums["arch_steps"] if arch_on and sums["arch_steps"] else None
@@ -482,6 +484,7 @@ class Searcher:
         return self.loop.run_epochs(reporter)
 
     def finish(self, run: RunDir, reporter) -> Genotype:
+        """The run's end: genotype.json and summary.json, and the summary on the console."""
         cfg = self.cfg
         genotype = self.genotype()
         genotype.save(run.path / "genotype.json")

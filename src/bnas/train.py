@@ -30,7 +30,7 @@ from .dist import broadcast_buffers, rank_world
 from .errors import ConfigError
 from .genotype import Genotype, get_genotype
 from .progress import print_results
-from .runcore import RunLoop, budget_clock, device_parts, setup
+from .runcore import Feed, RunLoop, budget_clock, device_parts, setup
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment
 from .runtime import STEP_FIGURES, Tally, correct, evaluate, synchronize, upcast, weight_step
 from .space import TrainedNet, build_network, count_macs, count_parameters
@@ -251,6 +251,7 @@ class Trainer:
         return self.loop.open()
 
     def start_run(self, run: RunDir) -> None:
+        """A new run's config.json; results and best weights of an earlier run in the directory go."""
         cfg = self.cfg
         for name in ("results.json", "best.pt"):
             (run.path / name).unlink(missing_ok=True)
@@ -273,7 +274,8 @@ class Trainer:
         """One epoch of training steps (the run core's `train_epoch`)."""
         return self.loop.train_epoch(epoch, progress)
 
-    def begin_epoch(self, epoch: int):
+    def begin_epoch(self, epoch: int) -> Feed:
+        """Drop-path by epoch (SPEC §8: 0.3 x epoch / epochs), then each step is the `TrainStep` on its batch."""
         self.model.drop_prob = self.cfg.drop_path * epoch / self.cfg.epochs
         self.model.train()
         step = self.step
@@ -283,6 +285,7 @@ class Trainer:
         self.model.drop_prob = self.cfg.drop_path * progress  # a budget: drop-path ramps with the schedule
 
     def epoch_stats(self, sums: dict[str, float], lr: float, images_per_s: float) -> dict[str, Any]:
+        """The epoch's figures from its tally's sums (a record's order of keys)."""
         out = {
             "train_loss": sums["mean_loss"],
             "train_acc": sums["mean_acc"],
@@ -318,6 +321,7 @@ class Trainer:
         return self.loop.run_epochs(reporter)
 
     def finish(self, run: RunDir, reporter) -> dict[str, Any]:
+        """The run's end: the final-epoch test results (with the budget's plan), results.json, summary.json."""
         clock = self.clock
         results = self.results()
         if clock is not None:
