@@ -238,6 +238,11 @@ class TrainedNet(nn.Module):
         if backend is not None:
             backend.adopt(self.net)
 
+    @property
+    def has_auxiliary(self) -> bool:
+        """Whether the network was built with DARTS' auxiliary head (a fact of its structure, not a mode)."""
+        return getattr(self.net, "auxiliary", None) is not None
+
     def forward(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
