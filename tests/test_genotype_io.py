@@ -1,5 +1,6 @@
-"""Genotype files (issue 28 item 8): a DARTS text genotype is read as a DARTS-space genotype unless it says
-otherwise, and a genotype file of the wrong shape is named in the error."""
+"""Genotype files (issue 28 item 8): a text in DARTS' notation says which space it is (DARTS and the published
+BNAS code both write normal=/reduce=), never guessed, and a genotype file of the wrong shape is named in the
+error."""
 
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ DARTS_V2_TEXT = (
 
 
 def test_darts_text_is_a_darts_genotype(tmp_path, capsys):
-    assert from_darts_text(DARTS_V2_TEXT) == get_genotype("DARTS_V2")
-    (tmp_path / "darts.txt").write_text(DARTS_V2_TEXT + "\n")
+    with pytest.raises(GenotypeError, match="does not say its space"):
+        from_darts_text(DARTS_V2_TEXT)
+    assert from_darts_text(DARTS_V2_TEXT, space="darts") == get_genotype("DARTS_V2")
+    (tmp_path / "bare.txt").write_text(DARTS_V2_TEXT + "\n")
+    with pytest.raises(GenotypeError, match=f"{tmp_path / 'bare.txt'}.*space='darts'"):
+        get_genotype(str(tmp_path / "bare.txt"))
+    (tmp_path / "darts.txt").write_text(DARTS_V2_TEXT[:-1] + ", space='darts')\n")
     assert get_genotype(str(tmp_path / "darts.txt")) == get_genotype("DARTS_V2")
     assert main(["genotype", "show", str(tmp_path / "darts.txt")]) == 0
     out = capsys.readouterr().out
@@ -34,7 +40,8 @@ def test_a_text_says_when_it_is_a_bcnn_genotype(tmp_path):
     text says space='bcnn' (or names its cells conv/enh, as `to_darts_text` writes them), or the caller does."""
     clr = get_genotype("BNASv2_CLR_v1")
     published = Genotype(clr.first, clr.second, "darts").to_darts_text()  # normal=..., reduce=...
-    assert from_darts_text(published).space == "darts"
+    with pytest.raises(GenotypeError, match="space='bcnn'"):
+        from_darts_text(published)
     assert from_darts_text(published, space="bcnn") == clr
     assert from_darts_text(published[:-1] + ", space='bcnn')") == clr
     assert clr.to_darts_text().startswith("Genotype(conv=") and from_darts_text(clr.to_darts_text()) == clr

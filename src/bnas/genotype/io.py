@@ -5,10 +5,11 @@ This module speaks the genotype's JSON form (`{"space": ..., cell name: {"edges"
 the types: `Genotype.from_json` / `to_json` (types.py) convert, so the types can read and write files through
 here.
 
-Which space a text genotype belongs to: DARTS' notation names its cells `normal` and `reduce` and is read as a
-DARTS-space genotype; a text that names them `conv` and `enh`, or says `space='bcnn'`, is a BCNN genotype. The
-published BNAS code writes BCNN cells in DARTS' notation (normal = conv, reduce = enh, SPEC §6): add
-`space='bcnn'` to such a text (or pass `space="bcnn"` to `from_darts_text`) to read it as one.
+Which space a text genotype belongs to: DARTS' notation names its cells `normal` and `reduce`, and both DARTS and
+the published BNAS code write in it (BNAS: normal = the convolution cell, reduce = the enhancement cell), so such a
+text must say its space (`space='bcnn'` or `space='darts'` inside it, or the `space` argument): read either way
+without a word, one of the two groups of users would train the wrong network. A text that names its cells `conv`
+and `enh` (as `Genotype.to_darts_text` writes BCNN genotypes) is a BCNN genotype.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def darts_text(obj: dict) -> str:
 
 def parse_darts_text(text: str, space: str | None = None) -> dict:
     """DARTS' notation -> the JSON form, safely (literals and `range(...)` only). The space: `space` if given,
-    else a `space=` keyword in the text, else the cell names (normal/reduce: darts, conv/enh: bcnn)."""
+    else a `space=` keyword in the text, else conv/enh cell names (bcnn); normal/reduce alone are ambiguous."""
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except (SyntaxError, ValueError, MemoryError, RecursionError):
@@ -78,7 +79,13 @@ def parse_darts_text(text: str, space: str | None = None) -> dict:
         said = ast.literal_eval(fields["space"]) if "space" in fields else None
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise GenotypeError("a genotype text's space= must be 'bcnn' or 'darts'") from None
-    chosen = space or said or ("bcnn" if bcnn_names else "darts")
+    chosen = space or said or ("bcnn" if bcnn_names else None)
+    if chosen is None:
+        raise GenotypeError(
+            "a genotype in DARTS' notation (normal=, reduce=) does not say its space: add space='bcnn' inside "
+            "Genotype(...) for a cell of the published BNAS code (normal = convolution cell, reduce = enhancement "
+            "cell) or space='darts' for a DARTS cell"
+        )
     if bcnn_names and chosen != "bcnn":
         raise GenotypeError(f"a genotype text with conv=/enh= cells is a bcnn genotype, not {chosen!r}")
 

@@ -105,7 +105,8 @@ def list_genotypes() -> list[str]:
 
 def get_genotype(name_or_path: str | Path) -> Genotype:
     """A bundled genotype by name, or one read from a JSON file (a run directory's genotype.json) or a text file
-    in DARTS' notation (normal/reduce cells: a darts genotype; conv/enh or space='bcnn': a bcnn one)."""
+    in DARTS' notation (conv/enh cells or space='bcnn': a bcnn genotype; normal/reduce cells say space='darts'
+    or space='bcnn')."""
     key = str(name_or_path)
     if key in ZOO:
         return ZOO[key].genotype
