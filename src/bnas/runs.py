@@ -17,6 +17,7 @@ and never leaves a record twice.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -148,9 +149,17 @@ class RunDir:
     def metrics(self, kind: str | None = "epoch") -> list[dict[str, Any]]:
         return [r for r in self.records("metrics.jsonl") if kind is None or r.get("kind") == kind]
 
-    def truncate_metrics(self, after_epoch: int) -> None:
+    def truncate_metrics(self, after_epoch: int, steps_kept: int = 0) -> None:
         """Prepare a resume: drop records of epochs after the checkpoint (they are recomputed, not logged
-        twice), remove temp files a kill left behind, and have TensorBoard purge those epochs too."""
+        twice), remove temp files a kill left behind, and have TensorBoard purge those epochs too. A checkpoint
+        taken mid-epoch (preemption) keeps the step records of the next epoch up to its step, `steps_kept`."""
+
+        def kept(rec: dict[str, Any]) -> bool:
+            epoch = rec.get("epoch", -1)
+            if epoch == after_epoch + 1 and rec.get("kind") == "step":
+                return rec.get("step", math.inf) <= steps_kept
+            return epoch <= after_epoch
+
         for name in JSONL_FILES:
             path = self.path / name
             if not path.exists():
@@ -161,7 +170,7 @@ class RunDir:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(rec, dict) and rec.get("epoch", -1) <= after_epoch:
+                if isinstance(rec, dict) and kept(rec):
                     keep.append(line)
             atomic_write_text(path, "".join(k + "\n" for k in keep))
         for tmp in self.path.glob(".*.tmp"):

@@ -285,6 +285,7 @@ class Searcher:
         self._candidates = candidates(cfg.space, cfg.seed, cfg.random_candidates)
         self._selected: Genotype | None = None
         self._arch_on = False
+        self._epoch_path_rng = self.path_rng.getstate()
         self.loop = RunLoop(self, cfg, self.device, self.w_optimizer, resume=resume, overwrite=overwrite)
 
     # --- what the run core keeps (resume, records)
@@ -380,6 +381,7 @@ class Searcher:
         random search, the architecture the step trains."""
         cfg, model = self.cfg, self.model
         self._arch_on = arch_on = epoch >= cfg.arch_start_epoch and cfg.arch_search == "gradient"
+        self._epoch_path_rng = self.path_rng.getstate()  # a preempted epoch draws its paths again from here
         paths = epoch_paths(model, self.path_rng, len(self.train_loader)) if cfg.arch_search == "random" else None
         self.architect.set_lr(clr_arch_lr(cfg.arch_lr, epoch, cfg.epochs, cfg.clr_power))
         model.train()
@@ -397,6 +399,17 @@ class Searcher:
             self.step(x, y, xv, yv, lr, tally, i, path=paths[i] if paths is not None else None)
 
         return feed
+
+    def mid_epoch_state(self) -> dict[str, Any]:
+        """Preempted mid-epoch: random search's generator as the epoch began (its paths are drawn again), and
+        where the validation batches of the architecture steps stand."""
+        return {"path_rng": self._epoch_path_rng, "val": self.val_loader.pass_state() if self._arch_on else None}
+
+    def resume_mid_epoch(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["path_rng"]
+        self.path_rng.setstate((version, tuple(internal), gauss))
+        if state["val"] is not None:
+            self.val_loader.resume_pass(state["val"])
 
     def at_progress(self, progress: float) -> None:
         pass  # the search's schedules are by epoch (a budget's per-step schedule sets the weights' lr only)

@@ -31,7 +31,11 @@ class Augment:
 
 class Loader(Protocol):
     """What every loader of a run is (TensorLoader here, FolderLoader and StreamLoader in streamed.py): one pass
-    is one epoch of device batches, and `state_dict` is enough to resume the order where it stopped."""
+    is one epoch of device batches, and `state_dict` is enough to resume the order where it stopped.
+
+    A preempted run stops mid-pass: `pass_state` is where the latest pass stands (what its first batch was drawn
+    from and how many batches it has handed out), and `resume_pass` makes the next pass continue it there,
+    with the batches the interrupted pass would have yielded next (no batch is decoded or augmented twice)."""
 
     def __len__(self) -> int: ...
 
@@ -40,6 +44,10 @@ class Loader(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def pass_state(self) -> dict | None: ...
+
+    def resume_pass(self, state: dict) -> None: ...
 
 
 @functools.lru_cache(maxsize=32)
@@ -109,6 +117,8 @@ class TensorLoader:
         self.channels_last = channels_last
         self.rank, self.world = rank, world  # torchrun: every rank takes a disjoint shard of each pass
         self.gen = torch.Generator(device=images.device).manual_seed(seed)
+        self._pass: dict | None = None  # the latest pass: its generator state at its start, batches handed out
+        self._resume: dict | None = None  # a preempted pass that the next one continues (`resume_pass`)
 
     def _shard_size(self) -> int:
         n = self.images.shape[0]
@@ -121,15 +131,23 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.images.shape[0]
         dev = self.gen.device
+        resume, self._resume = self._resume, None
+        if resume is not None:  # the interrupted pass's order, then its generator where it stopped
+            self.gen.set_state(resume["gen_start"])
+        current = self._pass = {"gen_start": self.gen.get_state(), "position": 0}
         order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
         if self.world > 1:
             order = order[self.rank :: self.world][: self._shard_size()]
         order = order.to(self.images.device)
-        for i in range(len(self)):
+        if resume is not None:
+            self.gen.set_state(resume["gen"])
+            current["position"] = int(resume["position"])
+        for i in range(current["position"], len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = augment_batch(self.images[idx], self.augment, self.gen, self.train)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            current["position"] = i + 1
             yield x, self.labels[idx]
 
     def state_dict(self) -> dict:
@@ -137,3 +155,12 @@ class TensorLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
+        self._resume = None
+
+    def pass_state(self) -> dict | None:
+        if self._pass is None:
+            return None
+        return {**self._pass, "gen": self.gen.get_state()}
+
+    def resume_pass(self, state: dict) -> None:
+        self._resume = state
