@@ -342,7 +342,6 @@ class RunLoop:
         run.close()
         return result
 
-
     # --- preemption (preempt.py): a checkpoint between two steps of an epoch, and the resume from it
     def _preempt(self, epoch: int, done: int, tally: Tally, last: dict[str, float], images: int) -> None:
         """Save the run as it stands after `done` steps of `epoch`, then stop (raises `Preempted`)."""
