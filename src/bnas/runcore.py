@@ -36,7 +36,7 @@ from .cells import Cell
 from .dist import NullRun, is_main, rank_world
 from .errors import non_finite
 from .preempt import Preempted, StopSignal, preempted_message
-from .runs import RunDir
+from .runs import RunDir, RunLock
 from .runtime import (
     Tally,
     autocast_factory,
@@ -185,6 +185,7 @@ class RunLoop:
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.stop = StopSignal()  # SIGTERM/SIGUSR1 while the epochs run (preempt.py)
+        self.lock: RunLock | None = None  # rank 0's hold on the run directory (runs.RunLock)
         self.mid_epoch: dict[str, Any] | None = None  # a preempted epoch that the resumed run continues
 
     @property
@@ -222,6 +223,8 @@ class RunLoop:
         job, cfg = self.job, self.cfg
         job.check_data()
         if self.resume:
+            if is_main() and Path(cfg.out).is_dir():  # one writer: a live holder is refused before any read
+                self.lock = RunLock(cfg.out).acquire()
             state = RunDir(cfg.out).load_checkpoint(job.kind, cfg.to_json())
             self.load_state_dict(state)
             if not is_main():
@@ -234,7 +237,8 @@ class RunLoop:
         elif not is_main():
             self.run = NullRun()
         else:
-            self.run = RunDir.create(cfg.out, overwrite=self.overwrite)
+            self.lock = RunLock(cfg.out)  # taken by create, before an --overwrite removes anything
+            self.run = RunDir.create(cfg.out, overwrite=self.overwrite, lock=self.lock)
             job.start_run(self.run)
         return self.run
 
@@ -302,8 +306,12 @@ class RunLoop:
     def run_epochs(self, reporter=None) -> Any:
         """Open (or resume) the run, run its epochs, and end it: the job's `finish` gives the result. SIGTERM
         and SIGUSR1 stop it at the next step boundary with its checkpoint saved (raising `Preempted`)."""
-        with self.stop:
-            return self._epochs(reporter)
+        try:
+            with self.stop:
+                return self._epochs(reporter)
+        finally:
+            if self.lock is not None:  # the run directory is free again (whatever ended the run)
+                self.lock.release()
 
     def _epochs(self, reporter=None) -> Any:
         from .progress import Reporter
