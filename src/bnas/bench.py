@@ -34,7 +34,8 @@ from .errors import ConfigError
 from .fast import cells as fastcells
 from .genotype import get_genotype
 from .optim import SGD
-from .runtime import Tally, autocast_factory, compile_regions, grad_scaler, pick_device, upcast
+from .profile import resolve_profile
+from .runtime import Tally, compile_regions, pick_device, upcast
 from .search import SearchConfig, SearchStep
 from .space import SuperNet, build_network, count_parameters
 
@@ -160,7 +161,8 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:  # as `bnas search --compile inductor`: each cell, in place
         compile_regions(model.net, Cell, "inductor")
-    autocast, amp_mode = autocast_factory(scfg.amp, device)
+    profile = resolve_profile(device, amp=scfg.amp)  # amp only: the other switches are bench's own
+    autocast, amp_mode = profile.autocast, profile.amp
     sgd = torch.optim.SGD if cfg.torch_optim else SGD
     w_opt = sgd(model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay)
     architect = Architect(model, scfg, w_opt, autocast)
@@ -173,7 +175,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     it = iter(range(len(data) // 2))
     model.train()
 
-    scaler = grad_scaler(amp_mode, device)
+    scaler = profile.grad_scaler()
     search_step = SearchStep(model, architect, w_opt, scaler, autocast, scfg.grad_clip)
     tally = Tally(device, SearchStep.FIGURES)
     published = cfg.arch_grads == "all" or cfg.weight_grads == "all"  # the published code's full backward()s
@@ -235,7 +237,8 @@ def bench_train(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.compile:  # as `bnas train --compile inductor`
         compile_regions(net, Cell, "inductor")
     model = net
-    autocast, amp_mode = autocast_factory(cfg.amp, device)
+    profile = resolve_profile(device, amp=cfg.amp, kind="train")  # amp only, as in bench_search
+    autocast, amp_mode = profile.autocast, profile.amp
     opt = (torch.optim.SGD if cfg.torch_optim else SGD)(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     data = _batches(cfg.warmup + cfg.steps, cfg.batch_size, 3, 32, device, cl)
     it = iter(data)

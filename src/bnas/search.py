@@ -36,19 +36,15 @@ from .errors import (
     non_finite,
 )
 from .genotype import Genotype
+from .profile import resolve_profile
 from .random_search import candidates, epoch_paths, select
 from .runs import RunDir, environment
 from .runtime import (
     STEP_FIGURES,
     Tally,
-    autocast_factory,
     compile_regions,
     correct,
     cosine_lr,
-    device_defaults,
-    grad_scaler,
-    make_sgd,
-    optimizer_kind,
     pick_device,
     read_log_point,
     set_deterministic,
@@ -254,12 +250,6 @@ class SearchConfig:
             partial_k=self.partial_k, edge_norm=self.edge_norm,
         )  # fmt: skip
 
-    def backend(self, device: torch.device | None = None) -> fast.FastBackend | None:
-        """The fast backend unless --no-fast, --compile (compiled networks use the plain cells) or, with --fast
-        left to auto, a device other than the CPU."""
-        use = self.fast if self.fast is not None else (device is None or device.type == "cpu")
-        return fast.BACKEND if use and self.compile == "off" else None
-
 
 class SearchStep:
     """One step of the search loop, as `Searcher.train_epoch` runs it and `bnas bench search` times it: an
@@ -302,33 +292,29 @@ class Searcher:
         self.device = pick_device(cfg.device)
         if cfg.deterministic:
             set_deterministic()
-        cl = cfg.channels_last != "off"  # faster on GPUs and, for these convolutions, on CPUs (docs/benchmarks.md)
+        # every device-dependent switch, resolved once (bnas.profile; BNAS_PROFILE=cuda forces the GPU's on a CPU)
+        self.profile = profile = resolve_profile(self.device, cfg, kind="search").apply()
+        cl = profile.channels_last  # faster on GPUs and, for these convolutions, on CPUs (docs/benchmarks.md)
         self.channels_last = cl
         data = search_data(cfg, self.device, cl)
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
         self.data_info = data.info  # --dataset folder: the tree, split and statistics (config.json "data")
         space = cfg.space_config(data.num_classes, data.in_channels, data.stem)
-        self.model = SuperNet(space, cfg.backend(self.device)).to(self.device)
+        self.model = SuperNet(space, fast.BACKEND if profile.cells == "fast" else None).to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile != "off":  # in place: parameter names, checkpoints and functional_call stay as they are
             compile_regions(self.model.net, Cell, cfg.compile)  # each cell, not the whole supernet
-        self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
-        self.w_optimizer = make_sgd(
-            self.model.weight_parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        self.autocast, self.amp_mode = profile.autocast, profile.amp
+        self.w_optimizer = profile.sgd(
+            self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-        self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 only: the weight loss's scale
-        self.architect = Architect(
-            self.model, cfg, self.w_optimizer, self.autocast, grad_scaler(self.amp_mode, self.device)
-        )
+        self.scaler = profile.grad_scaler()  # fp16 only: the weight loss's scale
+        self.architect = Architect(self.model, cfg, self.w_optimizer, self.autocast, profile.grad_scaler())
         self.step = SearchStep(self.model, self.architect, self.w_optimizer, self.scaler, self.autocast, cfg.grad_clip)
         # what this run resolved its device-dependent switches to (config.json "runtime")
-        self.switches = {
-            **device_defaults(self.device, cfg.deterministic), "optimizer": optimizer_kind(self.device),
-            "cells": "fast" if self.model.backend is not None else "plain", "channels_last": cl,
-            "amp": self.amp_mode, "native_kernel": self.device.type == "cpu",
-        }  # fmt: skip
+        self.switches = profile.record()
         self.path_rng = random.Random(f"bnas-paths-{cfg.seed}")  # random search: one architecture per step
         self._candidates = candidates(cfg.space, cfg.seed, cfg.random_candidates)
         self._selected: Genotype | None = None

@@ -35,20 +35,16 @@ from .errors import (
     non_finite,
 )
 from .genotype import Genotype, get_genotype
+from .profile import resolve_profile
 from .progress import print_results
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment
 from .runtime import (
     STEP_FIGURES,
     Tally,
-    autocast_factory,
     compile_regions,
     correct,
     cosine_lr,
-    device_defaults,
     evaluate,
-    grad_scaler,
-    make_sgd,
-    optimizer_kind,
     pick_device,
     read_log_point,
     set_deterministic,
@@ -123,30 +119,30 @@ class Trainer:
             if self._folders["train"][1] != self._folders["val"][1]:
                 raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val hold different classes")
         self.num_classes = len(self._folders["train"][1]) if self._folders else self.spec.num_classes
-        trained = fast.TRAINED if cfg.fast is not False and cfg.compile == "off" else None
+        # every device-dependent switch, resolved once (bnas.profile; BNAS_PROFILE=cuda forces the GPU's on a CPU)
+        self.profile = profile = resolve_profile(self.device, cfg, kind="train").apply()
+        trained = fast.TRAINED if profile.cells == "fast" else None
         self.model = network_for(cfg, self.genotype, self.spec, self.num_classes, trained)
         self.parameters = count_parameters(self.model)
         self.size = cfg.image_size if cfg.dataset == "imagenet" else self.spec.size
         self.macs = count_macs(self.model, self.spec.in_channels, self.size)
         # auto = on: 1.3-2x faster on CPUs too. (torch 2.14's oneDNN corrupted the heap in the channels-last backward
         # of 1x1 stride-2 convolutions with <= 4 input channels; FactorizedReduce no longer runs any.)
-        cl = cfg.channels_last != "off"
+        cl = profile.channels_last
         self.channels_last = cl
         self.model = self.model.to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile != "off":  # in place: parameter names and checkpoints stay as they are
             compile_regions(self.model, Cell, cfg.compile)  # each cell, not the whole network
-        self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
-        self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 loss scaling (disabled otherwise)
-        self.optimizer = make_sgd(
-            self.model.parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        self.autocast, self.amp_mode = profile.autocast, profile.amp
+        self.scaler = profile.grad_scaler()  # fp16 loss scaling (disabled otherwise)
+        self.optimizer = profile.sgd(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-        self.switches = {  # what this run resolved its device-dependent switches to (config.json "runtime")
-            **device_defaults(self.device, cfg.deterministic), "optimizer": optimizer_kind(self.device),
-            "channels_last": cl, "amp": self.amp_mode, "ddp": self.world > 1,
-            "cells": "fast" if trained is not None else "plain",
-        }  # fmt: skip
+        # what this run resolved its device-dependent switches to (config.json "runtime"; the C kernel is the
+        # search cells')
+        self.switches = {k: v for k, v in profile.record().items() if k != "native_kernel"} | {"ddp": self.world > 1}
         self.net: nn.Module = self.model  # what the training forward runs: DDP's wrapper under torchrun
         if self.world > 1:  # bucketed gradient all-reduce overlapping backward; BatchNorm statistics: see run_training
             from torch.nn.parallel import DistributedDataParallel
