@@ -9,7 +9,8 @@ The profile is named after the device whose choices it makes, "cpu" or "cuda", a
 unless the environment variable `BNAS_PROFILE` names the other: `BNAS_PROFILE=cuda` on a CPU runs the GPU's
 code path (fused optimizers with their `found_inf` masking, bf16 autocast with the plain cells, no native
 kernel) wherever it can run on a CPU, so tests and `benchmarks/gpu_check.py --dry-run` execute it without a
-GPU (docs/gpu.md). What cannot run on a CPU (cuDNN, TF32) stays off there, and is recorded as off.
+GPU (docs/gpu.md). What cannot run on a CPU (cuDNN, TF32) stays off there, and is recorded as off; so is
+channels-last with bf16 (see `resolve_profile`: the layout's own code path is the CPU profile's).
 """
 
 from __future__ import annotations
@@ -135,6 +136,12 @@ def resolve_profile(
     on_cuda = device.type == "cuda"
     amp, fast, compile_ = get("amp", "auto"), get("fast", None), get("compile", "off") or "off"
     deterministic = bool(get("deterministic", False))
+    amp = ("bf16" if which == "cuda" else "off") if amp == "auto" else amp
+    # channels-last: on unless off, but auto is off for mixed precision on a CPU under the CUDA profile: oneDNN's
+    # bf16 channels-last depthwise dilated convolutions return NaN weight gradients there and can crash the
+    # process (torch 2.14, AVX2; the same layout in fp32, and bf16 in the default layout, are right)
+    layout = get("channels_last", "auto")
+    channels_last = layout == "on" or (layout == "auto" and not (which == "cuda" and not on_cuda and amp != "off"))
     if kind == "search":
         cells = fast if fast is not None else which == "cpu"
     elif kind == "train":
@@ -146,8 +153,8 @@ def resolve_profile(
         device=device,
         cells="fast" if cells and compile_ == "off" else "plain",  # compiled networks use the plain cells
         optimizer="torch-fused" if which == "cuda" else "bnas",
-        amp=("bf16" if which == "cuda" else "off") if amp == "auto" else amp,
-        channels_last=get("channels_last", "auto") != "off",
+        amp=amp,
+        channels_last=channels_last,
         cudnn_benchmark=which == "cuda" and on_cuda and not deterministic,
         tf32=which == "cuda" and on_cuda,
         native_kernel=which == "cpu" and device.type == "cpu",
