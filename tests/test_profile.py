@@ -142,3 +142,221 @@ def test_first_search_step_matches_the_cpu_profile(monkeypatch, method, order, s
     assert (ag - a).abs().max() <= 2 * arch_lr + 1e-6
     if arch_on:  # (second order: the finite-difference Hessian term is a difference of two bf16 gradients)
         assert a.abs().max() > 0.5 * arch_lr and agree(ag, a) > (0.9 if order == 1 else 0.65), agree(ag, a)
+
+
+# ---------------------------------------------------------------------- a non-finite step, skipped on device
+
+
+def _state(opt, key: str) -> list[torch.Tensor]:
+    return [opt.state[p][key].clone() for g in opt.param_groups for p in g["params"]]
+
+
+def test_fused_optimizers_skip_a_masked_step():
+    torch.manual_seed(0)
+    w = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    ref_w = [torch.nn.Parameter(p.detach().clone()) for p in w]
+    sgd, ref = FusedSGD(w, lr=0.1, momentum=0.9, weight_decay=1e-3), SGD(ref_w, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    grads = [torch.randn_like(p) for p in w]
+    start = [p.detach().clone() for p in w]
+    # a skipped FIRST step (torch makes the momentum buffers with empty_like: they must not keep garbage) ...
+    for p in w:
+        p.grad = torch.full_like(p, float("nan"))
+    masked_step(sgd, torch.tensor(False))
+    assert all(torch.equal(p, s) for p, s in zip(w, start, strict=True))
+    # ... then a good one is the good first step of a fresh optimizer
+    for steps in range(2):
+        for p, q, g in zip(w, ref_w, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        masked_step(sgd, torch.tensor(True))
+        ref.step()
+        for p, q in zip(w, ref_w, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    held, momentum = [p.detach().clone() for p in w], _state(sgd, "momentum_buffer")
+    for p in w:
+        p.grad = torch.full_like(p, float("inf"))
+    masked_step(sgd, torch.tensor(False))
+    assert all(torch.equal(p, h) for p, h in zip(w, held, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(_state(sgd, "momentum_buffer"), momentum, strict=True))
+
+    adam = FusedAdam(w, lr=0.01, betas=(0.5, 0.999), weight_decay=1e-3)
+    for p, g in zip(w, grads, strict=True):
+        p.grad = g.clone()
+    masked_step(adam, torch.tensor(True))
+    held = [p.detach().clone() for p in w]
+    moments = {k: _state(adam, k) for k in ("exp_avg", "exp_avg_sq", "step")}
+    for p in w:
+        p.grad = torch.full_like(p, float("nan"))
+    masked_step(adam, torch.tensor(False))
+    assert all(torch.equal(p, h) for p, h in zip(w, held, strict=True))
+    for k, before in moments.items():  # the step count too: a skipped step is not counted
+        assert all(torch.equal(a, b) for a, b in zip(_state(adam, k), before, strict=True)), k
+
+
+def test_a_non_finite_search_step_is_skipped_under_the_cuda_profile(monkeypatch):
+    _profile(monkeypatch, "cuda")
+    searcher = Searcher(SearchConfig.resolve("clr", out="unused", **SEARCH))
+    (x, y), (xv, yv) = next(iter(searcher.train_loader)), next(iter(searcher.val_loader))
+    searcher.model.train()
+    searcher.step(x, y, xv, yv, 0.025, Tally(CPU, SearchStep.FIGURES))  # a good step: momentum and moments
+    params = {n: p.detach().clone() for n, p in searcher.model.named_parameters()}
+    momentum = _state(searcher.w_optimizer, "momentum_buffer")
+    moments = _state(searcher.architect.optimizer, "exp_avg")
+    tally = Tally(CPU, SearchStep.FIGURES)
+    nan = torch.full_like(x, float("nan"))
+    searcher.step(nan, y, nan, yv, 0.025, tally)
+    sums = tally.read()
+    assert (sums["steps"], sums["bad"], sums["arch_steps"], sums["arch_bad"]) == (0, 1, 0, 1)
+    assert all(torch.equal(p, params[n]) for n, p in searcher.model.named_parameters())
+    assert all(
+        torch.equal(a, b) for a, b in zip(_state(searcher.w_optimizer, "momentum_buffer"), momentum, strict=True)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(_state(searcher.architect.optimizer, "exp_avg"), moments, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["search-o1", "search-o2", "train"])
+def test_the_cuda_profiles_steps_read_nothing_back(tmp_path, monkeypatch, kind):
+    """tests/test_sync.py's count of host reads, under the CUDA profile (fused optimizers, bf16, plain cells)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sync import _search_reads, _train_reads
+
+    _profile(monkeypatch, "cuda")
+    reads = _train_reads if kind == "train" else _search_reads
+    kw = {} if kind == "train" else {"order": int(kind[-1])}
+    short_steps, short = reads(tmp_path, 16, **kw)
+    long_steps, long = reads(tmp_path, 40, **kw)
+    assert long_steps >= short_steps + 3
+    assert long == short, f"{long_steps} steps read {dict(long)}, {short_steps} steps {dict(short)}"
+
+
+# -------------------------------------------------------------------------------- resume across profiles
+
+
+class _SnapshotAfter:
+    """A quiet reporter that copies the run directory once epoch `n` has finished (what a kill leaves)."""
+
+    def __init__(self, src: Path, dst: Path, n: int):
+        import io
+
+        from bnas.progress import Reporter
+
+        self.inner, self.src, self.dst, self.n = Reporter(quiet=True, out=io.StringIO()), src, dst, n
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def epoch_done(self, rec, genotype) -> None:
+        if rec["epoch"] == self.n:
+            import shutil
+
+            shutil.copytree(self.src, self.dst)
+
+
+def test_loader_state_is_device_agnostic():
+    from bnas.data.loaders import Augment, TensorLoader
+
+    images, labels = torch.randint(0, 255, (12, 3, 8, 8), dtype=torch.uint8), torch.arange(12)
+    aug = Augment(crop_padding=2, flip=True, cutout=4)
+    a = TensorLoader(images, labels, 4, aug, seed=3)
+    list(a)
+    state = a.state_dict()
+    assert state == {"seed": 3, "passes": 1}  # numbers, no generator state of a device
+    b = TensorLoader(images, labels, 4, aug, seed=99)
+    b.load_state_dict(json.loads(json.dumps(state)))
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):  # the next pass is the same pass
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a, TensorLoader(images, labels, 4, aug, seed=3),
+                                                               strict=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+@pytest.mark.parametrize("first,then", [("cpu", "cuda"), ("cuda", "cpu")])
+def test_a_checkpoint_resumes_under_the_other_profile(tmp_path, monkeypatch, kind, first, then):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _profile(monkeypatch, first)
+    if kind == "search":
+        make = lambda out, **kw: Searcher(SearchConfig.resolve("clr", **{**SEARCH, "out": str(out)}), **kw)  # noqa: E731
+        a = make(full)
+        a.run_search(_SnapshotAfter(full, cut, n=0))
+        optimizers = lambda r: (r.w_optimizer, r.architect.optimizer)  # noqa: E731
+    else:
+        make = lambda out, **kw: Trainer(TrainConfig.resolve(**{**TRAIN, "out": str(out)}), **kw)  # noqa: E731
+        a = make(full)
+        a.run_training(_SnapshotAfter(full, cut, n=0))
+        optimizers = lambda r: (r.optimizer,)  # noqa: E731
+    _profile(monkeypatch, then)
+    b = make(cut, resume=True)
+    b.open_run()
+    assert b.start_epoch == 1 and b.profile.name == then
+    for opt in optimizers(b):  # the other profile's kind, with the state of the first
+        assert isinstance(opt, (FusedSGD, FusedAdam)) is (then == "cuda")
+        assert all(bool(g.get("fused")) is (then == "cuda") for g in opt.param_groups)
+        assert opt.state and all(torch.isfinite(t).all() for s in opt.state.values() for t in s.values())
+    if kind == "search":
+        b.run_search(_SnapshotAfter(cut, tmp_path / "unused", n=-1))
+        assert json.loads((cut / "config.json").read_text())["runtime"]["profile"] == first  # as it started
+    else:
+        b.run_training(_SnapshotAfter(cut, tmp_path / "unused", n=-1))
+        assert json.loads((cut / "results.json").read_text())["final_epoch"]["test_top1"] is not None
+    epochs = [
+        r for r in (json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"
+    ]
+    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["skipped_steps"] == 0 for r in epochs)
+
+
+# ------------------------------------------------------------------ end to end, and torchrun, under the CUDA profile
+
+
+def test_search_train_eval_export_study_under_the_cuda_profile(tmp_path, monkeypatch, capsys):
+    from bnas.cli import main
+
+    _profile(monkeypatch, "cuda")
+    s, t = tmp_path / "search", tmp_path / "train"
+    size = ["--dataset", "synthetic", "--synthetic-size", "16", "--batch-size", "4", "--init-channels", "4"]
+    assert main(["search", "--method", "pc", *size, "--epochs", "1", "--out", str(s), "--quiet"]) == 0
+    runtime = json.loads((s / "config.json").read_text())["runtime"]
+    assert runtime == {"profile": "cuda", "cudnn_benchmark": False, "tf32": False, "optimizer": "torch-fused",
+                       "cells": "plain", "channels_last": False, "amp": "bf16", "native_kernel": False}  # fmt: skip
+    assert main(["train", "--genotype", str(s / "genotype.json"), *size, "--eval-batch-size", "8", "--layers", "2",
+                 "--enhance-cells", "1", "--epochs", "1", "--out", str(t), "--quiet"]) == 0  # fmt: skip
+    runtime = json.loads((t / "config.json").read_text())["runtime"]
+    assert (runtime["profile"], runtime["optimizer"], runtime["amp"], runtime["ddp"]) == ("cuda", "torch-fused",
+                                                                                           "bf16", False)  # fmt: skip
+    results = json.loads((t / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(t), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["top1"] == pytest.approx(results["final_epoch"]["test_top1"], abs=1e-6)
+    assert main(["export", str(t)]) == 0
+    program = torch.export.load(t / "model.pt2")
+    assert program.module()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    study = {"dataset": "synthetic", "methods": ["clr"], "seeds": [0], "random_cells": 1,
+             "search": {"epochs": 1, "init_channels": 4, "synthetic_size": 16, "batch_size": 4, "eval_every": 0,
+                        "quiet": True, "log_every": 0},
+             "train": {"epochs": 1, "init_channels": 4, "synthetic_size": 16, "batch_size": 4, "eval_batch_size": 8,
+                       "layers": 2, "enhance_cells": 1, "quiet": True, "log_every": 0}}  # fmt: skip
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    assert main(["study", "--config", str(tmp_path / "study.json"), "--out", str(tmp_path / "study")]) == 0
+    for run in ("search/clr-s0", "train/clr-s0", "train/random-cell-0"):
+        assert json.loads((tmp_path / "study" / run / "config.json").read_text())["runtime"]["profile"] == "cuda"
+    assert (tmp_path / "study" / "results.csv").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_training_under_the_cuda_profile(tmp_path):
+    """torchrun (gloo, 2 ranks) with DistributedDataParallel, fused SGD and bf16: the ranks agree bit for bit."""
+    import os
+
+    worker = Path(__file__).parent / "dist_train_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = dict(os.environ, BNAS_PROFILE="cuda", OMP_NUM_THREADS="1")
+    proc = subprocess.run([*cmd, str(worker), str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(r0[n], r1[n]) for n in r0)
+    runtime = json.loads((tmp_path / "run" / "config.json").read_text())["runtime"]
+    assert (runtime["profile"], runtime["optimizer"], runtime["amp"], runtime["ddp"]) == ("cuda", "torch-fused",
+                                                                                           "bf16", True)  # fmt: skip
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["final_epoch"]["test_top1"] is not None
+    start = {n: p for n, p in torch.load(tmp_path / "rank0.pt").items()}
+    assert all(torch.isfinite(p).all() for p in start.values())
