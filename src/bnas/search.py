@@ -304,8 +304,8 @@ class Searcher:
         self.model = SuperNet(space, fast.BACKEND if profile.cells == "fast" else None).to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.compile != "off":  # in place: parameter names, checkpoints and functional_call stay as they are
-            compile_regions(self.model.net, Cell, cfg.compile)  # each cell, not the whole supernet
+        if profile.compile != "off":  # in place: parameter names, checkpoints and functional_call stay as they are
+            compile_regions(self.model.net, Cell, profile.compile)  # each cell, not the whole supernet
         self.autocast, self.amp_mode = profile.autocast, profile.amp
         self.w_optimizer = profile.sgd(
             self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

@@ -133,8 +133,8 @@ class Trainer:
         self.model = self.model.to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.compile != "off":  # in place: parameter names and checkpoints stay as they are
-            compile_regions(self.model, Cell, cfg.compile)  # each cell, not the whole network
+        if profile.compile != "off":  # in place: parameter names and checkpoints stay as they are
+            compile_regions(self.model, Cell, profile.compile)  # each cell, not the whole network
         self.autocast, self.amp_mode = profile.autocast, profile.amp
         self.scaler = profile.grad_scaler()  # fp16 loss scaling (disabled otherwise)
         self.optimizer = profile.sgd(
