@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -120,11 +119,7 @@ class Reporter:
             lines.append(genotype.describe())
         run_dir = summary.get("run_dir")
         lines.append(f"run directory: {run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
-        quoted = shlex.quote(str(run_dir))
-        if summary.get("command") == "search":
-            lines.append(f"train what was found: bnas train --genotype {shlex.quote(f'{run_dir}/genotype.json')}")
-        lines.append(f"plots and report: bnas report {quoted}")
-        self.print("\n".join(lines))
+        self.print("\n".join(lines))  # the next commands are the command line's (commands/_hints.py)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from . import fast
 from .architect import Architect, alpha_entropy, alpha_hessian_eigenvalue, alpha_record, clr_arch_lr
 from .cells import Cell
-from .data.search_data import search_data, search_images_needed
+from .data.registry import find_entry, names, search_data
 from .dist import NullRun, is_main
 from .errors import (
     ConfigError,
@@ -78,16 +77,6 @@ METHODS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-# SPEC §7 ImageNet search (PC): applied over the method preset, under a config file and the command line.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "imagenet-subset": dict(
-        partial_k=2, edge_norm=True, batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-3, arch_start_epoch=35,
-        arch_grad_clip=5.0, clr_power=0.0, enhance_cells=1,
-    ),
-    "folder": dict(image_size=0),  # your own images: the size from the tree (data/userfolder.py)
-}  # fmt: skip
-
-
 @dataclass
 class SearchConfig:
     """Every knob of a search; `resolve(method, overrides)` fills the method's defaults."""
@@ -95,7 +84,7 @@ class SearchConfig:
     method: str = "clr"
     space: str = "bcnn"
     dataset: str = "cifar10"
-    data_dir: str = "data"
+    data_dir: str | None = None  # None: data, then the system's copies (data/registry.py); a named one only
     download: bool = False  # fetch a missing data set with torchvision (where the network allows)
     subset: int | None = None  # first N training images only (quick runs)
     synthetic_size: int = 512
@@ -161,34 +150,28 @@ class SearchConfig:
         if unknown:
             raise ConfigError(f"unknown search option(s) {', '.join(unknown)}")
         given = {k: v for k, v in overrides.items() if v is not None}
-        dataset = given.get("dataset")
-        by_dataset = DATASET_DEFAULTS.get(dataset, {}) if isinstance(dataset, str) else {}
-        values = {**METHODS[method], **by_dataset, **given, "method": method}
-        if dataset == "imagenet-subset" and "lr_warmup_epochs" not in given and isinstance(values["batch_size"], int):
-            values["lr_warmup_epochs"] = 5 if values["batch_size"] > 256 else 0  # SPEC §7: warm-up for big batches
+        entry = find_entry(given.get("dataset", cls.dataset))  # its defaults over the preset (SPEC §7: ImageNet)
+        values = {**METHODS[method], **(entry.search_defaults if entry else {}), **given, "method": method}
+        if entry:
+            entry.add_warmup(values)
         if isinstance(values.get("arch_betas"), list):
             values["arch_betas"] = tuple(values["arch_betas"])
         cfg = cls(**values)
-        if cfg.dataset == "synthetic" and "synthetic_size" not in given:
-            # enough images for one batch in each search split (per torchrun rank), e.g. 1024 for PC's batch 512
-            world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-            needed = search_images_needed(cfg.batch_size, cfg.train_portion, world)
-            cfg.synthetic_size = max(cfg.synthetic_size, needed or 0)
+        if entry:
+            entry.fit(cfg, given, "search")
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         """Every option once: its type, a finite value in its range, a known choice, a device and paths that
         exist. Raises ConfigError with one sentence naming the option."""
-        from .data.registry import DATASETS
-        from .data.userfolder import check_folder_options
 
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
         check_types(self)
         for name, choices in (
-            ("method", list(METHODS)), ("space", ["bcnn", "darts"]), ("dataset", [*DATASETS, "imagenet-subset"]),
+            ("method", list(METHODS)), ("space", ["bcnn", "darts"]), ("dataset", names("search")),
             ("order", [1, 2]), ("hvp", ["fd", "exact"]), ("decode", ["pil", "gpu"]),
             ("amp", ["auto", "off", "bf16", "fp16"]), ("channels_last", ["auto", "on", "off"]),
             ("on_nan", ["stop", "skip"]), ("arch_search", ["gradient", "random"]),
@@ -199,10 +182,6 @@ class SearchConfig:
             check_int(name, getattr(self, name), 1)
         for name in ("workers", "lr_warmup_epochs", "arch_start_epoch", "eval_every", "log_every", "hessian_every"):
             check_int(name, getattr(self, name), 0)
-        if self.dataset == "folder":
-            check_folder_options(self)
-        else:
-            check_int("image_size", self.image_size, 32)
         check_int("subset", self.subset, 1, optional=True)
         check_int("blocks", self.blocks, 2 if self.space == "bcnn" else 1)
         check_int("enhance_cells", self.enhance_cells, 1)
@@ -218,27 +197,16 @@ class SearchConfig:
             check_float(f"--arch-betas B{i + 1}", beta, 0.0, 1.0)
         check_device(self.device)
         check_compile(self.compile)
-        check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
+        if self.data_dir is not None:
+            check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
         check_not_file("out", self.out, "a directory for the run")
         if self.init_channels % self.partial_k:
             bad(f"--partial-k {self.partial_k} must divide --init-channels {self.init_channels}")
         if self.space == "bcnn" and self.init_channels % 2:  # FactorizedReduce halves the channels
             bad(f"the broad network needs an even --init-channels, got {self.init_channels}")
-        if self.dataset == "imagenet":
-            bad("a search reads the ImageNet subset that bnas sample-imagenet draws: use --dataset imagenet-subset")
         if self.order == 2 and self.amp == "fp16":
             bad("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off with --order 2")
-        if self.dataset == "synthetic":
-            by_subset = self.subset is not None and self.subset < self.synthetic_size
-            n, which = (self.subset, "--subset") if by_subset else (self.synthetic_size, "--synthetic-size")
-            split = int(n * self.train_portion)
-            if min(split, n - split) < self.batch_size:
-                needed = search_images_needed(self.batch_size, self.train_portion)
-                fix = f"raise {which} to at least {needed} or " if needed else ""
-                bad(
-                    f"{which} {n} gives search splits of {split} and {n - split} images, fewer than --batch-size "
-                    f"{self.batch_size}; {fix}lower --batch-size"
-                )
+        find_entry(self.dataset).check_options(self, "search")  # what the data set reads (data/registry.py)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,7 +254,7 @@ class SearchStep:
 class Searcher:
     """Owns a search run: data, supernet, optimisers, architect, run directory, resume."""
 
-    def __init__(self, cfg: SearchConfig, resume: bool = False, overwrite: bool = False):
+    def __init__(self, cfg: SearchConfig, resume: bool = False, overwrite: bool = False, load_data: bool = True):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
@@ -296,7 +264,7 @@ class Searcher:
         self.profile = profile = resolve_profile(self.device, cfg, kind="search").apply()
         cl = profile.channels_last  # faster on GPUs and, for these convolutions, on CPUs (docs/benchmarks.md)
         self.channels_last = cl
-        data = search_data(cfg, self.device, cl)
+        data = search_data(cfg, self.device, cl, load=load_data)  # load_data=False: a dry run reads no images
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
         self.data_info = data.info  # --dataset folder: the tree, split and statistics (config.json "data")

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .budget import parse_duration
-from .data.registry import DATASETS, training_images_needed
-from .data.userfolder import check_folder_options
+from .data.registry import get_entry, names
 from .errors import (
     ConfigError,
     check_choice,
@@ -24,7 +23,7 @@ from .errors import (
     check_types,
 )
 from .genotype import ZOO, get_genotype
-from .recipes import DARTS_SPACE, FAST, RECIPES
+from .recipes import DARTS_SPACE, FAST
 
 
 @dataclass
@@ -34,7 +33,7 @@ class TrainConfig:
     genotype: str = "BNASv2_CLR_v1"  # bundled name or genotype.json / run directory
     recipe: str = "paper"  # paper: SPEC §9's recipe per data set | fast: the CPU recipe (recipes.FAST)
     dataset: str = "cifar10"
-    data_dir: str = "data"
+    data_dir: str | None = None  # None: data, then the system's copies (data/registry.py); a named one only
     download: bool = False  # fetch a missing data set with torchvision (where the network allows)
     subset: int | None = None  # first N training images only (quick runs)
     test_subset: int | None = None  # first N test images only (quick runs; results.json says how many)
@@ -94,37 +93,28 @@ class TrainConfig:
         if "budget" in given and "epochs" in given:
             raise ConfigError("--budget and --epochs cannot be given together: a budget sizes the epochs itself")
         dataset = given.get("dataset", cls.dataset)
-        check_choice("dataset", dataset, list(DATASETS))
+        check_choice("dataset", dataset, names("train"))
         recipe = given.get("recipe", cls.recipe)
         check_choice("recipe", recipe, ["paper", "fast"])
-        values: dict[str, Any] = dict(RECIPES.get(dataset, {}))
+        entry = get_entry(dataset)
+        values: dict[str, Any] = dict(entry.train_defaults)  # the data set's recipe (SPEC §9)
         if recipe == "fast":
             values.update(FAST)
         if _genotype_space(given.get("genotype", cls.genotype)) == "darts":
             values.update(DARTS_SPACE)
         values.update(given)
-        batch = values.get("batch_size", cls.batch_size)
-        if dataset == "imagenet" and isinstance(batch, int) and batch > 256:
-            values.setdefault("lr_warmup_epochs", 5)  # SPEC §9: warm-up when the batch exceeds 256
+        entry.add_warmup(values)  # SPEC §9: warm-up when the batch exceeds 256
         cfg = cls(**values)
-        if cfg.dataset == "synthetic" and "synthetic_size" not in given:
-            # enough images for one training batch (per torchrun rank) after the held-out --val-split
-            world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-            needed = training_images_needed(cfg.batch_size, cfg.val_split, world)
-            cfg.synthetic_size = max(cfg.synthetic_size, needed or 0)
+        entry.fit(cfg, given, "train")
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         """Every option once: its type, a finite value in its range, a known choice, a device and paths that
         exist. Raises ConfigError with one sentence naming the option."""
-
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
         check_types(self)
         for name, choices in (
-            ("dataset", list(DATASETS)), ("amp", ["auto", "off", "bf16", "fp16"]),
+            ("dataset", names("train")), ("amp", ["auto", "off", "bf16", "fp16"]),
             ("channels_last", ["auto", "on", "off"]), ("on_nan", ["stop", "skip"]), ("decode", ["pil", "gpu"]),
             ("normalize", ["auto", "data", "off"]),
         ):  # fmt: skip
@@ -134,12 +124,6 @@ class TrainConfig:
         for name in ("workers", "lr_warmup_epochs", "cutout", "threads", "log_every"):
             check_int(name, getattr(self, name), 0)
         check_int("crop_padding", self.crop_padding, 0, optional=True)
-        if self.dataset == "imagenet" and self.normalize != "auto":
-            bad("--normalize applies to small data sets; imagenet always uses the ImageNet mean and std (SPEC §9)")
-        if self.dataset == "folder":
-            check_folder_options(self)
-        else:
-            check_int("image_size", self.image_size, 32)
         check_int("blocks", self.blocks, 2)
         check_int("enhance_cells", self.enhance_cells, 1)
         for name in ("subset", "test_subset"):
@@ -153,21 +137,10 @@ class TrainConfig:
             parse_duration(self.budget)
         check_device(self.device)
         check_compile(self.compile)
-        check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
+        if self.data_dir is not None:
+            check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
         check_not_file("out", self.out, "a directory for the run")
-        if self.dataset == "synthetic":
-            by_subset = self.subset is not None and self.subset < self.synthetic_size
-            n, which = (self.subset, "--subset") if by_subset else (self.synthetic_size, "--synthetic-size")
-            n_val = round(n * self.val_split)
-            if self.val_split > 0 and not 0 < n_val < n:
-                bad(f"--val-split {self.val_split} of {n} training images leaves a split empty; raise {which}")
-            if n - n_val < self.batch_size:
-                needed = training_images_needed(self.batch_size, self.val_split)
-                fix = f"raise {which} to at least {needed} or " if needed else ""
-                bad(
-                    f"{which} {n} leaves {n - n_val} training images, fewer than --batch-size {self.batch_size}; "
-                    f"{fix}lower --batch-size"
-                )
+        get_entry(self.dataset).check_options(self, "train")  # what the data set reads (data/registry.py)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -76,7 +76,7 @@ _CHOICES = {
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    from ..data.registry import DATASETS
+    from ..data.registry import DEFAULT_DIR, names
     from ..search import METHODS, SearchConfig
 
     p.add_argument("--method", choices=list(METHODS), default=None, help="method preset (default: clr)")
@@ -95,11 +95,11 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
             return f"default: {base.synthetic_size}, or more when --batch-size needs it"
         if name == "cache_dir":
             return _CACHE_DEFAULT
+        if name == "data_dir":
+            return f"default: {DEFAULT_DIR}, then the system's copies (Debian's Fashion-MNIST)"
         return f"default: {'all' if getattr(base, name) is None else getattr(base, name)}"
 
-    add_config_options(
-        p, SearchConfig, _HELP, default_text, {**_CHOICES, "dataset": [*DATASETS, "imagenet-subset"]}, skip=("method",)
-    )
+    add_config_options(p, SearchConfig, _HELP, default_text, {**_CHOICES, "dataset": names("search")}, skip=("method",))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -136,12 +136,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         cfg = SearchConfig.resolve(method, **{**file_opts, **cli})
     if rank != 0:
         cfg.quiet = True
-    searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
     counts = searcher.counts()
     reporter = Reporter(quiet=cfg.quiet)
-    if searcher.data_info and not cfg.quiet:
-        from ..data.userdata import describe
+    from ..data.userfolder import describe
 
+    if describe(searcher.data_info) and not cfg.quiet:  # your own folder: what was found in it
         print(describe(searcher.data_info))
     if rank == 0:
         print(
@@ -165,6 +165,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"\ninterrupted: finished epochs are saved; continue with bnas search --resume {cfg.out}", file=sys.stderr
         )
         return 130
+    if rank == 0:
+        from ._hints import search_next_steps
+
+        print(search_next_steps(cfg, searcher.device))
     return 0
 
 

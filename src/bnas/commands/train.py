@@ -94,8 +94,8 @@ _RESUMABLE = (
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from ..data.registry import DATASETS
-    from ..recipes import DARTS_SPACE, RECIPES
+    from ..data.registry import DATASETS, DEFAULT_DIR, names
+    from ..recipes import DARTS_SPACE
     from ..train import TrainConfig
 
     p.add_argument("--config", type=Path, help="JSON file of options (between the recipe and the command line)")
@@ -105,7 +105,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     base = TrainConfig()
 
     def default_text(name: str) -> str:
-        per = ", ".join(f"{d} {r[name]}" for d, r in RECIPES.items() if name in r)
+        per = ", ".join(f"{d} {e.train_defaults[name]}" for d, e in DATASETS.items() if name in e.train_defaults)
         if name in DARTS_SPACE:
             per += f"{', ' if per else ''}darts-space genotypes {DARTS_SPACE[name]}"
         default = getattr(base, name)
@@ -113,11 +113,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
             return "default: none, --epochs decides"
         if name == "cache_dir":
             return _CACHE_DEFAULT
+        if name == "data_dir":
+            return f"default: {DEFAULT_DIR}, then the system's copies (Debian's Fashion-MNIST)"
         if name == "synthetic_size":
             default = f"{default}, or more when --batch-size needs it"
         return f"default: {'all' if default is None else default}" + (f"; {per}" if per else "")
 
-    add_config_options(p, TrainConfig, _HELP, default_text, {**_CHOICES, "dataset": list(DATASETS)})
+    add_config_options(p, TrainConfig, _HELP, default_text, {**_CHOICES, "dataset": names("train")})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -150,9 +152,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.resolve(**{**file_opts, **cli})
     trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
     g = trainer.genotype
-    if trainer.spec.info and not cfg.quiet:
-        from ..data.userdata import describe
+    from ..data.userfolder import describe
 
+    if describe(trainer.spec.info) and not cfg.quiet:  # your own folder: what was found in it
         print(describe(trainer.spec.info))
     print(
         f"{cfg.genotype} ({g.space}) on {cfg.dataset}: {trainer.parameters} parameters, "
@@ -176,6 +178,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished epochs are saved; continue with bnas train --resume {cfg.out}", file=sys.stderr)
         return 130
+    from ._hints import train_next_steps
+
+    print(train_next_steps(cfg.out))  # rank != 0 prints into the void (cmd_train)
     return 0
 
 
