@@ -161,9 +161,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         searcher.run_search(reporter)
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: finished epochs are saved; continue with bnas search --resume {cfg.out}", file=sys.stderr
-        )
+        from ..runcore import interrupted_message
+
+        print("\n" + interrupted_message("search", cfg.out), file=sys.stderr)
         return 130
     if rank == 0:
         from ._hints import search_next_steps
