@@ -3,8 +3,11 @@ device, augmentation as batched ops. (The streamed loaders, decoding files in wo
 
 No DataLoader, no per-image Python in the hot loop (DESIGN "fast by construction"), and nothing copied from
 the host per batch: the random numbers of shuffling and augmentation come from a `torch.Generator` on the
-images' device owned by the loader (seeded, and checkpointed and restored exactly by `state_dict`; a CPU
-run and a GPU run of one seed draw different numbers), and the normalisation constants are made once.
+images' device owned by the loader, and the normalisation constants are made once. The generator is seeded
+afresh at the start of every pass from the loader's seed and the pass's number, so a loader's state is those
+two numbers: a checkpoint written on one device resumes on another (a generator's own state is
+device-specific: a CPU's does not load into a GPU's). A CPU run and a GPU run of one seed draw different
+numbers.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ class Loader(Protocol):
     """What every loader of a run is (TensorLoader here, FolderLoader and StreamLoader in streamed.py): one pass
     is one epoch of device batches, and `state_dict` is enough to resume the order where it stopped.
 
-    A preempted run stops mid-pass: `pass_state` is where the latest pass stands (what its first batch was drawn
-    from and how many batches it has handed out), and `resume_pass` makes the next pass continue it there,
+    A preempted run stops mid-pass: `pass_state` is where the latest pass stands (which pass, how many batches
+    it has handed out, its augmentation generator), and `resume_pass` makes the next pass continue it there,
     with the batches the interrupted pass would have yielded next (no batch is decoded or augmented twice)."""
 
     def __len__(self) -> int: ...
@@ -116,8 +119,9 @@ class TensorLoader:
         self.augment, self.train, self.shuffle, self.drop_last = augment, train, shuffle, drop_last
         self.channels_last = channels_last
         self.rank, self.world = rank, world  # torchrun: every rank takes a disjoint shard of each pass
-        self.gen = torch.Generator(device=images.device).manual_seed(seed)
-        self._pass: dict | None = None  # the latest pass: its generator state at its start, batches handed out
+        self.seed, self.passes = seed, 0  # the state: the next pass draws from (seed, passes) alone
+        self.gen = torch.Generator(device=images.device)
+        self._pass: dict | None = None  # the latest pass: its number and the batches it has handed out
         self._resume: dict | None = None  # a preempted pass that the next one continues (`resume_pass`)
 
     def _shard_size(self) -> int:
@@ -132,9 +136,11 @@ class TensorLoader:
         n = self.images.shape[0]
         dev = self.gen.device
         resume, self._resume = self._resume, None
-        if resume is not None:  # the interrupted pass's order, then its generator where it stopped
-            self.gen.set_state(resume["gen_start"])
-        current = self._pass = {"gen_start": self.gen.get_state(), "position": 0}
+        if resume is not None:  # the interrupted pass: its order, then its generator where it stopped
+            self.passes = int(resume["passes"])
+        current = self._pass = {"passes": self.passes, "position": 0}
+        self.gen.manual_seed(self.seed * 100_003 + self.passes)  # (as data/streamed.py's passes)
+        self.passes += 1
         order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
         if self.world > 1:
             order = order[self.rank :: self.world][: self._shard_size()]
@@ -151,16 +157,18 @@ class TensorLoader:
             yield x, self.labels[idx]
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
+        """Device-agnostic: the seed and the passes begun (a pass left unfinished at a checkpoint is not
+        resumed: the next `iter` starts the next pass, with or without a resume)."""
+        return {"seed": self.seed, "passes": self.passes}
 
     def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
+        # (an older checkpoint holds a generator's state instead: its passes are unknown, the next starts at 0)
+        self.seed, self.passes = int(state.get("seed", self.seed)), int(state.get("passes", 0))
         self._resume = None
 
     def pass_state(self) -> dict | None:
-        if self._pass is None:
-            return None
-        return {**self._pass, "gen": self.gen.get_state()}
+        """(The generator's state is the device's: a pass continues on the kind of device it began on.)"""
+        return {**self._pass, "gen": self.gen.get_state()} if self._pass is not None else None
 
     def resume_pass(self, state: dict) -> None:
         self._resume = state
