@@ -260,8 +260,8 @@ class RunLock:
     HEARTBEAT_S = 30.0
     STALE_S = 180.0
 
-    def __init__(self, path: str | Path, command: str | None = None):
-        self.file = Path(path) / LOCK_FILE
+    def __init__(self, path: str | Path, command: str | None = None, name: str = LOCK_FILE):
+        self.file = Path(path) / name
         self.command = command or _command_line()
         self.token: str | None = None  # ours while we hold it; None when not held (or held by an outer holder)
         self._beat = threading.Event()
@@ -356,7 +356,7 @@ class RunLock:
 
     def _take_over(self, stale: dict | None) -> None:
         """Remove a stale lock, unless another process replaced it meanwhile (that one is put back)."""
-        aside = self.file.with_name(f"{LOCK_FILE}.{os.getpid()}.{secrets.token_hex(4)}.stale")
+        aside = self.file.with_name(f"{self.file.name}.{os.getpid()}.{secrets.token_hex(4)}.stale")
         try:
             os.rename(self.file, aside)
         except FileNotFoundError:
