@@ -62,11 +62,16 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def _interruptible(call, again: str) -> int:
+    from ..preempt import Preempted
+
     try:
         return call()
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept; continue with {again}", file=sys.stderr)
         return 130
+    except Preempted as e:  # the run in progress saved itself mid-epoch: the same command resumes the study
+        print(f"bnas: {str(e).split(', which is saved')[0]}, saved; continue with {again}", file=sys.stderr)
+        return e.exit_code
 
 
 def _only(args: argparse.Namespace, flag: str, others: tuple[str, ...]) -> None:
