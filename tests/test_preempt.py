@@ -215,3 +215,23 @@ def test_a_loader_continues_a_pass_where_it_stopped(kind):
     assert len(got) == len(want) - 2
     for (x, y), (wx, wy) in zip(got + got_next, want[2:] + want_next, strict=True):
         assert torch.equal(x, wx) and torch.equal(y, wy)
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
+    """SIGUSR1 to rank 1 alone: the ranks agree at the next log point, rank 0 saves that step, and a resumed
+    torchrun finishes the run with identical ranks."""
+    worker = Path(__file__).parent / "dist_preempt_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker)]
+    cut = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert cut.returncode != 0
+    assert "rank 1: stopped by SIGUSR1 after step 1/" in cut.stderr, cut.stderr[-3000:]
+    assert "rank 0: stopped by a signal to another rank after step 1/" in cut.stderr
+    state = load_checkpoint(tmp_path / "run/checkpoint.pt", "search")
+    assert state["mid_epoch"]["epoch"] == 0 and state["mid_epoch"]["step"] == 1
+
+    done = subprocess.run([*cmd, str(tmp_path), "resume"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert [r["epoch"] for r in RunDir(tmp_path / "run").metrics("epoch")] == [0, 1]

@@ -68,7 +68,7 @@ class StopSignal:
         flag = torch.tensor([1.0 if self.signal is not None else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0 and self.signal is None:
-            self.signal = "SIGTERM (on another rank)"
+            self.signal = "a signal to another rank"
         return self.signal is not None
 
 
