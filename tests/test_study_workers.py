@@ -128,3 +128,31 @@ def test_report_of_an_unfinished_study_and_worker_misuse_are_one_sentence(tmp_pa
     assert "--worker takes no --config" in capsys.readouterr().err
     assert main(["study", "--worker", str(tmp_path / "none")]) == 2
     assert "holds no study" in capsys.readouterr().err
+
+
+def test_sigterm_to_a_worker_saves_its_run_mid_epoch_and_the_next_worker_continues_it(tmp_path):
+    search = {**SEARCH, "synthetic_size": 96, "epochs": 1, "log_every": 1}
+    config = {"dataset": "synthetic", "methods": ["clr"], "seeds": [0], "search": search, "train": TRAIN}
+    out = tmp_path / "s"
+    assert main(["study", "--config", str(_study(tmp_path, config)), "--out", str(out), "--workers", "0"]) == 0
+    run = out / "search" / "clr-s0"
+    first = subprocess.Popen(_bnas("--worker", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=ENV)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while first.poll() is None and time.monotonic() < deadline:
+            if any(r["kind"] == "step" for r in RunDir(run).metrics(None)):
+                first.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.01)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 75, err[-2000:]
+    assert f"saved; continue with bnas study --worker {out}" in err
+    assert not (run / LOCK_FILE).exists()  # a stopped worker gives its claim back at once
+    second = subprocess.run(_bnas("--worker", str(out)), capture_output=True, text=True, env=ENV, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    steps = [(r["epoch"], r["step"]) for r in RunDir(run).metrics(None) if r["kind"] == "step"]
+    assert steps == [(0, s) for s in range(1, 7)]  # 48 images per search split, batch 8: none lost, none twice

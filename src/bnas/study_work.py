@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import BnasError
 from .jsonio import dumps
-from .preempt import Preempted
+from .preempt import Preempted, StopSignal
 from .runs import RunLock, RunLocked, atomic_write_text
 
 FAILURES = "failures.json"  # in a run directory: the attempts that raised, one sentence each
@@ -89,10 +89,17 @@ def work(spec, out: Path, runs: list, *, retries: int = 0, poll_s: float = 2.0, 
     """One worker: claim and run the study's runs until none is left; (the results if this worker wrote them,
     else None; the runs failed for good). `execute(spec, run)` runs one run, `finish(failed)` writes the
     results, `describe(run)` names it (study.py gives all three)."""
+    with StopSignal() as stop:  # between runs too, SIGTERM/SIGUSR1 end the worker cleanly (a run: preempt.py)
+        return _work(spec, out, runs, stop, retries, poll_s, print_fn, after_run, execute, finish, describe, always)
+
+
+def _work(spec, out, runs, stop, retries, poll_s, print_fn, after_run, execute, finish, describe, always):
     by_path = {r.path: r for r in runs}
     announced: set[int] = set()
     command = f"bnas study --worker {out}"
     while True:
+        if stop.signal is not None:
+            raise Preempted(f"stopped by {stop.signal} between two runs of the study in {out}")
         claimed = waiting = False
         for i, run in enumerate(runs):
             state, why = status(run, by_path, retries)
@@ -207,8 +214,8 @@ def run_workers(out: Path, workers: int, retries: int = 0, print_fn=print) -> in
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if any(c == Preempted.exit_code for c in codes):
+    if any(c == Preempted.exit_code or c < 0 for c in codes):  # stopped or killed: the same command continues
         return Preempted.exit_code
     if any(c not in (0, EXIT_FAILED) for c in codes):
-        return max(codes) if max(codes) > 0 else 1
+        return 2  # a worker refused to start (its sentence is on stderr)
     return EXIT_FAILED if EXIT_FAILED in codes else 0
