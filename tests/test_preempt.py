@@ -235,3 +235,13 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert [r["epoch"] for r in RunDir(tmp_path / "run").metrics("epoch")] == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_help_documents_the_exit_codes(kind, capsys):
+    from bnas.cli import main
+
+    with pytest.raises(SystemExit):
+        main([kind, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{EXIT_PREEMPTED} stopped by SIGTERM or SIGUSR1 at a step boundary" in text and "130 Ctrl-C" in text
