@@ -71,7 +71,7 @@ class DataOptions:
         "rounded to 32, 64 or 96 for small images; the CIFAR stem up to 64 px, the ImageNet stem above)",
     )
     test_split: float = option(0.2, "folder without test/: share of each class held out as the test split, never "
-                               "searched on (seeded, stratified; recorded in the run)")  # fmt: skip
+                               "searched on or trained on (seeded, stratified; recorded in the run)")  # fmt: skip
     cache_dir: str | None = option(None, "folder: directory of the decoded-image cache", resume=True,
                                    default_text=CACHE_DEFAULT)  # fmt: skip
     skip_bad: bool = option(False, "folder: leave unreadable or truncated images out (counted in the run) instead "

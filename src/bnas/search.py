@@ -361,7 +361,7 @@ def search(cfg: SearchConfig | None = None, *, resume: bool = False, overwrite: 
     `resume=True` continues the run in `out` (or `cfg.out`) under the resume policy (options.resume_config):
     options that would change its results are refused, the others are recorded."""
     if resume:
-        given = cfg.to_json() if cfg is not None else overrides
+        given = cfg.to_json() if cfg is not None else dict(overrides)
         cfg = resume_config(given.get("out") or SearchConfig.out, **given)
     elif cfg is None:
         cfg = SearchConfig.resolve(overrides.pop("method", "clr"), **overrides)

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "memory (CPU: the process's peak resident set, so run one configuration per process; GPU: peak "
         "allocated). The switches default to the fast, exact ones.",
     )
-    bsub = b.add_subparsers(dest="bench_cmd", required=True)
+    bsub = b.add_subparsers(dest="bench_cmd", required=True, metavar="SUBCOMMAND")
     s = bsub.add_parser("search", help="architecture step + weight step of a search (SPEC §7 configuration)")
     s.add_argument("--method", choices=["bnas-d", "clr", "pc"], default="clr", help="method preset (default clr)")
     s.add_argument("--space", choices=["bcnn", "darts"], default="bcnn", help="search space (default bcnn)")

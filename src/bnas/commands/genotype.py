@@ -48,7 +48,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("genotype", help="show or list genotypes")
-    gsub = g.add_subparsers(dest="genotype_cmd", required=True)
+    gsub = g.add_subparsers(dest="genotype_cmd", required=True, metavar="SUBCOMMAND")
     show = gsub.add_parser("show", help="print a genotype's cells as text")
     show.add_argument("name", help="bundled genotype name or genotype.json / run directory")
     show.add_argument("--json", action="store_true", help="also print the JSON form")
