@@ -69,7 +69,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     counts = searcher.counts()
-    reporter = Reporter(quiet=cfg.quiet)
+    reporter = Reporter(quiet=cfg.quiet, hints=True)
     if searcher.data_info and not cfg.quiet:
         from ..data.userdata import describe
 

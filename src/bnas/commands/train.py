@@ -93,7 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         print(f"resuming {cfg.out} at epoch {trainer.start_epoch + 1}/{cfg.epochs}")
     try:
-        trainer.run_training(Reporter(quiet=cfg.quiet))
+        trainer.run_training(Reporter(quiet=cfg.quiet, hints=True))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished epochs are saved; continue with bnas train --resume {cfg.out}", file=sys.stderr)
         return 130
@@ -149,11 +149,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="re-evaluate a trained model")
     e.add_argument("checkpoint", help="a training run directory, its checkpoint.pt or its best.pt")
-    e.add_argument("--split", choices=["test", "val", "train"], default="test", help="split to evaluate on")
+    e.add_argument(
+        "--split", choices=["test", "val", "train"], default="test", help="split to evaluate on (default: test)"
+    )
     e.add_argument("--data-dir", help="directory of the data set (default: the run's)")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
-    e.add_argument("--subset", type=int, help="only the first N images of the split")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    e.add_argument("--subset", type=int, help="only the first N images of the split (default: every image)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_eval)
 
@@ -164,7 +166,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["export", "torchscript", "onnx"],
         default="export",
         help="export: a torch.export ExportedProgram (.pt2, dynamic batch; torch.export.load), torchscript (.ts; "
-        "deprecated by torch), onnx (.onnx; needs the onnx package)",
+        "deprecated by torch), onnx (.onnx; needs the onnx package) (default: export)",
     )
     x.add_argument("--out", type=Path, help="file to write (default: model.pt2, model.ts or model.onnx in the run)")
     x.set_defaults(func=cmd_export)
