@@ -61,7 +61,8 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
 
 def flag_message(error: BnasError) -> str:
     """A library error in the command line's words: the arguments it names (`error.options`: `batch_size`,
-    `resume=True`, `on_nan='skip'`) become flags (`--batch-size`, `--resume`, `--on-nan skip`)."""
+    `resume=True`, `on_nan='skip'`) become flags (`--batch-size`, `--resume`, `--on-nan skip`). Every `name=value`
+    is an argument; of a bare name only the first occurrence is ("device 'tpu' is not a device")."""
     import re
 
     msg = str(error)
@@ -75,7 +76,7 @@ def flag_message(error: BnasError) -> str:
             return f"{flag} {value}"
 
         msg = re.sub(rf"(?<![\w./-]){re.escape(name)}=('[^']*'|\"[^\"]*\"|[\w.+-]+)", with_value, msg)
-        msg = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/-])", flag, msg)
+        msg = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/=-])", flag, msg, count=1)  # the name, not prose
     return msg
 
 

@@ -281,11 +281,11 @@ def resume_config(run_dir: str | Path, cls: type, overrides: dict[str, Any] | No
         else:
             refused.append(name)
     if refused:
-        was = ", ".join(f"{n} {getattr(cfg, n)!r}" for n in refused)
+        was = ", ".join(f"{n}={getattr(cfg, n)!r}" for n in refused)
         hint = "; extend a training with extend_epochs=N" if "epochs" in refused and cls.KIND == "train" else ""
         raise ConfigError(
             f"{', '.join(refused)} cannot change when a run is resumed: it would change the run's results ({run_dir} "
-            f"has {was}); start a new run{hint}",
+            f"was started with {was}); start a new run{hint}",
             options=(*refused, *(["extend_epochs"] if hint else [])),
         )
     if extend_epochs:
