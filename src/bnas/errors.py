@@ -41,7 +41,8 @@ def non_finite(on_nan: str, command: str, which: str, epoch: int, step: int, out
         return 1
     rates = [r.lstrip("-").replace("-", "_") for r in lrs.split("/")]
     if epoch:
-        kept = f"the checkpoint of epoch {epoch} is kept in {out}: continue the {command} with resume=True and "
+        run = {"train": "training"}.get(command, command)
+        kept = f"the checkpoint of epoch {epoch} is kept in {out}: continue the {run} with resume=True and "
         kept += "on_nan='skip'"
     else:
         kept = "no epoch had finished: rerun with on_nan='skip'"
