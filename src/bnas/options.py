@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from .errors import (
     ConfigError,
@@ -238,6 +238,8 @@ def choices_of(cls: type, name: str) -> list | None:
 
 # ---- the resume policy: what a resumed run may be told
 
+C = TypeVar("C", bound=Options)
+
 
 def _same(a: Any, b: Any) -> bool:
     """The same option value (a JSON list is the tuple it was; True is not 1)."""
@@ -246,8 +248,8 @@ def _same(a: Any, b: Any) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
-def resume_config(run_dir: str | Path, cls: type, overrides: dict[str, Any] | None = None,
-                  extend_epochs: int = 0) -> Any:  # fmt: skip
+def resume_config(run_dir: str | Path, cls: type[C], overrides: dict[str, Any] | None = None,
+                  extend_epochs: int = 0) -> C:  # fmt: skip
     """The configuration a run directory was started with, told `overrides` (None: unset).
 
     An override equal to the run's own value is accepted, so is one of an option that does not change the
@@ -271,7 +273,8 @@ def resume_config(run_dir: str | Path, cls: type, overrides: dict[str, Any] | No
     cfg = cls(**values)
     given = cls.given(dict(overrides or {}))
     if "out" in given and Path(given.pop("out")) != Path(run_dir):
-        raise ConfigError(f"a resumed run stays in its directory {run_dir}; leave out out", options=("out",))
+        raise ConfigError(f"a resumed run stays in its directory: give out={str(run_dir)!r} or leave it unset",
+                          options=("out",))  # fmt: skip
     refused = []
     for name, value in given.items():
         if _same(value, getattr(cfg, name)):

@@ -87,6 +87,11 @@ def add_config_options(
             where.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
+def resumable_flags(cls: type) -> list[str]:
+    """The flags of the options a resumed run may be given anew (field metadata `resume`)."""
+    return ["--" + f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.metadata.get("resume")]
+
+
 def value_text(value: Any) -> str:
     """A value as the command line writes it: on/off, items separated by spaces."""
     if isinstance(value, bool):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ._options import (
     command_line_options,
     field_default_text,
     read_config_file,
+    resumable_flags,
     resume_dir,
     value_text,
 )
@@ -23,7 +23,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON file of options (between the preset and the command line)")
     p.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch; options that "
-        "would change its results are refused, the others (" + ", ".join(_resumable(SearchConfig)) + ") are "
+        "would change its results are refused, the others (" + ", ".join(resumable_flags(SearchConfig)) + ") are "
         "recorded",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="build everything, print the counts and exit")
@@ -39,10 +39,6 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         return field_default_text(SearchConfig, name)
 
     add_config_options(p, SearchConfig, default_text=default_text)
-
-
-def _resumable(cls: type) -> list[str]:
-    return ["--" + f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.metadata.get("resume")]
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -8,18 +8,24 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..jsonio import dumps
-from ._options import add_config_options, command_line_options, field_default_text, read_config_file, resume_dir
+from ._options import (
+    add_config_options,
+    command_line_options,
+    field_default_text,
+    read_config_file,
+    resumable_flags,
+    resume_dir,
+)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from ..recipes import DARTS_SPACE, RECIPES
     from ..train_config import TrainConfig
-    from .search import _resumable
 
     p.add_argument("--config", type=Path, help="JSON file of options (between the recipe and the command line)")
     p.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch; options that "
-        "would change its results are refused, the others (" + ", ".join(_resumable(TrainConfig)) + ") are "
+        "would change its results are refused, the others (" + ", ".join(resumable_flags(TrainConfig)) + ") are "
         "recorded",
     )  # fmt: skip
     p.add_argument(
