@@ -108,6 +108,15 @@ def test_library_errors_name_arguments_and_the_cli_names_flags(tmp_path, capsys)
     assert str(e.value).startswith("batch_size must be at least 1") and "--" not in str(e.value)
     assert e.value.options == ("batch_size",)
     assert "--batch-size must be at least 1, got 0" in _error(capsys, ["search", *TINY_SEARCH, "--batch-size", "0"])
+    from bnas.train_config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^budget must be a duration") as e:
+        TrainConfig.resolve(dataset="synthetic", budget="5x")
+    assert e.value.options == ("budget",)
+    with pytest.raises(ConfigError, match="use bf16 or off for amp with order 2"):
+        SearchConfig.resolve("clr", dataset="synthetic", batch_size=8, order=2, amp="fp16")
+    err = _error(capsys, ["search", *TINY_SEARCH, "--order", "2", "--amp", "fp16"])
+    assert "use bf16 or off for --amp with --order 2" in err
 
 
 def test_flag_message_translates_only_the_named_arguments():

@@ -67,14 +67,18 @@ def network_for(
     """The network a configuration trains (also what eval/export rebuild from a checkpoint, with the plain
     modules: `backend` is fast.TRAINED or None)."""
     if cfg.auxiliary and genotype.space != "darts":
-        raise ConfigError("--auxiliary exists only for DARTS-space genotypes; the broad network has no such head")
+        raise ConfigError("auxiliary exists only for DARTS-space genotypes; the broad network has no such head",
+                          options=("auxiliary",))  # fmt: skip
     if genotype.space == "bcnn" and cfg.layers % cfg.blocks:
-        raise ConfigError(f"--layers {cfg.layers} must be a multiple of the {cfg.blocks} convolution blocks")
+        raise ConfigError(f"layers {cfg.layers} must be a multiple of the {cfg.blocks} convolution blocks",
+                          options=("layers",))  # fmt: skip
     if genotype.space == "bcnn" and (cfg.blocks < 2 or cfg.enhance_cells < 1):
-        raise ConfigError("the broad network needs --blocks of at least 2 and --enhance-cells of at least 1")
+        raise ConfigError("the broad network needs blocks of at least 2 and enhance_cells of at least 1",
+                          options=("blocks", "enhance_cells"))  # fmt: skip
     if genotype.space == "bcnn" and cfg.init_channels % 2:
         raise ConfigError(
-            f"the broad network needs an even --init-channels (FactorizedReduce halves them), got {cfg.init_channels}"
+            f"the broad network needs an even init_channels (FactorizedReduce halves them), got {cfg.init_channels}",
+            options=("init_channels",),
         )
     return build_network(
         genotype,

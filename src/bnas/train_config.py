@@ -113,7 +113,10 @@ class TrainOptim(OptimOptions):
         for name in ("drop_path", "label_smoothing"):
             check_float(name, getattr(self, name), 0.0, 1.0)
         if self.budget is not None:
-            parse_duration(self.budget)
+            try:
+                parse_duration(self.budget, "budget")
+            except ConfigError as e:  # budget.py names the flag it is given; here it is the option
+                raise ConfigError(str(e), options=("budget",)) from None
 
 
 @dataclass
