@@ -31,7 +31,7 @@ import numpy as np
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 
 
-def write_tree(out: Path, data_dir: str, limit: int | None = None) -> dict:
+def write_tree(out: Path, data_dir: str | None, limit: int | None = None) -> dict:
     from PIL import Image
 
     from bnas.data.formats import read_mnist_like
@@ -43,7 +43,7 @@ def write_tree(out: Path, data_dir: str, limit: int | None = None) -> dict:
             return done
     counts = {}
     for split, train in (("train", True), ("test", False)):
-        data = read_mnist_like(data_dir, "fashion-mnist", train)
+        data = read_mnist_like(data_dir or "data", "fashion-mnist", train, system_copy=data_dir is None)
         n = data.images.shape[0] if limit is None else min(limit, data.images.shape[0])
         images, labels = data.images[:n, 0].numpy(), data.labels[:n].numpy()
         for k, name in enumerate(CLASSES):
@@ -80,7 +80,8 @@ def _train(args: argparse.Namespace, name: str, extra: list[str]) -> dict:
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
-    builtin = ["--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--normalize", args.normalize]
+    given = ["--data-dir", args.data_dir] if args.data_dir else []  # none: data, then Debian's copy
+    builtin = ["--dataset", "fashion-mnist", *given, "--normalize", args.normalize]
     folder = ["--dataset", "folder", "--data-dir", str(args.out), "--image-size", "28", "--normalize", args.normalize]
     runs = [("fashion-mnist", builtin), ("folder-first", folder), ("folder-cached", folder)]
     rows = []
@@ -100,7 +101,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="where to write the PNG tree")
-    p.add_argument("--data-dir", default="data", help="the IDX files (default: data, then Debian's copy)")
+    p.add_argument("--data-dir", help="the IDX files (default: data, then Debian's copy)")
     p.add_argument("--limit", type=int, help="only the first N images of each split (a quick tree)")
     p.add_argument("--compare", action="store_true", help="then train on both and print the table")
     p.add_argument("--runs", default="runs/fm-folder-check", help="run directories of --compare")

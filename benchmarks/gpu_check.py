@@ -347,7 +347,7 @@ def check_gradients(ctx: Ctx, method: str) -> dict[str, Any]:
 
 def _search_config(ctx: Ctx, method: str, order: int, name: str, steps: int = 0, **kw: Any):
     """A synthetic search of `steps` steps per epoch with the data on the device, architecture steps on."""
-    from bnas.data.search_data import search_images_needed
+    from bnas.data.splits import search_images_needed
     from bnas.search import SearchConfig
 
     batch = kw.pop("batch_size", ctx.s.sync_batch)

@@ -83,15 +83,52 @@ def test_help_shows_one_default_per_option(command, capsys):
         assert any(o.startswith("--batch-size") and per_method in o for o in options)
 
 
-def test_search_summary_says_how_to_train_what_was_found(tmp_path, capsys):
-    out = tmp_path / "run"
+def test_search_hint_trains_on_the_search_data_and_train_hints_run(tmp_path, capsys, monkeypatch):
+    """The printed next steps run as printed (a tiny budget appended): the search's data set, not CIFAR-10."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
     tiny = ["--dataset", "synthetic", "--synthetic-size", "32", "--batch-size", "8", "--init-channels", "4"]
-    assert main(["search", *tiny, "--epochs", "1", "--eval-every", "0", "--quiet", "--out", str(out)]) == 0
-    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("train what was found:"))
-    assert line == f"train what was found: bnas train --genotype {out}/genotype.json"
-    argv = line.split(": ", 1)[1].split()[1:]  # the printed command works as it is
-    assert main([*argv, "--dataset", "synthetic", "--init-channels", "4", "--dry-run"]) == 0
-    assert f"{out}/genotype.json (bcnn) on synthetic" in capsys.readouterr().out
+    assert main(["search", *tiny, "--epochs", "1", "--eval-every", "0", "--quiet", "--out", "runs/s"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    line = next(li for li in lines if li.startswith("train what was found:"))
+    assert line == (
+        "train what was found: bnas train --genotype runs/s/genotype.json --dataset synthetic "
+        "--recipe fast --budget 10m --batch-size 8 --out runs/s-train"
+    )
+    assert "plots and report: bnas report runs/s" in lines
+    argv = shlex.split(line.split(": ", 1)[1])[1:]
+    assert main([*argv, "--budget", "1s", "--init-channels", "4", "--test-subset", "64", "--quiet"]) == 0
+    results = json.loads((tmp_path / "runs/s-train/results.json").read_text())
+    assert results["dataset"] == "synthetic" and results["genotype"] == "runs/s/genotype.json"
+    hints = [li.split(": ", 1) for li in capsys.readouterr().out.splitlines() if ": bnas " in li]
+    assert [h[1].split()[1] for h in hints] == ["eval", "export", "predict", "report"]
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (90, 30, 200)).save(tmp_path / "new.png")
+    for _, command in hints:
+        command = command.split("  (")[0].replace("IMAGE...", "new.png")
+        assert main(shlex.split(command)[1:]) == 0, command
+    assert (tmp_path / "runs/s-train/model.pt2").exists() and (tmp_path / "runs/s-train/report").is_dir()
+
+
+def test_folder_search_hint_carries_the_folder_options(tmp_path):
+    from bnas.commands._hints import train_command
+    from bnas.search import SearchConfig
+
+    cfg = SearchConfig(dataset="folder", data_dir=str(tmp_path / "my photos"), image_size=64, test_split=0.25,
+                       skip_bad=True, batch_size=64, out="runs/f")  # fmt: skip
+    command = train_command(cfg, torch.device("cpu"))
+    assert command == (
+        f"bnas train --genotype runs/f/genotype.json --dataset folder --data-dir '{tmp_path}/my photos' "
+        "--image-size 64 --test-split 0.25 --skip-bad --recipe fast --budget 10m --out runs/f-train"
+    )
+    cfg = SearchConfig(dataset="fashion-mnist", data_dir="/d", batch_size=256, out="r")
+    assert train_command(cfg, torch.device("cuda")).endswith(
+        "--dataset fashion-mnist --data-dir /d --budget 1h --out r-train"
+    )
+    cfg.batch_size = 32  # what fitted the search fits the training too
+    assert train_command(cfg, torch.device("cuda")).endswith("--budget 1h --batch-size 32 --out r-train")
 
 
 def test_imagenet_dry_run_needs_no_data(tmp_path, capsys):

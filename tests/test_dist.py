@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import bnas.data.search_data as search_data_module
+import bnas.data.registry as search_data_module
 from bnas.search import SearchConfig, Searcher
 
 sys.path.insert(0, str(Path(__file__).parent))

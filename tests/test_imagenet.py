@@ -131,7 +131,7 @@ def _samples(root, split="val"):
 def test_tensor_decoding_matches_pil_decoding(imagenet_tree):
     """The --decode gpu pipeline (bytes in the workers, batched decode and tensor transforms on a device), run on
     the CPU here, gives the PIL path's evaluation batches up to resampling differences."""
-    from bnas.data.folder import FolderLoader, imagenet_transform
+    from bnas.data.streamed import FolderLoader, imagenet_transform
 
     samples = _samples(imagenet_tree)
     kw = dict(batch_size=4, device=torch.device("cpu"), shuffle=False, drop_last=False, workers=0)
@@ -151,7 +151,7 @@ def test_tensor_decoding_matches_pil_decoding(imagenet_tree):
 
 
 def test_decoding_falls_back_for_non_jpeg_and_names_broken_files(imagenet_tree, tmp_path):
-    from bnas.data.folder import decode_images
+    from bnas.data.streamed import decode_images
 
     jpeg = (imagenet_tree / "val" / "n01440764" / "n01440764_0.JPEG").read_bytes()
     png = tmp_path / "disguised.JPEG"  # ImageNet holds a PNG named .JPEG
@@ -165,7 +165,7 @@ def test_decoding_falls_back_for_non_jpeg_and_names_broken_files(imagenet_tree, 
 
 
 def test_decode_gpu_without_a_gpu_falls_back_to_pil(imagenet_tree, tmp_path):
-    from bnas.data.folder import gpu_decoding
+    from bnas.data.streamed import gpu_decoding
 
     with pytest.warns(UserWarning, match="decoding with PIL"):
         assert gpu_decoding("gpu", torch.device("cpu")) is None

@@ -129,3 +129,54 @@ def test_nothing_below_the_fast_backend_imports_it():
 def test_no_module_over_600_lines():
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
     assert {n: k for n, k in long.items() if k > 600} == {}
+
+
+def _names_dataset(node: ast.AST) -> bool:
+    """`dataset`, `cfg.dataset`, `self.dataset`, `x["dataset"]` ..."""
+    if isinstance(node, ast.Name):
+        return node.id == "dataset"
+    if isinstance(node, ast.Attribute):
+        return node.attr == "dataset"
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "dataset"
+    if isinstance(node, ast.Call) and node.args:  # cfg.get("dataset")
+        return isinstance(node.args[0], ast.Constant) and node.args[0].value == "dataset"
+    return False
+
+
+def _is_names(node: ast.AST) -> bool:
+    """A string constant, or a tuple, list or set of them."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
+    return False
+
+
+def dataset_branches(source: str) -> list[str]:
+    """The comparisons of a data set against a name in `source`: what asks a name instead of its registry entry."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        if any(_names_dataset(s) for s in sides) and any(_is_names(s) for s in sides):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_no_data_set_name_branches_outside_data():
+    """Nothing outside data/ asks a data set's name (`cfg.dataset == "folder"`): it asks the registry entry or the
+    opened source (data/registry.py), so a new data set is one entry. Choices lists and docstrings are fine."""
+    assert dataset_branches('if cfg.dataset == "folder" or dataset in ("imagenet", "x"): pass') == [
+        "cfg.dataset == 'folder'",
+        "dataset in ('imagenet', 'x')",
+    ]  # the finder finds them
+    assert dataset_branches('if cfg.get("dataset") != "synthetic" and x["dataset"] == "svhn": pass') != []
+    assert dataset_branches('choices = ["folder", "imagenet"]\nif cfg.dataset == other: pass') == []
+    found = {
+        name: hits
+        for name, path in _modules().items()
+        if not name.startswith("bnas.data.") and (hits := dataset_branches(path.read_text()))
+    }
+    assert found == {}

@@ -88,7 +88,7 @@ def test_fast_recipe_trains_end_to_end_and_records_itself(tmp_path: Path, capsys
 
 def test_normalize_data_uses_the_training_splits_statistics_and_eval_feeds_the_same(tmp_path: Path):
     from bnas.data.registry import load_split
-    from bnas.data.userfolder import channel_stats
+    from bnas.data.source import channel_stats
     from bnas.evaluation import evaluate_checkpoint
 
     cfg = TrainConfig.resolve(**TINY, epochs=1, normalize="data", out=str(tmp_path / "data"))

@@ -200,6 +200,43 @@ def test_dot_source_has_every_edge_of_both_cells():
     assert set(edges) == expected and len(edges) == 16
 
 
+def test_edges_leaving_one_state_start_apart_and_nest():
+    """BNASv2_CLR_v1's convolution cell has four edges leaving c_{k-1}: each starts at its own point on the box,
+    the longer an arc the further out, and every end lies on its own box."""
+    cell = get_genotype("BNASv2_CLR_v1").cell("conv")
+    ports = plots._edge_ports(cell, half=0.34)
+    for above in (True, False):
+        leaving = sorted((i // 2 + 2, ports[(i, "out")]) for i, (_, src) in enumerate(cell.edges)
+                         if src == 1 and (i % 2 == 0) == above)  # fmt: skip
+        starts = [x for _, x in leaving]
+        assert len(set(starts)) == len(starts) and starts == sorted(starts, reverse=True)  # longest leftmost
+    assert sum(src == 1 and i % 2 == 0 for i, (_, src) in enumerate(cell.edges)) == 4
+    for i, (_, src) in enumerate(cell.edges):
+        assert abs(ports[(i, "out")] - src) < (0.34 * 1.3 if src < 2 else 0.34)
+        assert i // 2 + 2 - 0.34 < ports[(i, "in")] <= i // 2 + 2  # the left half of the node's box
+
+
+def test_genotype_plot_without_output_says_where_it_wrote(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["genotype", "plot", "BNASv2_CLR_v1", "--engine", "matplotlib"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'BNASv2_CLR_v1.svg'}" in out and "-o" in out
+    assert (tmp_path / "BNASv2_CLR_v1.svg").stat().st_size > 1000
+
+
+def test_genotype_list_is_a_table_with_parameters(capsys):
+    from bnas.genotype import list_genotypes
+
+    assert main(["genotype", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "space", "parameters", "param-free"]
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.split()[0] in list_genotypes()}
+    assert set(rows) == set(list_genotypes()) and "{" not in "".join(lines)
+    assert rows["BNASv2_CLR_v1"][1:4] == ["bcnn", "3,338,074", "1/7"]  # SPEC: the published code's count
+    assert rows["BNASv2_PC_cifar_v1"][2] == "3,678,682"
+    assert "2.76%" in " ".join(rows["DARTS_V2"])
+
+
 def test_genotype_plot_errors_are_one_sentence(tmp_path, capsys, monkeypatch):
     assert main(["genotype", "plot", "BNASv2_CLR_v1", "-o", str(tmp_path / "cell.gif")]) == 2
     assert ".svg, .png or .pdf" in capsys.readouterr().err

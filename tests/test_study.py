@@ -208,6 +208,22 @@ def test_summary_and_bootstrap_are_seeded():
         StudySpec.from_json({**ISSUE, "bootstrap_samples": 10})
 
 
+def test_parameter_free_plot_has_whole_epochs_and_says_1_seed():
+    from bnas.study_report import StudyResults, collapse_figure
+
+    one = {"clr": {"0": [{"epoch": 1, "parameter_free": {"conv": 2, "enh": 3}}]}}
+    fig = collapse_figure(StudyResults(rows=[], summary=[], collapse=one))
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clr (mean of 1 seed)"]
+    two = {"clr": {"0": one["clr"]["0"], "1": one["clr"]["0"]}}
+    fig = collapse_figure(StudyResults(rows=[], summary=[], collapse=two))
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "clr (mean of 2 seeds)"
+
+
 def test_the_demo_study_plans_a_search_and_two_trainings_alike(tmp_path, capsys):
     demo = Path(__file__).parent.parent / "configs" / "demo-study.json"
     assert main(["study", "--config", str(demo), "--out", str(tmp_path / "demo"), "--dry-run"]) == 0

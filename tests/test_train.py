@@ -305,7 +305,7 @@ def test_fashion_mnist_subset_reaches_a_real_accuracy(tmp_path):
     # BNASv2_CLR_v1 cells in a reduced broad network (C=8, one cell per block, one enhancement cell: 73,058
     # parameters), 2 epochs on the first 10,000 training images; ~90 s of CPU time with one thread.
     cfg = TrainConfig.resolve(
-        dataset="fashion-mnist", data_dir=str(tmp_path / "none"), subset=10_000, test_subset=2000, epochs=2,
+        dataset="fashion-mnist", subset=10_000, test_subset=2000, epochs=2,
         batch_size=32, init_channels=8, layers=2, enhance_cells=1, lr=0.1, drop_path=0.0,
         out=str(tmp_path / "fm"), quiet=True, channels_last="on",  # safe from C=8 on (see Trainer), 1.3x faster
     )  # fmt: skip

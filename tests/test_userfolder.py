@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from bnas.cli import main
-from bnas.data import userdata, userfolder
-from bnas.data.userdata import open_user_folder
-from bnas.data.userfolder import auto_size, list_tree
+from bnas.data import userfolder
+from bnas.data.userfolder import auto_size, list_tree, open_user_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -129,7 +128,7 @@ def test_export_and_predict_agree_with_onnxruntime_alone(trained, rgb_tree, tmp_
     (ours,) = json.loads(out)
     assert len(ours["top"]) == 3 and {t["class"] for t in ours["top"]} == {"cat", "dog", "emu"}
     snippet = re.search(r"## Your own images.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    snippet = snippet.replace("runs/t/model.onnx", str(model)).replace("new.jpg", str(image))
+    snippet = re.sub(r"runs/[\w.-]+/model\.onnx", str(model), snippet).replace("new.jpg", str(image))
     done = subprocess.run([sys.executable, "-c", "import sys\nsys.modules['bnas'] = None\n" + snippet],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -143,13 +142,17 @@ def test_export_and_predict_agree_with_onnxruntime_alone(trained, rgb_tree, tmp_
 def test_a_tree_too_large_for_memory_streams_through_workers(rgb_tree, tmp_path, monkeypatch):
     from bnas.train import TrainConfig, Trainer
 
-    monkeypatch.setattr(userdata, "resident_budget", lambda device: 0)
+    monkeypatch.setattr(userfolder, "resident_budget", lambda device: 0)
     c = TrainConfig.resolve(dataset="folder", data_dir=str(rgb_tree), epochs=1, init_channels=4, layers=2,
                             enhance_cells=1, batch_size=8, eval_batch_size=16, device="cpu", quiet=True, log_every=0,
                             workers=0, out=str(tmp_path / "t"))  # fmt: skip
     trainer = Trainer(c)
     assert trainer.spec.info["loader"] == "workers" and trainer.sizes == {"train": 30, "test": 6}
-    assert trainer.run_training()["images"] == {"train": 30, "test": 6}
+    results = trainer.run_training()
+    assert results["images"] == {"train": 30, "test": 6}
+    from bnas.evaluation import evaluate_checkpoint  # eval streams the same test split (data/source.py)
+
+    assert evaluate_checkpoint(tmp_path / "t", device="cpu")["top1"] == results["final_epoch"]["test_top1"]
     from bnas.search import SearchConfig, Searcher
 
     sc = SearchConfig.resolve("clr", dataset="folder", data_dir=str(rgb_tree), epochs=1, init_channels=4, batch_size=4,
@@ -192,7 +195,7 @@ def test_the_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     assert len(list(cache.glob("*.npy"))) == 1
     second = open_user_folder(cfg(root), torch.device("cpu"))
     assert counts == {"decode": 12, "header": 12} and second.info["decoded"] == 0  # nothing decoded again
-    assert torch.equal(first.read(root, True).images, second.read(root, True).images)
+    assert torch.equal(first.read("train").images, second.read("train").images)
     assert second.info["mean"] == first.info["mean"]
     open_user_folder(cfg(root, image_size=48), torch.device("cpu"))  # another size: another entry
     assert counts["decode"] == 24 and counts["header"] == 12
@@ -215,7 +218,7 @@ def test_a_corrupt_cache_is_rebuilt_and_cache_dir_is_used(tmp_path, monkeypatch)
     npy = Path(spec.info["cache"])
     npy.write_bytes(npy.read_bytes()[:100])  # truncated by a crash of something else
     again = open_user_folder(cfg(root, cache_dir=str(elsewhere)), torch.device("cpu"))
-    assert again.info["decoded"] == 8 and torch.equal(again.read(root, True).images, spec.read(root, True).images)
+    assert again.info["decoded"] == 8 and torch.equal(again.read("train").images, spec.read("train").images)
     # the data directory not writable: the user's cache directory
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     real = userfolder._writable
@@ -234,7 +237,7 @@ def test_sizes_stems_and_the_split():
 def test_the_held_out_split_is_stratified_and_fixed(tmp_path):
     root = make_tree(tmp_path / "tree", {"a": 10, "b": 5, "c": 2})
     spec = open_user_folder(cfg(root, test_split=0.3, image_size=16), torch.device("cpu"))
-    test = spec.read(root, False).labels.tolist()
+    test = spec.read("test").labels.tolist()
     assert sorted(test) == [0, 0, 0, 1, 1, 2]  # round(0.3 n), at least one, never a whole class
     again = open_user_folder(cfg(root, test_split=0.3, image_size=16), torch.device("cpu"))
     assert again.info["test_split"]["files_sha256"] == spec.info["test_split"]["files_sha256"]

@@ -12,11 +12,9 @@ from typing import Any
 
 import torch
 
-from .data.loaders import TensorLoader
-from .data.registry import DatasetSpec, get_dataset, load_split
-from .data.userdata import open_user_folder
+from .data.registry import open_source, trained_input
 from .data.userfolder import read_image
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError
 from .genotype import Genotype
 from .runs import load_checkpoint
 from .runtime import evaluate, pick_device
@@ -37,18 +35,11 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[TrainedNet, Tra
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
     meta = state["meta"]
-    model = network_for(cfg, Genotype.from_json(meta["genotype"]), _input_spec(cfg, meta), meta["num_classes"])
+    genotype = Genotype.from_json(meta["genotype"])
+    model = network_for(cfg, genotype, trained_input(cfg.dataset, meta), meta["num_classes"])
     model.load_state_dict(state["model"])
     model.to(pick_device(device)).eval()
     return model, cfg, {**meta, "epoch": state["epoch"]}
-
-
-def _input_spec(cfg: TrainConfig, meta: dict[str, Any]) -> DatasetSpec:
-    """The data set's entry, with the input the run was trained on (a folder's comes from its tree)."""
-    spec = get_dataset(cfg.dataset)
-    if cfg.dataset != "folder":
-        return spec
-    return dataclasses.replace(spec, in_channels=meta["in_channels"], size=meta["size"], stem=meta["stem"])
 
 
 def evaluate_checkpoint(
@@ -64,30 +55,8 @@ def evaluate_checkpoint(
     if data_dir is not None:
         cfg.data_dir = data_dir
     dev = next(model.parameters()).device
-    # a folder: the same split of the same tree, fed with the run's own size, channels and statistics
-    spec = open_user_folder(cfg, dev, meta) if cfg.dataset == "folder" else get_dataset(cfg.dataset)
-    kw = dict(synthetic_size=cfg.synthetic_size, seed=cfg.seed, spec=spec)
-    if split == "test":
-        data = load_split(cfg.dataset, cfg.data_dir, train=False, subset=subset, **kw)
-        x, y = data.images, data.labels
-    elif split in ("train", "val"):
-        data = load_split(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, **kw)
-        x, y = data.images, data.labels
-        if cfg.val_split > 0:
-            n_val = round(x.shape[0] * cfg.val_split)
-            perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
-            idx = perm[:n_val] if split == "val" else perm[n_val:]
-            x, y = x[idx], y[idx]
-        elif split == "val":
-            raise ConfigError("this run was trained without --val-split, so it has no validation split")
-        if subset is not None:
-            x, y = x[:subset], y[:subset]
-    else:
-        raise ConfigError(f"--split must be test, val or train, got {split!r}")
-    # the run's own normalisation (--normalize data|off may differ from the data set's), stored in its meta
-    mean, std = meta.get("mean", spec.eval_augment.mean), meta.get("std", spec.eval_augment.std)
-    aug = dataclasses.replace(spec.eval_augment, mean=mean and tuple(mean), std=std and tuple(std))
-    loader = TensorLoader(x.to(dev), y.to(dev), batch_size, aug, train=False, shuffle=False)
+    # the same split of the same data the run trained on (splits.py), fed with the run's own input and statistics
+    loader = open_source(cfg, dev, meta).eval_loader(cfg, split, dev, batch_size, subset, meta)
     return {
         "checkpoint": str(_checkpoint_path(path)),
         "epoch": meta["epoch"],

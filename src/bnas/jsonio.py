@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,10 @@ def dumps(obj: Any, indent: int | None = None) -> str:
 
 def atomic_write_bytes(path: str | Path, write, mode: int | None = None) -> None:
     """Write via a temp file in the same directory, fsync, then rename: the old file survives any failure.
-    `mode`: the file's permissions (mkstemp's 0600 would hide a shared cache from other users)."""
+    The file gets the permissions `open()` would give it (0666 less the umask), so collaborators read a run
+    as they read any other file; mkstemp's fixed 0600 would hide it. `mode`: fixed permissions instead."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -57,3 +58,15 @@ def atomic_write_bytes(path: str | Path, write, mode: int | None = None) -> None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusive temp file next to `path`, created with mode 0666 so that the kernel applies the umask
+    (reading the umask itself would need os.umask(), which sets it and races with other threads)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name next to {path}")

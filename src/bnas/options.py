@@ -11,7 +11,6 @@ the groups, so every option stays a flat attribute (`cfg.batch_size`) and `to_js
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,7 +58,9 @@ class DataOptions:
     TITLE: ClassVar[str] = "data"
 
     dataset: str = option("cifar10", "data set (folder: your own images, --data-dir DIR/CLASS/*.png|jpg|...)")
-    data_dir: str = option("data", "directory holding the data set files", resume=True)
+    data_dir: str | None = option(None, "directory holding the data set files (a named one is read or refused)",
+                                  resume=True, default_text="default: data, then the system's copies (Debian's "
+                                  "Fashion-MNIST)")  # fmt: skip
     download: bool = option(False, "download a missing data set with torchvision where the network allows it",
                             resume=True)  # fmt: skip
     subset: int | None = option(None, "use only the first N training images (quick runs)",
@@ -81,27 +82,18 @@ class DataOptions:
                             "falls back to pil without a GPU)", resume=True)  # fmt: skip
 
     def check(self) -> None:
-        from .data.userfolder import check_folder_options
-
-        for name in ("subset",):
-            check_int(name, getattr(self, name), 1, optional=True)
+        check_int("subset", self.subset, 1, optional=True)
         check_int("synthetic_size", self.synthetic_size, 1)
         check_int("workers", self.workers, 0)
-        if self.dataset == "folder":
-            check_folder_options(self)
-        else:
-            check_int("image_size", self.image_size, 32)
-        check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
+        if self.data_dir is not None:
+            check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
 
-    def images_needed(self, world: int) -> int | None:
-        """The fewest synthetic images one batch of each split needs (per torchrun rank); the command says."""
-        raise NotImplementedError
+    def check_source(self) -> None:
+        """What the data set reads, in one sentence each: its registry entry decides (data/registry.py); after
+        the other groups, whose values it reads (the batch, the splits)."""
+        from .data.registry import get_entry
 
-    def fill_synthetic_size(self, given: dict[str, Any]) -> None:
-        """--dataset synthetic without a size: enough images for one batch of each split on each torchrun rank."""
-        if self.dataset == "synthetic" and "synthetic_size" not in given:
-            world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-            self.synthetic_size = max(self.synthetic_size, self.images_needed(world) or 0)
+        get_entry(self.dataset).check_options(self, self.KIND)  # type: ignore[attr-defined]
 
 
 @dataclass

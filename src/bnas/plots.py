@@ -56,10 +56,12 @@ def _figure(w: float, h: float):
 
 
 def _integer_epochs(fig) -> None:
+    """Whole epochs on every x axis, even for a run of one or two epochs (MaxNLocator's integer=True alone falls
+    back to fractions when fewer than two integers are in view)."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in fig.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _input_label(src: int) -> str:
@@ -142,22 +144,27 @@ def _draw_cell(ax, cell: CellGenotype, title: str) -> None:
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     states = 2 + cell.steps
-    half = 0.34  # half the width of a state's box
+    half = 0.34  # half the width of a node's box (the inputs' boxes are 1.3 x wider)
+    box_h = 0.2  # half the height of a box
+    ports = _edge_ports(cell, half)
     for i, (op, src) in enumerate(cell.edges):
         dst = i // 2 + 2
         above = i % 2 == 0  # a node's first edge above the line, its second below: labels never collide
         lift = 0.3 * (dst - src) + 0.15  # apex height: labels of nested arcs stay apart, short arcs clear the boxes
-        rad = 2 * lift / (dst - src) * (-1 if above else 1)  # arc3 puts the apex at rad/2 x the span off the line
+        side = 1 if above else -1
+        start, end = (ports[(i, "out")], side * box_h), (ports[(i, "in")], side * box_h)
+        # arc3 puts the apex at rad/2 x the chord off the chord: the apex at `lift`, whatever the ports
+        rad = -side * 2 * (lift - box_h) / (end[0] - start[0])
         free = op in PARAMETER_FREE
         color = "#c0392b" if free else "#1f3b73"
         ax.add_patch(
             FancyArrowPatch(
-                (src, 0), (dst, 0), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=15,
-                color=color, lw=1.7, ls="--" if free else "-", shrinkA=14, shrinkB=14, zorder=2,
+                start, end, connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=15,
+                color=color, lw=1.7, ls="--" if free else "-", shrinkA=1, shrinkB=1, zorder=2,
             )
         )  # fmt: skip
         ax.text(
-            (src + dst) / 2, lift if above else -lift, SHORT[op], ha="center", va="center", fontsize=11, color=color,
+            (start[0] + end[0]) / 2, side * lift, SHORT[op], ha="center", va="center", fontsize=11, color=color,
             zorder=5,
             bbox=dict(boxstyle="round,pad=0.18", fc="white", ec=color, lw=0.8),
         )  # fmt: skip
@@ -184,6 +191,26 @@ def _draw_cell(ax, cell: CellGenotype, title: str) -> None:
         "(red dashed: parameter-free; blue: convolution; green: nodes in the output)",
         fontsize=12,
     )
+
+
+def _edge_ports(cell: CellGenotype, half: float) -> dict[tuple[int, str], float]:
+    """Where each edge leaves its input's box and enters its node's box (x positions), spread along the box's
+    top (edges drawn above) or bottom: edges from one state never start at one point and pile up. Outgoing
+    edges use the right half of a node's box (all of an input's), incoming ones the left half; the longer an
+    arc, the further out its ends, so that arcs from one state nest without crossing."""
+    ends: dict[tuple[int, bool, str], list[tuple[float, int]]] = {}
+    for i, (_, src) in enumerate(cell.edges):
+        dst, above = i // 2 + 2, i % 2 == 0
+        ends.setdefault((src, above, "out"), []).append((-dst, i))  # the longest leftmost
+        ends.setdefault((dst, above, "in"), []).append((-src, i))  # the longest rightmost
+    out: dict[tuple[int, str], float] = {}
+    margin = 0.06
+    for (state, _, kind), edges in ends.items():
+        w = half * (1.3 if state < 2 else 1.0)
+        lo, hi = (-w + margin, w - margin) if state < 2 else ((-w + margin, 0.0) if kind == "in" else (0.0, w - margin))
+        for k, (_, i) in enumerate(sorted(edges)):
+            out[(i, kind)] = state + lo + (k + 0.5) * (hi - lo) / len(edges)
+    return out
 
 
 # --- run data ----------------------------------------------------------------------------------------------

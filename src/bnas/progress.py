@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -60,15 +59,11 @@ class Reporter:
     - logs (stdout is not a terminal, e.g. redirected to a file or under a scheduler): no bar, which would
       fill the log with carriage returns; one line per epoch and a progress line every `line_every` s;
     - quiet (`--quiet`): only the summary at the end.
-
-    `hints`: the summary ends with the next commands to type (the command line's; a Python caller gets none).
     """
 
     def __init__(
-        self, quiet: bool = False, out: TextIO | None = None, err: TextIO | None = None, line_every: float = 60.0,
-        hints: bool = False,
-    ):  # fmt: skip
-        self.hints = hints
+        self, quiet: bool = False, out: TextIO | None = None, err: TextIO | None = None, line_every: float = 60.0
+    ):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.quiet = quiet
@@ -124,12 +119,7 @@ class Reporter:
             lines.append(genotype.describe())
         run_dir = summary.get("run_dir")
         lines.append(f"run directory: {run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
-        quoted = shlex.quote(str(run_dir))
-        if self.hints and summary.get("command") == "search":
-            lines.append(f"train what was found: bnas train --genotype {shlex.quote(f'{run_dir}/genotype.json')}")
-        if self.hints:
-            lines.append(f"plots and report: bnas report {quoted}")
-        self.print("\n".join(lines))
+        self.print("\n".join(lines))  # the next commands are the command line's (commands/_hints.py)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import fast, options
 from .architect import Architect, alpha_entropy, alpha_hessian_eigenvalue, alpha_record, clr_arch_lr
 from .cells import Cell
-from .data.search_data import search_data
+from .data.registry import search_data
 from .dist import NullRun, is_main
 from .errors import (
     ConfigError,
@@ -44,10 +44,10 @@ from .runtime import (
 from .runtime import (
     evaluate as evaluate_model,
 )
-from .search_config import DATASET_DEFAULTS, METHODS, SearchConfig
+from .search_config import METHODS, SearchConfig
 from .space import SuperNet
 
-__all__ = ["DATASET_DEFAULTS", "METHODS", "SearchConfig", "SearchStep", "Searcher", "resume_config", "search"]
+__all__ = ["METHODS", "SearchConfig", "SearchStep", "Searcher", "resume_config", "search"]
 
 
 class SearchStep:
@@ -85,7 +85,7 @@ class SearchStep:
 class Searcher:
     """Owns a search run: data, supernet, optimisers, architect, run directory, resume."""
 
-    def __init__(self, cfg: SearchConfig, resume: bool = False, overwrite: bool = False):
+    def __init__(self, cfg: SearchConfig, resume: bool = False, overwrite: bool = False, load_data: bool = True):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
@@ -93,7 +93,7 @@ class Searcher:
             set_deterministic()
         cl = cfg.channels_last != "off"  # faster on GPUs and, for these convolutions, on CPUs (docs/benchmarks.md)
         self.channels_last = cl
-        data = search_data(cfg, self.device, cl)
+        data = search_data(cfg, self.device, cl, load=load_data)  # load_data=False: a dry run reads no images
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
         self.data_info = data.info  # --dataset folder: the tree, split and statistics (config.json "data")

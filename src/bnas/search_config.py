@@ -1,5 +1,6 @@
 """What a search is told (`SearchConfig`): the shared option groups (options.py) with the search's defaults, the
-architecture group, the method presets (SPEC §7 table) and the ImageNet search's defaults.
+architecture group and the method presets (SPEC §7 table); a data set's own defaults (the ImageNet search's) are
+its registry entry's (data/registry.py).
 
 The three methods are presets over independent switches (DESIGN "methods are configuration"):
 edge kind and K, edge normalisation, architecture-lr schedule (CLR power), warm-up epochs, order.
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from . import fast
-from .data.search_data import search_images_needed
+from .data.registry import find_entry, names
 from .errors import ConfigError, check_float, check_int
 from .options import DataOptions, NetworkOptions, OptimOptions, Options, OutputOptions, RuntimeOptions, again, option
 from .space import SpaceConfig
@@ -43,20 +44,8 @@ METHODS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-# SPEC §7 ImageNet search (PC): applied over the method preset, under a config file and the command line.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "imagenet-subset": dict(
-        partial_k=2, edge_norm=True, batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-3, arch_start_epoch=35,
-        arch_grad_clip=5.0, clr_power=0.0, enhance_cells=1,
-    ),
-    "folder": dict(image_size=0),  # your own images: the size from the tree (data/userfolder.py)
-}  # fmt: skip
-
-
 def _search_datasets() -> list[str]:
-    from .data.registry import DATASETS
-
-    return [*DATASETS, "imagenet-subset"]
+    return names("search")
 
 
 @dataclass
@@ -68,27 +57,8 @@ class SearchData(DataOptions):
     train_portion: float = option(0.5, "share of the training set for the weights (the rest trains the architecture)")
 
     def check(self) -> None:
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
         DataOptions.check(self)
         check_float("train_portion", self.train_portion, 0.0, 1.0, strict_low=True)
-        if self.dataset == "imagenet":
-            bad("a search reads the ImageNet subset that bnas sample-imagenet draws: use --dataset imagenet-subset")
-        if self.dataset == "synthetic":
-            by_subset = self.subset is not None and self.subset < self.synthetic_size
-            n, which = (self.subset, "--subset") if by_subset else (self.synthetic_size, "--synthetic-size")
-            split = int(n * self.train_portion)
-            if min(split, n - split) < self.batch_size:
-                needed = search_images_needed(self.batch_size, self.train_portion)
-                fix = f"raise {which} to at least {needed} or " if needed else ""
-                bad(
-                    f"{which} {n} gives search splits of {split} and {n - split} images, fewer than --batch-size "
-                    f"{self.batch_size}; {fix}lower --batch-size"
-                )
-
-    def images_needed(self, world: int) -> int | None:
-        return search_images_needed(self.batch_size, self.train_portion, world)
 
 
 @dataclass
@@ -191,15 +161,15 @@ class SearchConfig(SearchOutput, SearchRuntime, ArchOptions, SearchOptim, Search
         if not isinstance(method, str) or method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}", options=("method",))
         given = cls.given(overrides)
-        dataset = given.get("dataset")
-        by_dataset = DATASET_DEFAULTS.get(dataset, {}) if isinstance(dataset, str) else {}
-        values = {**METHODS[method], **by_dataset, **given, "method": method}
-        if dataset == "imagenet-subset" and "lr_warmup_epochs" not in given and isinstance(values["batch_size"], int):
-            values["lr_warmup_epochs"] = 5 if values["batch_size"] > 256 else 0  # SPEC §7: warm-up for big batches
+        entry = find_entry(given.get("dataset", cls.dataset))  # its defaults over the preset (SPEC §7: ImageNet)
+        values = {**METHODS[method], **(entry.search_defaults if entry else {}), **given, "method": method}
+        if entry:
+            entry.add_warmup(values)
         if isinstance(values.get("arch_betas"), list):
             values["arch_betas"] = tuple(values["arch_betas"])
         cfg = cls(**values)
-        cfg.fill_synthetic_size(given)
+        if entry:
+            entry.fit(cfg, given, "search")
         cfg.validate()
         return cfg
 
@@ -212,6 +182,7 @@ class SearchConfig(SearchOutput, SearchRuntime, ArchOptions, SearchOptim, Search
         if self.order == 2 and self.amp == "fp16":
             raise ConfigError("fp16 gives NaNs in the second-order double backward; use bf16 or off for amp with "
                               "order 2", options=("amp", "order"))  # fmt: skip
+        self.check_source()
 
     def space_config(self, num_classes: int, in_channels: int, stem: str = "cifar") -> SpaceConfig:
         return SpaceConfig(

@@ -272,7 +272,7 @@ def collapse_figure(results: StudyResults):
                     by_epoch.setdefault(x, []).append(y)
             xs = sorted(by_epoch)
             ax.plot(xs, [sum(by_epoch[x]) / len(by_epoch[x]) for x in xs], color=color, lw=2.5, marker="o", ms=4,
-                    label=f"{method} (mean of {len(seeds)} seeds)")  # fmt: skip
+                    label=f"{method} (mean of {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")  # fmt: skip
         ax.set(title=f"{CELL_TITLES.get(cell, cell)}", xlabel="search epoch", ylabel="parameter-free ops (of 8)")
         ax.set_ylim(-0.3, 8.3)
         ax.grid(alpha=0.3)

@@ -1,7 +1,7 @@
 """Training a found network from scratch and evaluating it (SPEC §8-9).
 
 `TrainConfig` holds the published recipe (CIFAR: batch 128, SGD 0.025 cosine to 0, momentum 0.9, wd 3e-4,
-clip 5, drop-path 0.3 x epoch/epochs, cutout 16, 600 epochs); `RECIPES` adapts it per data set (transfer
+clip 5, drop-path 0.3 x epoch/epochs, cutout 16, 600 epochs); each data set's registry entry adapts it (transfer
 sets without cutout, ImageNet's own recipe) and DARTS-space genotypes get DARTS' 20 cells of 36 channels.
 `Trainer` owns a run directory (config.json, metrics.jsonl, checkpoint.pt each epoch, results.json) and
 resumes from the last complete epoch bit for bit. The reported number is always the *final* epoch on the
@@ -23,11 +23,9 @@ from torch import nn
 from . import fast, options
 from .budget import BudgetClock, BudgetPlan, parse_duration, reserve_s
 from .cells import Cell
-from .data.formats import read_image_folder
-from .data.loaders import TensorLoader
-from .data.registry import DatasetSpec, get_dataset
-from .data.train_data import train_loaders
-from .data.userdata import open_user_folder
+from .data.loaders import Loader
+from .data.registry import open_source
+from .data.source import DataSource
 from .dist import NullRun, broadcast_buffers, rank_world
 from .errors import (
     ConfigError,
@@ -62,7 +60,7 @@ from .train_config import TrainConfig
 
 
 def network_for(
-    cfg: TrainConfig, genotype: Genotype, spec: DatasetSpec, num_classes: int | None = None, backend=None
+    cfg: TrainConfig, genotype: Genotype, spec: DataSource, num_classes: int | None = None, backend=None
 ) -> TrainedNet:
     """The network a configuration trains (also what eval/export rebuild from a checkpoint, with the plain
     modules: `backend` is fast.TRAINED or None)."""
@@ -113,23 +111,17 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if cfg.deterministic:
             set_deterministic()
-        self.spec = open_user_folder(cfg, self.device) if cfg.dataset == "folder" else get_dataset(cfg.dataset)
+        self.spec = open_source(cfg, self.device)  # the data set's source; its images are read by _load_data
         saved_genotype = None
         if resume:  # the run's own genotype, even if the file it came from has changed since
             saved_genotype = RunDir(cfg.out).read_json("config.json").get("genotype_json")
         self.genotype = _genotype_of(cfg, saved_genotype)
         self.rank, self.world = rank_world()
-        self._folders = None
-        # ImageNet: the tree decides the classes (a full ImageNet has 1000); a dry run needs no tree (1000 then)
-        if cfg.dataset == "imagenet" and (load_data or (Path(cfg.data_dir) / "train").is_dir()):
-            self._folders = {split: read_image_folder(Path(cfg.data_dir) / split) for split in ("train", "val")}
-            if self._folders["train"][1] != self._folders["val"][1]:
-                raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val hold different classes")
-        self.num_classes = len(self._folders["train"][1]) if self._folders else self.spec.num_classes
+        self.num_classes = self.spec.num_classes
         trained = fast.TRAINED if cfg.fast is not False and cfg.compile == "off" else None
         self.model = network_for(cfg, self.genotype, self.spec, self.num_classes, trained)
         self.parameters = count_parameters(self.model)
-        self.size = cfg.image_size if cfg.dataset == "imagenet" else self.spec.size
+        self.size = self.spec.size
         self.macs = count_macs(self.model, self.spec.in_channels, self.size)
         # auto = on: 1.3-2x faster on CPUs too. (torch 2.14's oneDNN corrupted the heap in the channels-last backward
         # of 1x1 stride-2 convolutions with <= 4 input channels; FactorizedReduce no longer runs any.)
@@ -163,7 +155,7 @@ class Trainer:
         self.run: RunDir | None = None
         self.history: list[dict[str, Any]] = []
         self.best_val: dict[str, Any] | None = None
-        self.loaders: dict[str, TensorLoader] = {}
+        self.loaders: dict[str, Loader] = {}
         if load_data:
             self._load_data()
         self.clock: BudgetClock | None = None  # --budget: sizes the schedule by measured throughput
@@ -184,8 +176,8 @@ class Trainer:
 
     # --- data
     def _load_data(self) -> None:
-        loaders, self.sizes, self.spec = train_loaders(
-            self.cfg, self.spec, self.device, self.channels_last, self.rank, self.world, self._folders
+        loaders, self.sizes, self.spec = self.spec.train_loaders(
+            self.cfg, self.device, self.channels_last, self.rank, self.world
         )
         self.loaders.update(loaders)
 

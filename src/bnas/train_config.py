@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from .budget import parse_duration
-from .data.registry import DATASETS, training_images_needed
+from .data.registry import get_entry, names
 from .errors import ConfigError, check_choice, check_float, check_int
 from .genotype import ZOO, get_genotype
 from .options import DataOptions, NetworkOptions, OptimOptions, Options, OutputOptions, RuntimeOptions, again, option
-from .recipes import DARTS_SPACE, FAST, RECIPES
+from .recipes import DARTS_SPACE, FAST
 
 
 def _train_datasets() -> list[str]:
-    return list(DATASETS)
+    return names("train")
 
 
 @dataclass
@@ -44,32 +44,11 @@ class TrainData(DataOptions):
     )
 
     def check(self) -> None:
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
         DataOptions.check(self)
         check_int("test_subset", self.test_subset, 1, optional=True)
         check_float("val_split", self.val_split, 0.0, 1.0)
         check_int("cutout", self.cutout, 0)
         check_int("crop_padding", self.crop_padding, 0, optional=True)
-        if self.dataset == "imagenet" and self.normalize != "auto":
-            bad("--normalize applies to small data sets; imagenet always uses the ImageNet mean and std (SPEC §9)")
-        if self.dataset == "synthetic":
-            by_subset = self.subset is not None and self.subset < self.synthetic_size
-            n, which = (self.subset, "--subset") if by_subset else (self.synthetic_size, "--synthetic-size")
-            n_val = round(n * self.val_split)
-            if self.val_split > 0 and not 0 < n_val < n:
-                bad(f"--val-split {self.val_split} of {n} training images leaves a split empty; raise {which}")
-            if n - n_val < self.batch_size:
-                needed = training_images_needed(self.batch_size, self.val_split)
-                fix = f"raise {which} to at least {needed} or " if needed else ""
-                bad(
-                    f"{which} {n} leaves {n - n_val} training images, fewer than --batch-size {self.batch_size}; "
-                    f"{fix}lower --batch-size"
-                )
-
-    def images_needed(self, world: int) -> int | None:
-        return training_images_needed(self.batch_size, self.val_split, world)
 
 
 @dataclass
@@ -155,20 +134,19 @@ class TrainConfig(TrainOutput, TrainRuntime, TrainOptim, TrainNetwork, TrainData
             raise ConfigError("budget and epochs cannot be given together: a budget sizes the epochs itself",
                               options=("budget", "epochs"))  # fmt: skip
         dataset = given.get("dataset", cls.dataset)
-        check_choice("dataset", dataset, list(DATASETS))
+        check_choice("dataset", dataset, names("train"))
         recipe = given.get("recipe", cls.recipe)
         check_choice("recipe", recipe, ["paper", "fast"])
-        values: dict[str, Any] = dict(RECIPES.get(dataset, {}))
+        entry = get_entry(dataset)
+        values: dict[str, Any] = dict(entry.train_defaults)  # the data set's recipe (SPEC §9)
         if recipe == "fast":
             values.update(FAST)
         if _genotype_space(given.get("genotype", cls.genotype)) == "darts":
             values.update(DARTS_SPACE)
         values.update(given)
-        batch = values.get("batch_size", cls.batch_size)
-        if dataset == "imagenet" and isinstance(batch, int) and batch > 256:
-            values.setdefault("lr_warmup_epochs", 5)  # SPEC §9: warm-up when the batch exceeds 256
+        entry.add_warmup(values)  # SPEC §9: warm-up when the batch exceeds 256
         cfg = cls(**values)
-        cfg.fill_synthetic_size(given)
+        entry.fit(cfg, given, "train")
         cfg.validate()
         return cfg
 
@@ -178,6 +156,7 @@ class TrainConfig(TrainOutput, TrainRuntime, TrainOptim, TrainNetwork, TrainData
         self.check_choices()
         for group in (TrainData, TrainNetwork, TrainOptim, TrainRuntime, TrainOutput):
             group.check(self)
+        self.check_source()
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

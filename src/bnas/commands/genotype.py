@@ -9,13 +9,10 @@ from ..jsonio import dumps
 
 
 def cmd_genotype(args: argparse.Namespace) -> int:
-    from ..genotype import ZOO, get_genotype
+    from ..genotype import get_genotype
 
     if args.genotype_cmd == "list":
-        for name, entry in ZOO.items():
-            free = entry.genotype.parameter_free()
-            print(f"{name:<20} {entry.genotype.space:<6} {entry.source}")
-            print(f"{'':<20} parameter-free ops {free}" + (f"; reported: {entry.reported}" if entry.reported else ""))
+        print(zoo_table())
         return 0
     if args.genotype_cmd == "sample":
         from ..errors import check_int, check_output
@@ -40,10 +37,42 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         from ..errors import check_output
         from ..plots import draw_genotype
 
-        check_output("--output", args.output, directory=False)
-        out = draw_genotype(g, args.output, engine=args.engine, title=Path(str(args.name)).name)
-        print(f"wrote {out}")
+        output = args.output or Path(f"{Path(str(args.name)).stem or 'genotype'}.svg")
+        check_output("--output", output, directory=False)
+        out = draw_genotype(g, output, engine=args.engine, title=Path(str(args.name)).name)
+        print(f"wrote {out.resolve()}" + ("" if args.output else " (-o FILE.svg|png|pdf chooses the file)"))
     return 0
+
+
+def zoo_table() -> str:
+    """The bundled genotypes as a table: the network's parameters on CIFAR-10 at the paper's evaluation size
+    (bcnn: C=48, N=6, E=2; darts: C=36, 20 cells), parameter-free ops per cell, where the cells come from and
+    what their paper reports where we bundle it."""
+    from ..genotype import ZOO
+    from ..space import build_network, count_parameters
+
+    rows = [("name", "space", "parameters", "param-free", "found by", "reported by the paper")]
+    for name, entry in ZOO.items():
+        g = entry.genotype
+        net = build_network(g) if g.space == "bcnn" else build_network(g, channels=36, layers=20)
+        free = "/".join(str(v) for v in g.parameter_free().values())
+        rows.append(
+            (
+                name,
+                g.space,
+                f"{count_parameters(net):,}",
+                free,
+                entry.source,
+                entry.reported.removesuffix(" (paper)") or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + "  " + r[-1]
+             for r in rows]  # fmt: skip
+    return "\n".join(
+        [*lines, "parameters: the trained network on CIFAR-10 (bcnn C=48, N=6, E=2; darts C=36, 20 cells); "
+         "param-free: skip and pooling ops in each of the two cells (of 8)"]
+    )  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,13 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gsub.add_parser("list", help="list the bundled genotypes")
     plot = gsub.add_parser("plot", help="draw both cells as graphs (graphviz's dot if installed, else matplotlib)")
     plot.add_argument("name", help="bundled genotype name or genotype.json / run directory")
-    plot.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=Path("cell.svg"),
-        help="file to write: .svg, .png or .pdf (default: cell.svg)",
-    )
+    plot.add_argument("-o", "--output", type=Path, help="file to write: .svg, .png or .pdf (default: NAME.svg here)")
     plot.add_argument(
         "--engine",
         choices=["auto", "dot", "matplotlib"],

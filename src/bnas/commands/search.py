@@ -63,12 +63,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         cfg.quiet = True
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
     counts = searcher.counts()
-    reporter = Reporter(quiet=cfg.quiet, hints=True)
-    if searcher.data_info and not cfg.quiet:
-        from ..data.userdata import describe
+    reporter = Reporter(quiet=cfg.quiet)
+    from ..data.userfolder import describe
 
+    if describe(searcher.data_info) and not cfg.quiet:  # your own folder: what was found in it
         print(describe(searcher.data_info))
     if rank == 0:
         print(
@@ -92,6 +92,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"\ninterrupted: finished epochs are saved; continue with bnas search --resume {cfg.out}", file=sys.stderr
         )
         return 130
+    if rank == 0:
+        from ._hints import search_next_steps
+
+        print(search_next_steps(cfg, searcher.device))
     return 0
 
 

@@ -19,7 +19,8 @@ from ._options import (
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from ..recipes import DARTS_SPACE, RECIPES
+    from ..data.registry import DATASETS
+    from ..recipes import DARTS_SPACE
     from ..train_config import TrainConfig
 
     p.add_argument("--config", type=Path, help="JSON file of options (between the recipe and the command line)")
@@ -37,7 +38,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
 
     def default_text(name: str) -> str:
-        per = ", ".join(f"{d} {r[name]}" for d, r in RECIPES.items() if name in r)
+        per = ", ".join(f"{d} {e.train_defaults[name]}" for d, e in DATASETS.items() if name in e.train_defaults)
         if name in DARTS_SPACE:
             per += f"{', ' if per else ''}darts-space genotypes {DARTS_SPACE[name]}"
         if name == "synthetic_size":
@@ -77,9 +78,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.resolve(**{**file_opts, **cli})
     trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
     g = trainer.genotype
-    if trainer.spec.info and not cfg.quiet:
-        from ..data.userdata import describe
+    from ..data.userfolder import describe
 
+    if describe(trainer.spec.info) and not cfg.quiet:  # your own folder: what was found in it
         print(describe(trainer.spec.info))
     print(
         f"{cfg.genotype} ({g.space}) on {cfg.dataset}: {trainer.parameters} parameters, "
@@ -99,10 +100,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         print(f"resuming {cfg.out} at epoch {trainer.start_epoch + 1}/{cfg.epochs}")
     try:
-        trainer.run_training(Reporter(quiet=cfg.quiet, hints=True))
+        trainer.run_training(Reporter(quiet=cfg.quiet))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished epochs are saved; continue with bnas train --resume {cfg.out}", file=sys.stderr)
         return 130
+    from ._hints import train_next_steps
+
+    print(train_next_steps(cfg.out))  # rank != 0 prints into the void (cmd_train)
     return 0
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "FASHION_MNIST_SYSTEM_DIR",
     "IMAGE_EXTENSIONS",
     "ArrayData",
+    "MissingData",
     "read_cifar",
     "read_idx",
     "read_image_folder",
@@ -59,6 +60,16 @@ class ArrayData:
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    files: tuple[str, ...] = ()  # the files read (absolute paths): what a run records in config.json "data"
+
+
+class MissingData(DataError):
+    """A data set's files are not there (or only some are): `base` says what is missing where, without the advice,
+    so that a caller who knows how the directory was chosen (registry) can give its own."""
+
+    def __init__(self, base: str, hint: str):
+        super().__init__(f"{base} ({hint}).")
+        self.base = base
 
 
 class _Malformed(Exception):
@@ -86,7 +97,7 @@ def _read_bytes(path: Path, dataset: str) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         hint = _DOWNLOAD_HINT.format("it")
-        raise DataError(f"{dataset} file not found: expected {path.name} in {path.parent} ({hint}).") from exc
+        raise MissingData(f"{dataset} file not found: expected {path.name} in {path.parent}", hint) from exc
     except OSError as exc:
         raise DataError(f"{dataset} file {path} could not be read ({exc.strerror or type(exc).__name__}).") from exc
     if data.startswith(_GZIP_MAGIC):
@@ -122,11 +133,11 @@ def _locate(dataset: str, candidates: Sequence[Path], groups: Sequence[Sequence[
         directory, missing = partial
         verb, pronoun = ("are", "them") if len(missing) > 1 else ("is", "it")
         hint = _DOWNLOAD_HINT.format(pronoun)
-        raise DataError(f"{dataset} is incomplete: {_join(missing)} {verb} missing in {directory} ({hint}).")
+        raise MissingData(f"{dataset} is incomplete: {_join(missing)} {verb} missing in {directory}", hint)
     expected = _join([_describe_group(group) for group in groups])
     where = _join([str(d) for d in dict.fromkeys(candidates)], last="or")
     hint = _DOWNLOAD_HINT.format("them" if len(groups) > 1 else "it")
-    raise DataError(f"{dataset} not found: expected {expected} in {where} ({hint}).")
+    raise MissingData(f"{dataset} not found: expected {expected} in {where}", hint)
 
 
 def _describe_group(group: Sequence[str]) -> str:
@@ -140,7 +151,7 @@ def _with_gz(name: str) -> tuple[str, str]:
     return (name, name + ".gz")
 
 
-def _to_array_data(images: np.ndarray, labels: np.ndarray, num_classes: int) -> ArrayData:
+def _to_array_data(images: np.ndarray, labels: np.ndarray, num_classes: int, files: Sequence[Path]) -> ArrayData:
     """Wrap validated numpy arrays as tensors, copying only when they are read-only or not contiguous."""
     if not images.flags.c_contiguous or not images.flags.writeable:
         images = images.copy(order="C")
@@ -148,6 +159,7 @@ def _to_array_data(images: np.ndarray, labels: np.ndarray, num_classes: int) -> 
         images=torch.from_numpy(images),
         labels=torch.from_numpy(np.asarray(labels, dtype=np.int64).copy()),
         num_classes=num_classes,
+        files=tuple(str(Path(f).resolve()) for f in files),
     )
 
 
@@ -270,7 +282,7 @@ def read_cifar(root: str | Path, variant: Literal["cifar10", "cifar100"], train:
     parts = [_load_cifar_batch(path, dataset, label_key, num_classes) for path in paths]
     images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts])
-    return _to_array_data(images, labels, num_classes)
+    return _to_array_data(images, labels, num_classes, paths)
 
 
 # -------------------------------------------------------------------------------------------------- IDX
@@ -301,7 +313,12 @@ def _parse_idx(data: bytes) -> np.ndarray:
             f"but {len(data) - header} bytes follow it"
         )
     array = np.frombuffer(data, dtype=dtype, count=count, offset=header) if count else np.empty(0, dtype)
-    return array.reshape(dims).astype(dtype.newbyteorder("="))  # astype copies: writable, native order
+    try:
+        array = array.reshape(dims)
+    except ValueError:  # an empty array whose other dimensions numpy cannot hold (found by hypothesis)
+        shape = " x ".join(map(str, dims))
+        raise _Malformed(f"the header declares dimensions {shape} that numpy cannot hold") from None
+    return array.astype(dtype.newbyteorder("="))  # astype copies: writable, native order
 
 
 def read_idx(path: str | Path, *, dataset: str = "IDX") -> np.ndarray:
@@ -325,12 +342,14 @@ def read_idx(path: str | Path, *, dataset: str = "IDX") -> np.ndarray:
 _MNIST_NAMES = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("Fashion-MNIST", "FashionMNIST")}
 
 
-def read_mnist_like(root: str | Path, name: Literal["mnist", "fashion-mnist"], train: bool) -> ArrayData:
+def read_mnist_like(
+    root: str | Path, name: Literal["mnist", "fashion-mnist"], train: bool, system_copy: bool = True
+) -> ArrayData:
     """Read MNIST or Fashion-MNIST from the official IDX files as (N, 1, 28, 28) images.
 
     Looks in root, root/<name> and root/<MNIST|FashionMNIST>/raw (torchvision's layout); for
     Fashion-MNIST it finally falls back to FASHION_MNIST_SYSTEM_DIR (Debian's copy), so the data
-    set works offline without a --data-dir.
+    set works offline without a --data-dir; `system_copy=False` (a --data-dir the user named) never does.
     """
     if name not in _MNIST_NAMES:
         raise DataError(f"Unknown MNIST-like data set {name!r}: expected 'mnist' or 'fashion-mnist'.")
@@ -339,7 +358,7 @@ def read_mnist_like(root: str | Path, name: Literal["mnist", "fashion-mnist"], t
     prefix = "train" if train else "t10k"
     groups = [_with_gz(f"{prefix}-images-idx3-ubyte"), _with_gz(f"{prefix}-labels-idx1-ubyte")]
     candidates = [root, root / name, root / torchvision_dir / "raw"]
-    if name == "fashion-mnist":
+    if name == "fashion-mnist" and system_copy:
         candidates.append(Path(FASHION_MNIST_SYSTEM_DIR))
     image_path, label_path = _locate(dataset, candidates, groups)
 
@@ -361,7 +380,7 @@ def read_mnist_like(root: str | Path, name: Literal["mnist", "fashion-mnist"], t
         labels = _check_labels(labels, images.shape[0], 0, 9)
     except _Malformed as exc:
         raise _malformed(dataset, label_path, str(exc)) from exc
-    return _to_array_data(images.reshape(-1, 1, 28, 28), labels, 10)
+    return _to_array_data(images.reshape(-1, 1, 28, 28), labels, 10, (image_path, label_path))
 
 
 # ------------------------------------------------------------------------------------------------- SVHN
@@ -397,7 +416,7 @@ def read_svhn(root: str | Path, split: Literal["train", "test", "extra"]) -> Arr
     except _Malformed as exc:
         raise _malformed("SVHN", path, str(exc)) from exc
     # (H, W, C, N) -> (N, C, H, W); the label 10 stands for the digit 0.
-    return _to_array_data(images.transpose(3, 2, 0, 1), labels % 10, 10)
+    return _to_array_data(images.transpose(3, 2, 0, 1), labels % 10, 10, (path,))
 
 
 # -------------------------------------------------------------------------------------------- smallNORB
@@ -482,7 +501,7 @@ def read_smallnorb(root: str | Path, train: bool, stereo: bool = False) -> Array
         labels = _check_labels(labels, images.shape[0], 0, 4)
     except _Malformed as exc:
         raise _malformed("smallNORB", cat_path, str(exc)) from exc
-    return _to_array_data(images if stereo else images[:, :1], labels, 5)
+    return _to_array_data(images if stereo else images[:, :1], labels, 5, (dat_path, cat_path))
 
 
 # ------------------------------------------------------------------------------------------ image folder
@@ -497,7 +516,7 @@ def read_image_folder(root: str | Path) -> tuple[list[tuple[Path, int]], list[st
     root = Path(root)
     expected = f"one sub-directory of .JPEG, .jpg or .png images per class in {root}"
     if not root.is_dir():
-        raise DataError(f"Image folder not found: expected {expected} ({_DOWNLOAD_HINT.format('them')}).")
+        raise MissingData(f"Image folder not found: expected {expected}", _DOWNLOAD_HINT.format("them"))
     try:
         class_dirs = sorted(
             (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name

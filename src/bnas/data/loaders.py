@@ -1,4 +1,5 @@
-"""Device-resident loaders for small data sets: uint8 images on the device, augmentation as batched ops.
+"""The loader interface (`Loader`), and the device-resident loader of small data sets: uint8 images on the
+device, augmentation as batched ops. (The streamed loaders, decoding files in workers, are in streamed.py.)
 
 No DataLoader, no per-image Python in the hot loop (DESIGN "fast by construction"), and nothing copied from
 the host per batch: the random numbers of shuffling and augmentation come from a `torch.Generator` on the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -24,6 +26,20 @@ class Augment:
     cutout: int = 0  # side of the zeroed square (0 = off)
     mean: tuple[float, ...] | None = None  # normalisation; None = just scale to [0, 1]
     std: tuple[float, ...] | None = None
+    jitter: bool = False  # colour jitter: ImageNet training's random-resized crop path only (streamed.ImageTransform)
+
+
+class Loader(Protocol):
+    """What every loader of a run is (TensorLoader here, FolderLoader and StreamLoader in streamed.py): one pass
+    is one epoch of device batches, and `state_dict` is enough to resume the order where it stopped."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @functools.lru_cache(maxsize=32)

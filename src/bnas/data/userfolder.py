@@ -12,32 +12,38 @@ search and training both see only the rest. Opening a tree:
    uint8 cache, `HASH-Spx-Cch.npy` beside its JSON index (both written atomically, the index last), then keep
    it on the device like CIFAR (TensorLoader); a tree larger than memory streams through decoding workers.
 
-The cache lives in DIR/.bnas-cache (or --cache-dir; a user cache directory where DIR is not writable).
+The cache lives in DIR/.bnas-cache (or --cache-dir; a user cache directory where DIR is not writable). The opened
+tree is a `source.DataSource` like any other data set's (`open_folder`, the registry's `folder` entry); its
+hold-out split is `splits.holdout`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
-import random
 import statistics
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, check_float, check_int, check_not_file
 from ..jsonio import atomic_write_bytes, dumps
+from .formats import ArrayData
+from .loaders import Augment
+from .source import DEFAULT_DIR, ArraySplit, DataSource, FileSplit, channel_stats
+from .splits import SPLIT_SEED, fixed_order, holdout
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _EXT_TEXT = ".png, .jpg, .jpeg, .bmp or .webp"
 CACHE_FORMAT = 1
-SPLIT_SEED = 0  # the hold-out split's seed: fixed, so every search and training run of a tree tests the same images
 CIFAR_STEM_MAX = 64  # the CIFAR stem up to 64 px, the ImageNet stem above
 MIN_SIZE = 16
 STATS_SAMPLE = 2000  # a streamed tree's statistics come from this many training images (seeded)
@@ -266,7 +272,7 @@ def _read_record(path: Path, digest: str) -> dict | None:
 
 def _write_record(path: Path, rec: dict) -> None:
     with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
-        atomic_write_bytes(path, lambda f: f.write(dumps(rec).encode()), mode=0o644)
+        atomic_write_bytes(path, lambda f: f.write(dumps(rec).encode()))  # umask, as any file
 
 
 def _drop_stale(cache: Path, root: str, digest: str) -> None:
@@ -329,7 +335,7 @@ def _arrays(listing: Listing, skip: set[str], size: int, channels: int, cache: P
         return torch.from_numpy(out), bad, len(todo), None
     npy = cache / f"{name}.npy"
     try:
-        atomic_write_bytes(npy, lambda f: np.save(f, out), mode=0o644)
+        atomic_write_bytes(npy, lambda f: np.save(f, out))
     except OSError:
         return torch.from_numpy(out), bad, len(todo), None
     root = str(listing.root.resolve())
@@ -354,37 +360,165 @@ def resident_budget(device: torch.device) -> int:
     return budget
 
 
-# ------------------------------------------------------------------------------------------- split, statistics
+# ------------------------------------------------------------------------------------------- the opened tree
 
 
-def holdout(listing: Listing, keep: list[int], share: float) -> list[bool]:
-    """Per class, round(share x n) of its (readable) images outside test/ become the test split: at least one,
-    never all, drawn by a seed and the class name from the sorted file names."""
-    chosen = [False] * len(keep)
-    by_class: dict[int, list[int]] = {}
-    for k, i in enumerate(keep):
-        if not listing.in_test[i]:
-            by_class.setdefault(listing.labels[i], []).append(k)
-    for label, ks in by_class.items():
-        n = len(ks)
-        n_test = min(n - 1, max(1, round(share * n))) if n > 1 and share > 0 else 0
-        rng = random.Random(f"bnas-folder-split:{SPLIT_SEED}:{listing.classes[label]}")
-        for k in rng.sample(ks, n_test):
-            chosen[k] = True
-    return chosen
+def decode_file(path: Path, size: int, channels: int) -> torch.Tensor:
+    """`load_image` for a run's loader, or one sentence naming the file."""
+    try:
+        return torch.from_numpy(load_image(path, size, channels).copy())
+    except Exception as e:  # PIL raises many types on bad files
+        raise DataError(f"cannot read image {path} ({_reason(e)}); remove it or pass --skip-bad") from None
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of uint8 images in [0, 1] (exact integer sums)."""
-    n, c, h, w = images.shape
-    chunk = max(1, (1 << 24) // max(c * h * w, 1))
-    s = torch.zeros(c, dtype=torch.float64)
-    sq = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, n, chunk):
-        x = images[i : i + chunk].to(torch.int64)
-        s += x.sum((0, 2, 3)).double()
-        sq += (x * x).sum((0, 2, 3)).double()
-    count = max(n * h * w, 1)
-    mean = s / count / 255.0
-    std = (sq / count / 255.0**2 - mean**2).clamp_min(0).sqrt().clamp_min(1 / 255)
-    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+@dataclass
+class UserFolder:
+    """An opened tree: the readable images' listing positions, split, and (resident) their uint8 pixels."""
+
+    listing: Listing
+    size: int
+    channels: int
+    keep: list[int]  # listing indices of the readable images, in listing order
+    train: torch.Tensor  # positions into `keep` (and rows of `images`), in a fixed shuffled order
+    test: torch.Tensor
+    images: torch.Tensor | None  # None: streamed from the files by decoding workers
+    workers: int
+
+    @property
+    def streaming(self) -> bool:
+        return self.images is None
+
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([self.listing.labels[i] for i in self.keep], dtype=torch.int64)
+
+    def samples(self, split: str) -> list[tuple[Path, int]]:
+        pos = (self.train if split == "train" else self.test).tolist()
+        return [(self.listing.root / self.listing.rels[self.keep[k]], self.listing.labels[self.keep[k]]) for k in pos]
+
+    def read(self, _root: Path, train: bool) -> ArrayData:
+        if self.images is None:
+            raise DataError("this folder is streamed by decoding workers; it has no arrays")
+        pos = self.train if train else self.test
+        return ArrayData(self.images[pos].contiguous(), self.labels()[pos], len(self.listing.classes))
+
+    def split(self, name: str) -> ArraySplit | FileSplit:
+        """The run's "train" or "test" split: on the device where the tree fits in memory, else files."""
+        if self.images is None:
+            decode = functools.partial(decode_file, size=self.size, channels=self.channels)
+            return FileSplit(self.samples(name), decode, self.workers)
+        data = self.read(self.listing.root, name == "train")
+        return ArraySplit(data.images, data.labels)
+
+
+def _bad_sentence(root: Path, bad: dict[str, str]) -> str:
+    named = [f"{rel} ({why})" for rel, why in sorted(bad.items())]
+    return (
+        f"{len(bad)} image{'s' if len(bad) > 1 else ''} in {root} cannot be read: {_some(named)}; remove or replace "
+        f"{'them' if len(bad) > 1 else 'it'}, or pass --skip-bad to leave {'them' if len(bad) > 1 else 'it'} out "
+        "(counted in the run)"
+    )
+
+
+def open_user_folder(cfg, device: torch.device, meta: dict[str, Any] | None = None) -> DataSource:
+    """The run's data set from the tree at cfg.data_dir (a SearchConfig or TrainConfig, duck-typed; without one,
+    `data`): decoded once into the cache, or read from it. `meta`: a trained run's own input (size, channels,
+    classes, mean, std) instead of the tree's. The resolved size is written back to cfg.image_size, so the run's
+    config.json records it."""
+    root = Path(cfg.data_dir or DEFAULT_DIR)
+    if cfg.data_dir is None and not root.is_dir():
+        raise DataError(
+            f"--dataset folder reads your images from --data-dir DIR (DIR/CLASS/*.png); none was given, and "
+            f"{DEFAULT_DIR}, the default, is not a directory"
+        )
+    listing = list_tree(root)
+    cache = cache_dir_for(root, cfg.cache_dir)
+    workers = int(cfg.workers)  # decoding threads (at least one) and, for a streamed tree, DataLoader workers
+    scan = _scan(listing, cache, max(workers, 1))
+    if meta is not None:
+        if meta.get("classes") and list(meta["classes"]) != listing.classes:
+            raise DataError(
+                f"{root} holds other classes than the run was trained on ({_some(list(meta['classes']))}); "
+                "give the run's own data with --data-dir"
+            )
+        size, channels = int(meta["size"]), int(meta["in_channels"])
+    else:
+        size = cfg.image_size or auto_size(scan["median_side"])
+        channels = 1 if scan["gray"] > scan["rgb"] else 3
+    bad = dict(scan["bad"])
+    n_ok = len(listing.rels) - len(bad)
+    resident = n_ok * channels * size * size <= resident_budget(device)
+    images, decoded, cache_file = None, 0, None
+    if resident:
+        images, decode_bad, decoded, cache_file = _arrays(listing, set(bad), size, channels, cache, max(workers, 1))
+        bad.update(decode_bad)
+    if bad and not cfg.skip_bad:
+        raise DataError(_bad_sentence(root, bad))
+    keep = [i for i, rel in enumerate(listing.rels) if rel not in bad]
+    left = {listing.labels[i] for i in keep if not listing.in_test[i]}
+    lost = [c for i, c in enumerate(listing.classes) if i not in left]
+    if lost:
+        raise DataError(f"no readable training images are left in class {_some(lost)} of {root}; add some")
+    if listing.has_test:
+        in_test = [listing.in_test[i] for i in keep]
+    elif cfg.test_split == 0:
+        raise DataError(
+            f"--test-split 0 leaves no test split: {root} has no test/ folder; give a share such as 0.2 or add "
+            f"{root}/test/CLASS/"
+        )
+    else:
+        in_test = holdout(listing, keep, cfg.test_split)
+    train_pos, test_pos, gen = fixed_order(in_test)  # --subset and the search halves see every class
+    tree = UserFolder(listing, size, channels, keep, train_pos, test_pos, images, workers)
+    if meta is not None:
+        mean, std, stats_from = tuple(meta["mean"]), tuple(meta["std"]), "the trained run"
+    elif images is not None:
+        (mean, std), stats_from = channel_stats(images[train_pos]), "training split"
+    else:
+        sample = train_pos[torch.randperm(len(train_pos), generator=gen)[:STATS_SAMPLE]]
+        x = torch.stack([decode_file(tree.listing.root / tree.listing.rels[tree.keep[int(k)]], size, channels)
+                         for k in sample])  # fmt: skip
+        (mean, std), stats_from = channel_stats(x), f"{len(sample)} training images"
+    cfg.image_size = size
+    test_rels = sorted(listing.rels[keep[k]] for k in test_pos.tolist())
+    info = {
+        "dataset": "folder", "root": str(root.resolve()), "classes": listing.classes, "channels": channels,
+        "size": size, "median_side": scan["median_side"], "stem": "cifar" if size <= CIFAR_STEM_MAX else "imagenet",
+        "converted": scan["rgb"] if channels == 1 else scan["gray"],
+        "images": {"train": len(train_pos), "test": len(test_pos)},
+        "test_split": {"from": "test/"} if listing.has_test else {
+            "share": cfg.test_split, "seed": SPLIT_SEED, "stratified": True,
+            "files_sha256": hashlib.sha256("\n".join(test_rels).encode()).hexdigest(),
+        },
+        "skipped": {"count": len(bad), "files": dict(sorted(bad.items())[:100])},
+        "mean": list(mean), "std": list(std), "statistics_from": stats_from, "preprocess": PREPROCESS,
+        "loader": "device" if resident else "workers", "listing_sha256": listing.digest,
+        "cache": str(cache_file) if cache_file else None, "decoded": decoded,
+    }  # fmt: skip
+    return DataSource(
+        "folder", len(listing.classes), channels, size, Augment(flip=True, mean=mean, std=std),
+        Augment(mean=mean, std=std), stem=info["stem"], classes=tuple(listing.classes), info=info,
+        reader=tree.split, source=tree,
+    )  # fmt: skip
+
+
+def describe(info: dict[str, Any] | None) -> str | None:
+    """One line about an opened folder for the command line (None for the other data sets: their name says it)."""
+    if not info or info.get("dataset") != "folder":
+        return None
+    n = info["images"]
+    where = "test/" if "from" in info["test_split"] else f"held out, {info['test_split']['share']:g} per class"
+    parts = [
+        f"folder {info['root']}: {len(info['classes'])} classes, {info['channels']}x{info['size']}x{info['size']} "
+        f"(median side {info['median_side']:g}, {info['stem']} stem), {n['train']} train / {n['test']} test ({where})"
+    ]
+    if info["converted"]:
+        parts.append(f"{info['converted']} images converted to {'gray' if info['channels'] == 1 else 'RGB'}")
+    if info["skipped"]["count"]:
+        parts.append(f"{info['skipped']['count']} unreadable images skipped")
+    if info["loader"] == "workers":
+        parts.append("too large for memory: decoded by workers each epoch")
+    elif info["decoded"]:
+        parts.append(f"decoded {info['decoded']} images" + (f", cached in {info['cache']}" if info["cache"] else ""))
+    else:
+        parts.append(f"read from the cache {info['cache']}")
+    return "; ".join(parts)

@@ -1,17 +1,22 @@
-"""Loaders for image-folder data sets (ImageNet and its search subset): decoding workers, DDP shards.
+"""Streamed loaders: image files decoded by DataLoader workers each epoch, for trees too large for memory.
 
-Each pass draws its order from (seed, pass number), so a run is reproducible and resumable from the
-pass counter alone, and every rank of a torchrun job takes a disjoint shard of the same order.
+`FolderLoader` feeds ImageNet and its search subset (SPEC §9 transforms, in the workers or on the GPU);
+`StreamLoader` feeds your own images (`--dataset folder`) decoded at the run's size and augmented on the device
+like a device-resident `TensorLoader`. Both have the `loaders.Loader` interface. Each pass draws its order from
+(seed, pass number), so a run is reproducible and resumable from the pass counter alone, and every rank of a
+torchrun job takes a disjoint shard of the same order.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .loaders import Augment, augment_batch
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -236,3 +241,51 @@ class FolderLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.passes = int(state["passes"])
+
+
+class _Files(Dataset):
+    def __init__(self, samples: list[tuple[Path, int]], decode: Callable[[Path], torch.Tensor]):
+        self.samples, self.decode = samples, decode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.decode(path), label
+
+
+class StreamLoader:
+    """Like TensorLoader, for files: workers decode (`decode`: a path -> uint8 (C, S, S)), the device augments the
+    uint8 batch (augment_batch); `state_dict` holds the pass counter and the augmentation generator."""
+
+    def __init__(self, samples, decode: Callable[[Path], torch.Tensor], batch_size: int, augment: Augment,
+                 device: torch.device, train: bool = True, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
+                 workers: int = 2, channels_last: bool = False, rank: int = 0, world: int = 1):  # fmt: skip
+        self.sampler = _EpochSampler(len(samples), seed, shuffle, rank, world, batch_size, drop_last)
+        self.augment, self.train, self.device, self.channels_last = augment, train, device, channels_last
+        self.gen = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(
+            _Files(samples, decode), batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            drop_last=drop_last, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            for x, y in self.loader:
+                x = augment_batch(x.to(self.device, non_blocking=True), self.augment, self.gen, self.train)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield x, y.to(self.device, non_blocking=True)
+        finally:
+            self.sampler.passes += 1
+
+    def state_dict(self) -> dict:
+        return {"passes": self.sampler.passes, "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.passes = int(state["passes"])
+        self.gen.set_state(state["gen"])
