@@ -137,10 +137,10 @@ class _Interrupt(Trainer):
 
     stop_at = 2
 
-    def train_epoch(self, epoch, progress):
+    def begin_epoch(self, epoch):
         if epoch == self.stop_at:
             raise KeyboardInterrupt
-        return super().train_epoch(epoch, progress)
+        return super().begin_epoch(epoch)
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):

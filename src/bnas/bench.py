@@ -1,9 +1,10 @@
 """Throughput and memory of a search step and of a training step, behind `bnas bench` (issue 7).
 
-A search step is `search.SearchStep`, the object `Searcher.train_epoch` calls per batch: one architecture
+A search step is `search.SearchStep`, the object the run core calls per batch of a search: one architecture
 step on a validation batch (first or second order) and one weight step on a training batch, on random
-CIFAR-shaped data with the SPEC §7 configuration of the chosen method. A training step is one SGD step of
-the trained network of a genotype (SPEC §8-9). Steps are timed after a warm-up; `images_per_s` is the
+CIFAR-shaped data with the SPEC §7 configuration of the chosen method. A training step is `train.TrainStep`,
+the training's step, on the trained network of a genotype (SPEC §8-9). Both are built with the device
+decisions a run makes (`runcore.device_parts`). Steps are timed after a warm-up; `images_per_s` is the
 images a step consumes over the median step time: 2 x batch for a search step (a training and a validation
 batch; a CIFAR-10 search epoch is 25,000 of each, so it takes 50,000 / images_per_s seconds), the batch
 for a training step.
@@ -28,15 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast
-from .architect import Architect
-from .cells import Cell
 from .errors import ConfigError
 from .fast import cells as fastcells
 from .genotype import get_genotype
-from .optim import SGD
-from .runtime import Tally, autocast_factory, compile_regions, grad_scaler, pick_device, upcast
+from .runcore import DeviceParts, device_parts
+from .runtime import Tally, pick_device, upcast
 from .search import SearchConfig, SearchStep
 from .space import SuperNet, build_network, count_parameters
+from .train import TrainStep
 
 # SPEC §8: the trained networks of each space (CIFAR); DARTS' evaluation network for darts genotypes
 TRAIN_SHAPES = {"bcnn": dict(channels=48, layers=6, enhance=2), "darts": dict(channels=36, layers=20, enhance=0)}
@@ -146,8 +146,17 @@ def _setup(cfg: BenchConfig) -> tuple[torch.device, bool]:
     return device, cfg.channels_last in ("auto", "on")
 
 
+def _device_parts(cfg: BenchConfig, device: torch.device, amp: str) -> DeviceParts:
+    """The run's device decisions (runcore.device_parts), with torch.optim's plain optimizers for --torch-optim."""
+    parts = device_parts(device, amp, cfg.channels_last)
+    if cfg.torch_optim:
+        parts.optimizer = "torch"
+    return parts
+
+
 def bench_search(cfg: BenchConfig) -> dict[str, Any]:
-    """Time full search steps (architecture step + weight step) of a method's SPEC §7 configuration."""
+    """Time full search steps (architecture step + weight step) of a method's SPEC §7 configuration: the
+    `SearchStep` a search runs, built as `Searcher` builds it."""
     device, cl = _setup(cfg)
     overrides = dict(space=cfg.space, order=cfg.order, batch_size=cfg.batch_size, device=str(device), amp=cfg.amp)
     if cfg.init_channels:
@@ -155,16 +164,13 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     scfg = SearchConfig.resolve(cfg.method, **overrides)
     use_fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
     fastcells.BATCH_EDGES = cfg.batch_edges  # a process-wide switch: `run` restores it
-    model = SuperNet(scfg.space_config(10, 3), fast.BACKEND if use_fast else None).to(device)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:  # as `bnas search --compile inductor`: each cell, in place
-        compile_regions(model.net, Cell, "inductor")
-    autocast, amp_mode = autocast_factory(scfg.amp, device)
-    sgd = torch.optim.SGD if cfg.torch_optim else SGD
-    w_opt = sgd(model.weight_parameters(), lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay)
-    architect = Architect(model, scfg, w_opt, autocast)
-    if cfg.torch_optim:
+    parts = _device_parts(cfg, device, scfg.amp)
+    supernet = SuperNet(scfg.space_config(10, 3), fast.BACKEND if use_fast else None)
+    # as `bnas search --compile inductor`: each cell, in place
+    model = parts.place(supernet, "inductor" if cfg.compile else "off", supernet.net)
+    search_step = SearchStep.build(scfg, model, parts)
+    architect, w_opt, autocast = search_step.architect, search_step.w_optimizer, parts.autocast
+    if cfg.torch_optim:  # the architect makes its Adam by device (architect.py): torch.optim's instead
         architect.optimizer = torch.optim.Adam(
             model.arch_parameters(), lr=scfg.arch_lr, betas=scfg.arch_betas, weight_decay=scfg.arch_weight_decay
         )
@@ -172,20 +178,19 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
     data = _batches(2 * (cfg.warmup + cfg.steps), cfg.batch_size, 3, 32, device, cl)
     it = iter(range(len(data) // 2))
     model.train()
-
-    scaler = grad_scaler(amp_mode, device)
-    search_step = SearchStep(model, architect, w_opt, scaler, autocast, scfg.grad_clip)
     tally = Tally(device, SearchStep.FIGURES)
     published = cfg.arch_grads == "all" or cfg.weight_grads == "all"  # the published code's full backward()s
 
     def step() -> None:
         i = next(it)
         (x, y), (xv, yv) = data[2 * i], data[2 * i + 1]
-        if not published:  # what `bnas search` runs, step for step (Searcher.train_epoch calls the same object)
+        if not published:  # what `bnas search` runs, step for step (the run core calls the same object)
             search_step(x, y, xv, yv, scfg.lr, tally, i)
             return
         if cfg.arch_grads == "all" and cfg.order == 1:  # backward() through everything, as the published code
-            architect._loss(xv, yv).backward()
+            with autocast(), fast.backward_once():
+                arch_logits = model(xv)
+            F.cross_entropy(upcast(arch_logits), yv).backward()
             for p in weights:
                 p.grad = None
             architect.optimizer.step()
@@ -203,7 +208,7 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
 
     base = peak_rss_mb()
     wall, cpu, warmup_s = _timed(step, cfg.warmup, cfg.steps, device)
-    return _result(cfg, device, wall, cpu, base, amp_mode, cl) | {
+    return _result(cfg, device, wall, cpu, base, parts.amp_mode, cl) | {
         "warmup_s": warmup_s,
         "method": cfg.method,
         "space": cfg.space,
@@ -216,7 +221,8 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def bench_train(cfg: BenchConfig) -> dict[str, Any]:
-    """Time SGD steps of a genotype's trained network (SPEC §8 shape, drop-path on, gradient clip 5)."""
+    """Time the `TrainStep` a training runs, on a genotype's trained network (SPEC §8 shape, drop-path on,
+    gradient clip 5, no label smoothing or auxiliary head)."""
     device, cl = _setup(cfg)
     genotype = get_genotype(cfg.genotype)
     shape = dict(TRAIN_SHAPES[genotype.space])
@@ -227,31 +233,23 @@ def bench_train(cfg: BenchConfig) -> dict[str, Any]:
         net = build_network(genotype, shape["channels"], shape["layers"], shape["enhance"], backend=backend)
     else:
         net = build_network(genotype, shape["channels"], shape["layers"], backend=backend)
-    net = net.to(device)
-    if cl:
-        net = net.to(memory_format=torch.channels_last)
+    parts = _device_parts(cfg, device, cfg.amp)
+    net = parts.place(net, "inductor" if cfg.compile else "off")  # as `bnas train --compile inductor`
     net.train()
     net.drop_prob = 0.15  # mid-run of the recipe's 0.3 x epoch / epochs
-    if cfg.compile:  # as `bnas train --compile inductor`
-        compile_regions(net, Cell, "inductor")
-    model = net
-    autocast, amp_mode = autocast_factory(cfg.amp, device)
-    opt = (torch.optim.SGD if cfg.torch_optim else SGD)(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    opt = parts.sgd(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    train_step = TrainStep(net, opt, parts.scaler(), parts.autocast, grad_clip=5.0)
+    tally = Tally(device, TrainStep.FIGURES)
     data = _batches(cfg.warmup + cfg.steps, cfg.batch_size, 3, 32, device, cl)
-    it = iter(data)
+    it = iter(enumerate(data))
 
     def step() -> None:
-        x, y = next(it)
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            logits = model(x)
-        F.cross_entropy(upcast(logits), y).backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
+        i, (x, y) = next(it)
+        train_step(x, y, tally, i)
 
     base = peak_rss_mb()
     wall, cpu, warmup_s = _timed(step, cfg.warmup, cfg.steps, device)
-    return _result(cfg, device, wall, cpu, base, amp_mode, cl) | {
+    return _result(cfg, device, wall, cpu, base, parts.amp_mode, cl) | {
         "warmup_s": warmup_s,
         "genotype": cfg.genotype,
         "init_channels": shape["channels"],

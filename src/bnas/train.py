@@ -11,8 +11,6 @@ test split; `val_split` holds out part of the training set, and only that split 
 from __future__ import annotations
 
 import functools
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast, options
-from .budget import BudgetClock, BudgetPlan, parse_duration, reserve_s
-from .cells import Cell
+from .budget import BudgetClock, reserve_s
 from .data.loaders import Loader
 from .data.registry import open_source
 from .data.source import DataSource
-from .dist import NullRun, broadcast_buffers, rank_world
-from .errors import (
-    ConfigError,
-    non_finite,
-)
+from .dist import broadcast_buffers, rank_world
+from .errors import ConfigError
 from .genotype import Genotype, get_genotype
 from .progress import print_results
+from .runcore import Feed, RunLoop, budget_clock, device_parts, setup
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment
-from .runtime import (
-    STEP_FIGURES,
-    Tally,
-    autocast_factory,
-    compile_regions,
-    correct,
-    cosine_lr,
-    device_defaults,
-    evaluate,
-    grad_scaler,
-    make_sgd,
-    optimizer_kind,
-    pick_device,
-    read_log_point,
-    set_deterministic,
-    synchronize,
-    upcast,
-    weight_step,
-)
+from .runtime import STEP_FIGURES, Tally, correct, evaluate, synchronize, upcast, weight_step
 from .space import TrainedNet, build_network, count_macs, count_parameters
 from .train_config import TrainConfig
 
@@ -96,21 +73,58 @@ def _genotype_of(cfg: TrainConfig, saved: dict | None = None) -> Genotype:
     return Genotype.from_json(saved) if saved is not None else get_genotype(cfg.genotype)
 
 
+# ----------------------------------------------------------------------------------------------- step
+
+
+class TrainStep:
+    """One training step, as the run core runs it and `bnas bench train` times it: the loss (label smoothing,
+    the auxiliary head's share) of a batch, backward into the weights (DDP averages the shards during it), fp16
+    unscaling, clipping, then the optimizer step, masked on the device where the loss or a gradient is not
+    finite. Its figures go into a `Tally`: the step never waits for the device."""
+
+    FIGURES = STEP_FIGURES
+    FAULTS = (("bad", "first_bad", "training"),)  # (tally count, first faulty step, which): --on-nan's check
+
+    def __init__(
+        self, model: nn.Module, optimizer, scaler, autocast, grad_clip: float, label_smoothing: float = 0.0,
+        auxiliary_weight: float = 0.0, net: nn.Module | None = None,
+    ):  # fmt: skip
+        self.model, self.optimizer, self.scaler, self.autocast = model, optimizer, scaler, autocast
+        self.grad_clip, self.label_smoothing, self.auxiliary_weight = grad_clip, label_smoothing, auxiliary_weight
+        self.net = net if net is not None else model  # what the forward runs: DDP's wrapper under torchrun
+        self.params = list(model.parameters())
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, tally: Tally, index: int = 0) -> None:
+        """`index` numbers the step in its epoch (for --on-nan's message)."""
+        model, net = self.model, self.net
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = net(x)
+        loss = F.cross_entropy(upcast(logits), y, label_smoothing=self.label_smoothing)
+        aux = model.aux_logits  # the auxiliary head's logits of this forward (DARTS-space networks)
+        if aux is not None and self.auxiliary_weight > 0:
+            aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=self.label_smoothing)
+            loss = loss + self.auxiliary_weight * aux_loss
+        w = weight_step(loss, self.optimizer, self.params, self.grad_clip, self.scaler, reduce=net is model)
+        bad = ~w.ok & ~w.overflow
+        tally.add(train_loss=torch.where(w.ok, loss.detach(), 0.0), train_correct=correct(logits, y) * w.ok,
+                  steps=w.ok, images=w.ok * y.shape[0], bad=bad, overflow=w.overflow)  # fmt: skip
+        tally.first("first_bad", bad, index + 1)
+
+
 # -------------------------------------------------------------------------------------------- trainer
 
 
 class Trainer:
-    """Owns a training run: data, network, optimiser, run directory, checkpoints, resume, results."""
+    """Builds a training run's parts (data, network, step, state, end-of-epoch evaluation, results) for the run
+    core (`runcore.RunLoop`), which runs them in a run directory, resumes them and keeps their time budget."""
+
+    kind, lr_flags = "train", "--lr"
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, load_data: bool = True):
         self.cfg = cfg
-        self._resume, self._overwrite = resume, overwrite
-        torch.manual_seed(cfg.seed)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        self.device = pick_device(cfg.device)
-        if cfg.deterministic:
-            set_deterministic()
+        self.device = setup(cfg.seed, cfg.device, cfg.deterministic, cfg.threads)
+        parts = device_parts(self.device, cfg.amp, cfg.channels_last, cfg.deterministic)
         self.spec = open_source(cfg, self.device)  # the data set's source; its images are read by _load_data
         saved_genotype = None
         if resume:  # the run's own genotype, even if the file it came from has changed since
@@ -123,27 +137,20 @@ class Trainer:
         self.parameters = count_parameters(self.model)
         self.size = self.spec.size
         self.macs = count_macs(self.model, self.spec.in_channels, self.size)
-        # auto = on: 1.3-2x faster on CPUs too. (torch 2.14's oneDNN corrupted the heap in the channels-last backward
-        # of 1x1 stride-2 convolutions with <= 4 input channels; FactorizedReduce no longer runs any.)
-        cl = cfg.channels_last != "off"
-        self.channels_last = cl
-        self.model = self.model.to(self.device)
-        if cl:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.compile != "off":  # in place: parameter names and checkpoints stay as they are
-            compile_regions(self.model, Cell, cfg.compile)  # each cell, not the whole network
-        self.autocast, self.amp_mode = autocast_factory(cfg.amp, self.device)
-        self.scaler = grad_scaler(self.amp_mode, self.device)  # fp16 loss scaling (disabled otherwise)
-        self.optimizer = make_sgd(
-            self.model.parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        # (torch 2.14's oneDNN corrupted the heap in the channels-last backward of 1x1 stride-2 convolutions with
+        # <= 4 input channels; FactorizedReduce no longer runs any.)
+        self.channels_last = cl = parts.channels_last
+        self.model = parts.place(self.model, cfg.compile)  # compiled: each cell, in place
+        self.autocast, self.amp_mode = parts.autocast, parts.amp_mode
+        self.scaler = parts.scaler()  # fp16 loss scaling (disabled otherwise)
+        self.optimizer = parts.sgd(self.model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         self.switches = {  # what this run resolved its device-dependent switches to (config.json "runtime")
-            **device_defaults(self.device, cfg.deterministic), "optimizer": optimizer_kind(self.device),
+            **parts.defaults, "optimizer": parts.optimizer,
             "channels_last": cl, "amp": self.amp_mode, "ddp": self.world > 1,
             "cells": "fast" if trained is not None else "plain",
         }  # fmt: skip
         self.net: nn.Module = self.model  # what the training forward runs: DDP's wrapper under torchrun
-        if self.world > 1:  # bucketed gradient all-reduce overlapping backward; BatchNorm statistics: see run_training
+        if self.world > 1:  # bucketed gradient all-reduce overlapping backward; BatchNorm statistics: end_epoch
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(
@@ -151,28 +158,21 @@ class Trainer:
                 broadcast_buffers=False, gradient_as_bucket_view=True,
                 find_unused_parameters=bool(cfg.auxiliary and cfg.auxiliary_weight == 0),
             )  # fmt: skip
-        self.start_epoch = 0
-        self.run: RunDir | None = None
-        self.history: list[dict[str, Any]] = []
+        self.step = TrainStep(self.model, self.optimizer, self.scaler, self.autocast, cfg.grad_clip,
+                              cfg.label_smoothing, cfg.auxiliary_weight, self.net)  # fmt: skip
         self.best_val: dict[str, Any] | None = None
         self.loaders: dict[str, Loader] = {}
         if load_data:
             self._load_data()
-        self.clock: BudgetClock | None = None  # --budget: sizes the schedule by measured throughput
+        clock = None  # --budget: sizes the schedule by measured throughput (budget.py)
         if cfg.budget is not None and load_data:
-            per_epoch = len(self.loaders["train"])
-            plan = BudgetPlan(parse_duration(cfg.budget), per_epoch, warmup_steps=cfg.lr_warmup_epochs * per_epoch)
             sync = functools.partial(synchronize, self.device)
+            passes = 2 if cfg.eval_flip else 1
             reserve = functools.partial(
-                reserve_s,
-                self.model,
-                self.loaders["test"],
-                self.autocast,
-                self.sizes["test"],
-                sync,
-                2 if cfg.eval_flip else 1,
+                reserve_s, self.model, self.loaders["test"], self.autocast, self.sizes["test"], sync, passes
             )
-            self.clock = BudgetClock(plan, sync, reserve)
+            clock = budget_clock(cfg.budget, len(self.loaders["train"]), cfg.lr_warmup_epochs, self.device, reserve)
+        self.loop = RunLoop(self, cfg, self.device, self.optimizer, resume=resume, overwrite=overwrite, clock=clock)
 
     # --- data
     def _load_data(self) -> None:
@@ -180,6 +180,27 @@ class Trainer:
             self.cfg, self.device, self.channels_last, self.rank, self.world
         )
         self.loaders.update(loaders)
+
+    @property
+    def train_loader(self) -> Loader:
+        return self.loaders["train"]
+
+    # --- what the run core keeps (resume, records, the budget)
+    @property
+    def run(self) -> RunDir | None:
+        return self.loop.run
+
+    @property
+    def start_epoch(self) -> int:
+        return self.loop.start_epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.loop.history
+
+    @property
+    def clock(self) -> BudgetClock | None:
+        return self.loop.clock
 
     # --- state
     def meta(self) -> dict[str, Any]:
@@ -198,20 +219,15 @@ class Trainer:
             "macs": self.macs,
         }
 
-    def state_dict(self, epoch: int) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """The training's parts in a checkpoint (the run core adds the epoch, config, generators and budget)."""
         return {
-            "kind": "train",
-            "epoch": epoch,
-            "config": self.cfg.to_json(),
             "meta": self.meta(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),  # fp16: loss scale and growth tracker ({} otherwise)
             "train_loader": self.loaders["train"].state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "best_val": self.best_val,
-            "budget": self.clock.plan.state() if self.clock is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -220,120 +236,75 @@ class Trainer:
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.loaders["train"].load_state_dict(state["train_loader"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state.get("rng_cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.best_val = state.get("best_val")
-        if self.clock is not None and state.get("budget"):
-            self.clock.plan = BudgetPlan.from_state(state["budget"])
-        self.start_epoch = state["epoch"] + 1
+
+    def check_data(self) -> None:
+        pass  # the loaders fit any batch size (a last, smaller batch)
 
     def open_run(self) -> RunDir:
-        cfg = self.cfg
-        if self.rank != 0:  # under torchrun only rank 0 writes
-            if self._resume:
-                self.load_state_dict(RunDir(cfg.out).load_checkpoint("train", cfg.to_json()))
-            self.run = NullRun()
-            return self.run
-        if self._resume:
-            self.run = RunDir(cfg.out)
-            state = self.run.load_checkpoint("train", cfg.to_json())
-            self.load_state_dict(state)
-            self.run.truncate_metrics(state["epoch"])
-            self.history = self.run.metrics("epoch")
-            self.run.update_config(cfg.to_json())
-        else:
-            self.run = RunDir.create(cfg.out, overwrite=self._overwrite)
-            for name in ("results.json", "best.pt"):
-                (self.run.path / name).unlink(missing_ok=True)
-            self.run.write_json(
-                "config.json",
-                {
-                    "command": "train",
-                    **cfg.to_json(),
-                    "genotype_json": self.genotype.to_json(),
-                    "parameters": self.parameters,
-                    "macs": self.macs,
-                    "runtime": self.switches,
-                    **({"data": self.spec.info} if self.spec.info else {}),
-                    "environment": environment(),
-                },
-            )
-        return self.run
+        """Create or resume the run directory (the run core's `open`)."""
+        return self.loop.open()
 
-    # --- one epoch
-    def train_epoch(self, epoch: int, progress) -> dict[str, float]:
-        """One epoch of SGD steps, none of which waits for the device: the figures accumulate in a `Tally` read
-        at log points (every `log_every` steps, the epoch's end), a non-finite step is skipped on the device
-        (no NaN reaches the weights or the momentum buffers), and --on-nan stop ends the run at the next log
-        point, keeping the last complete epoch's checkpoint."""
-        cfg, model, clock = self.cfg, self.model, self.clock
-        lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_warmup_epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        model.drop_prob = cfg.drop_path * epoch / cfg.epochs
-        model.train()
-        per_epoch = len(self.loaders["train"])
-        tally = Tally(self.device, STEP_FIGURES)
-        images, t0, last = 0, time.perf_counter(), {}
-        params = list(model.parameters())
-        net = self.net  # DistributedDataParallel under torchrun, the network itself otherwise
-        for i, (x, y) in enumerate(self.loaders["train"]):
-            if clock is not None:  # a budget: the schedule is per step, by progress (budget.py)
-                lr = clock.plan.lr(epoch * per_epoch + i, cfg.lr, cfg.lr_min)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                model.drop_prob = cfg.drop_path * clock.plan.progress(epoch * per_epoch + i)
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                logits = net(x)
-            loss = F.cross_entropy(upcast(logits), y, label_smoothing=cfg.label_smoothing)
-            aux = model.aux_logits
-            if aux is not None and cfg.auxiliary_weight > 0:
-                aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=cfg.label_smoothing)
-                loss = loss + cfg.auxiliary_weight * aux_loss
-            # backward (DDP averages the shards during it), fp16 unscaling, clipping (the norm finds non-finite
-            # gradients too), then the step, masked on the device where the loss or a gradient is not finite
-            w = weight_step(loss, self.optimizer, params, cfg.grad_clip, self.scaler, reduce=net is model)
-            bad = ~w.ok & ~w.overflow
-            tally.add(train_loss=torch.where(w.ok, loss.detach(), 0.0), train_correct=correct(logits, y) * w.ok,
-                      steps=w.ok, images=w.ok * y.shape[0], bad=bad, overflow=w.overflow)  # fmt: skip
-            tally.first("first_bad", bad, i + 1)
-            images += x.shape[0]
-            log = bool(cfg.log_every) and (i + 1) % cfg.log_every == 0
-            if log:
-                last = self._log_point(tally, epoch, i + 1, last)
-                if clock is not None:
-                    clock.log_point(epoch * per_epoch + i + 1)
-            progress.update(**({"loss": last["mean_loss"], "acc": last["mean_acc"]} if log else {}),
-                            rate=images / (time.perf_counter() - t0))  # fmt: skip
-            if clock is not None and clock.step_done(epoch * per_epoch + i + 1):
-                break  # the budget's last step: a partial epoch
-        sums = self._log_point(tally, epoch, None, last)
-        if clock is not None:  # the epoch's end is a log point too (and holds its overheads: evaluation...)
-            clock.log_point(epoch * per_epoch + i + 1)
+    def start_run(self, run: RunDir) -> None:
+        """A new run's config.json; results and best weights of an earlier run in the directory go."""
+        cfg = self.cfg
+        for name in ("results.json", "best.pt"):
+            (run.path / name).unlink(missing_ok=True)
+        run.write_json(
+            "config.json",
+            {
+                "command": "train",
+                **cfg.to_json(),
+                "genotype_json": self.genotype.to_json(),
+                "parameters": self.parameters,
+                "macs": self.macs,
+                "runtime": self.switches,
+                **({"data": self.spec.info} if self.spec.info else {}),
+                "environment": environment(),
+            },
+        )
+
+    # --- an epoch, as the run core runs it
+    def train_epoch(self, epoch: int, progress) -> dict[str, Any]:
+        """One epoch of training steps (the run core's `train_epoch`)."""
+        return self.loop.train_epoch(epoch, progress)
+
+    def begin_epoch(self, epoch: int) -> Feed:
+        """Drop-path by epoch (SPEC §8: 0.3 x epoch / epochs), then each step is the `TrainStep` on its batch."""
+        self.model.drop_prob = self.cfg.drop_path * epoch / self.cfg.epochs
+        self.model.train()
+        step = self.step
+        return lambda i, x, y, lr, tally: step(x, y, tally, i)
+
+    def at_progress(self, progress: float) -> None:
+        self.model.drop_prob = self.cfg.drop_path * progress  # a budget: drop-path ramps with the schedule
+
+    def epoch_stats(self, sums: dict[str, float], lr: float, images_per_s: float) -> dict[str, Any]:
+        """The epoch's figures from its tally's sums (a record's order of keys)."""
         out = {
             "train_loss": sums["mean_loss"],
             "train_acc": sums["mean_acc"],
             "lr": lr,
-            "drop_prob": model.drop_prob,
+            "drop_prob": self.model.drop_prob,
             "skipped_steps": round(sums["bad"] + sums["overflow"]),
-            "images_per_s": images / (time.perf_counter() - t0),
+            "images_per_s": images_per_s,
         }
         if self.scaler.is_enabled():  # fp16: the scaler's share of the skipped steps, and its scale now
             out.update(amp_skipped_steps=round(sums["overflow"]), loss_scale=self.scaler.get_scale())
         return out
 
-    def _log_point(self, tally: Tally, epoch: int, step: int | None, last: dict[str, float]) -> dict[str, float]:
-        """The one host read between log points, and --on-nan stop's check of the steps skipped as non-finite."""
-        sums = read_log_point(tally, self.run, epoch, step, last)
-        if sums["bad"] > 0:
-            self._non_finite(epoch, round(sums["first_bad"]) - 1)  # raises unless --on-nan skip
-        return sums
+    def end_epoch(self, epoch: int, stats: dict[str, Any]) -> None:
+        """Every rank takes rank 0's BatchNorm statistics (as DDP does); the held-out split selects best.pt."""
+        broadcast_buffers(self.model)
+        if "val" in self.loaders:
+            val = self.evaluate("val")
+            stats.update(valid_loss=val["loss"], valid_acc=val["top1"], valid_top5=val["top5"])
+            if self.best_val is None or val["top1"] > self.best_val["top1"]:
+                self.best_val = {"epoch": epoch, **val}
+                self._save_weights(self.run.path / "best.pt", epoch)
 
-    def _non_finite(self, epoch: int, step: int) -> int:
-        """--on-nan stop (default): end the run keeping the last complete epoch; skip: count the step and go on."""
-        return non_finite(self.cfg.on_nan, "train", "training", epoch, step, self.cfg.out, "--lr")
+    def epoch_records(self, run: RunDir, epoch: int, record: dict[str, Any]) -> None:
+        return None  # a training's epoch is its metrics line
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, float]:
@@ -341,40 +312,12 @@ class Trainer:
         return evaluate(self.model, self.loaders[split], self.autocast, flip=self.cfg.eval_flip)
 
     def run_training(self, reporter=None) -> dict[str, Any]:
-        from .progress import Reporter
+        """Run (or continue) the training to its end; the results (also in results.json)."""
+        return self.loop.run_epochs(reporter)
 
-        reporter = reporter or Reporter(quiet=self.cfg.quiet)
-        run = self.run or self.open_run()
-        cfg, clock, per_epoch = self.cfg, self.clock, len(self.loaders["train"])
-        if clock is not None:
-            clock.start(self.start_epoch * per_epoch)
-        epoch = self.start_epoch
-        while (clock.plan.done(epoch * per_epoch) is False) if clock is not None else epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            # a budget's length is unknown until its first steps are timed: "epoch 1/?" until then
-            shown = (math.ceil(clock.plan.epochs()) or "?") if clock is not None else cfg.epochs
-            with reporter.epoch(epoch, shown, per_epoch) as progress:
-                stats = self.train_epoch(epoch, progress)
-            broadcast_buffers(self.model)  # every rank keeps rank 0's BatchNorm statistics, as DDP does
-            if "val" in self.loaders:
-                val = self.evaluate("val")
-                stats.update(valid_loss=val["loss"], valid_acc=val["top1"], valid_top5=val["top5"])
-                if self.best_val is None or val["top1"] > self.best_val["top1"]:
-                    self.best_val = {"epoch": epoch, **val}
-                    self._save_weights(run.path / "best.pt", epoch)
-            record = {"kind": "epoch", "epoch": epoch, **stats, "epoch_s": time.perf_counter() - t0}
-            if clock is not None:
-                clock.plan.spent_s = clock.elapsed()  # what a resume from this checkpoint has spent
-                record.update(budget_progress=clock.plan.progress((epoch + 1) * per_epoch),
-                              planned_epochs=clock.plan.epochs())  # fmt: skip
-            run.save_checkpoint(self.state_dict(epoch))  # checkpoint first (atomic), then the record
-            run.log(record)
-            self.history.append(record)
-            reporter.epoch_done(record, None)
-            epoch += 1
-        if clock is not None:  # the epochs the budget resolved to, in config.json as in results.json
-            cfg.epochs = epoch
-            run.update_config({"epochs": epoch, "budget_plan": clock.plan.state()})
+    def finish(self, run: RunDir, reporter) -> dict[str, Any]:
+        """The run's end: the final-epoch test results (with the budget's plan), results.json, summary.json."""
+        clock = self.clock
         results = self.results()
         if clock is not None:
             results["budget"] = {**clock.plan.state(), "epochs": clock.plan.epochs(), "wall_s": clock.elapsed()}

@@ -42,8 +42,6 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import torch
-
     from ..dist import init_from_env
     from ..options import resume_config
     from ..progress import Reporter
@@ -61,8 +59,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         cfg = SearchConfig.resolve(method, **{**file_opts, **cli})
     if rank != 0:
         cfg.quiet = True
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     searcher = Searcher(cfg, resume=bool(args.resume), overwrite=args.overwrite, load_data=not args.dry_run)
     counts = searcher.counts()
     reporter = Reporter(quiet=cfg.quiet)
@@ -88,9 +84,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         searcher.run_search(reporter)
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: finished epochs are saved; continue with bnas search --resume {cfg.out}", file=sys.stderr
-        )
+        from ..runcore import interrupted_message
+
+        print("\n" + interrupted_message("search", cfg.out), file=sys.stderr)
         return 130
     if rank == 0:
         from ._hints import search_next_steps

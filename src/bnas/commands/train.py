@@ -102,7 +102,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer.run_training(Reporter(quiet=cfg.quiet))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished epochs are saved; continue with bnas train --resume {cfg.out}", file=sys.stderr)
+        from ..runcore import interrupted_message
+
+        print("\n" + interrupted_message("train", cfg.out), file=sys.stderr)
         return 130
     from ._hints import train_next_steps
 
