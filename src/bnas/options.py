@@ -267,8 +267,6 @@ def resume_config(run_dir: str | Path, cls: type[C], overrides: dict[str, Any] |
     if "out" in given and Path(given.pop("out")) != Path(run_dir):
         raise ConfigError(f"a resumed run stays in its directory: give out={str(run_dir)!r} or leave it unset",
                           options=("out",))  # fmt: skip
-    if getattr(cfg, "budget", None) is not None:  # a budget sized the epochs: the run's, whatever a caller says
-        given.pop("epochs", None)
     refused = []
     for name, value in given.items():
         if _same(value, getattr(cfg, name)):

@@ -333,8 +333,9 @@ def execute(spec: StudySpec, run: PlannedRun) -> None:
     if run.kind == "random":
         write_random_cell(spec, run)
     cfg = spec.train_config(run.genotype, run.seed, run.path)
-    if state == "resume":
-        cfg = resume_config(run.path, type(cfg), cfg.to_json())
+    if state == "resume":  # under a budget the run's config.json holds the epochs the budget sized
+        given = {k: v for k, v in cfg.to_json().items() if not (k == "epochs" and cfg.budget is not None)}
+        cfg = resume_config(run.path, type(cfg), given)
     Trainer(cfg, resume=state == "resume", overwrite=state == "new").run_training()
 
 
