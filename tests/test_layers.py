@@ -13,12 +13,16 @@ import bnas
 SRC = Path(bnas.__file__).parent
 
 # the plain network math: may import only each other (downwards) and the leaf helpers
-PLAIN = {"bnas.ops", "bnas.cells", "bnas.topology", "bnas.space", "bnas.genotype"}
+GENOTYPE = {"bnas.genotype", "bnas.genotype.types", "bnas.genotype.io", "bnas.genotype.zoo"}
+PLAIN = {"bnas.ops", "bnas.cells", "bnas.topology", "bnas.space"} | GENOTYPE
 LEAVES = {"bnas.errors", "bnas.jsonio"}
 # what each plain module may import (besides torch and the standard library)
 ALLOWED = {
     "bnas.ops": set(),
-    "bnas.genotype": {"bnas.ops"},
+    "bnas.genotype.io": set(),
+    "bnas.genotype.types": {"bnas.ops", "bnas.genotype.io"},
+    "bnas.genotype.zoo": {"bnas.genotype.types", "bnas.genotype.io"},
+    "bnas.genotype": {"bnas.genotype.types", "bnas.genotype.io", "bnas.genotype.zoo"},
     "bnas.cells": {"bnas.ops"},
     "bnas.topology": {"bnas.cells", "bnas.ops"},
     "bnas.space": {"bnas.cells", "bnas.ops", "bnas.topology", "bnas.genotype"},
@@ -129,6 +133,103 @@ def test_nothing_below_the_fast_backend_imports_it():
 def test_no_module_over_600_lines():
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
     assert {n: k for n, k in long.items() if k > 600} == {}
+
+
+# The fast backend reads the plain modules by name (`edge.op("sep_conv_3x3").first.dw`, `module.conv`), never
+# by position (`o[1][1]`, `ops[0][i][0][1]`, `_, dw, pw, bn = op`): a reordered Sequential or a new candidate
+# operation must fail loudly, not compute something else. The static rule, pragmatic: in bnas/fast an integer
+# subscript or a tuple unpacking may read a tensor's or layer's geometry (`.shape`, `.padding`, ...), `ctx.*`
+# (what an autograd function saved), a call's result, or a list or tuple the backend built itself (a bare local
+# name: `bns[0]`, `dws[0]`), and a cell's `edges`/`out_edges` (an edge's index is its identity: its alpha row). It may
+# not index `self` (a module subclass), an attribute holding submodules (`x.ops[3]`), the result of another
+# index (`o[1][1]`), or a name the backend uses for one plain module (`op`, `o`, `module`, ...).
+# `test_the_fast_backend_touches_no_plain_module_by_position` checks the same at run time.
+_GEOMETRY = {"shape", "padding", "stride", "kernel_size", "dilation", "needs_input_grad", "edges", "out_edges"}
+_GEOMETRY |= {"outer", "saved_tensors"}
+_ONE_MODULE = {"op", "o", "module", "m", "edge", "e", "first", "second", "mixed", "self", "cell"}
+
+
+def _positional_reads(tree: ast.AST) -> list[str]:
+    def bad_value(v: ast.expr) -> bool:
+        if isinstance(v, ast.Subscript):  # x[i][j]: an index into what an index returned
+            return _int_index(v.slice)
+        if isinstance(v, ast.Attribute):  # ctx.*: what an autograd function saved for itself
+            return v.attr not in _GEOMETRY and not (isinstance(v.value, ast.Name) and v.value.id == "ctx")
+        return isinstance(v, ast.Name) and v.id in _ONE_MODULE
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and _int_index(node.slice) and bad_value(node.value):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.For) else []
+        value = node.value if isinstance(node, ast.Assign) else node.iter if isinstance(node, ast.For) else None
+        if any(isinstance(t, ast.Tuple) for t in targets) and value is not None and bad_value(value):
+            found.append(f"line {node.lineno}: {ast.unparse(node).splitlines()[0]}")
+    return found
+
+
+def _int_index(s: ast.expr) -> bool:
+    if isinstance(s, ast.UnaryOp) and isinstance(s.op, ast.USub):
+        s = s.operand
+    return isinstance(s, ast.Constant) and isinstance(s.value, int) and not isinstance(s.value, bool)
+
+
+def test_the_rule_finds_positional_reads():
+    old = "def f(ops, op, o):\n    a = ops[0][3][0][1]\n    _, dw, pw, bn = op\n    b = o[2].bn\n    c = self[1]\n"
+    assert {f.split(":")[0] for f in _positional_reads(ast.parse(old))} == {f"line {i}" for i in (2, 3, 4, 5)}
+    new = "def f(edges, x, bns):\n    a = edges[0].op('sep_conv_3x3').first.dw\n    n, c, h, w = x.shape\n"
+    new += "    b = bns[0]\n"
+    assert _positional_reads(ast.parse(new)) == []
+
+
+def test_the_fast_backend_reads_plain_modules_by_name():
+    fast = {n: p for n, p in _modules().items() if n == "bnas.fast" or n.startswith("bnas.fast.")}
+    found = {n: _positional_reads(ast.parse(p.read_text())) for n, p in fast.items()}
+    assert {n: f for n, f in found.items() if f} == {}
+
+
+def test_the_fast_backend_touches_no_plain_module_by_position(monkeypatch):
+    """At run time: a fast supernet's training forward and backward (full and partial-channel edges) and a fast
+    trained network's never index or iterate a Sequential of the plain modules, nor a mixed edge's `ops`, from
+    inside bnas/fast (the plain modules' own named properties do, in ops.py)."""
+    import sys
+
+    import torch
+    from torch import nn
+
+    from bnas import SpaceConfig, SuperNet, build_network, fast, get_genotype
+    from bnas.cells import MixedEdge
+
+    fast_dir = str(SRC / "fast")
+    caught: list[str] = []
+    mixed_ops: set[int] = set()
+
+    def spy(cls, name: str, only=None):
+        original = getattr(cls, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(fast_dir) and (only is None or id(self) in only):
+                caught.append(f"{type(self).__name__}.{name} from {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    for name in ("__getitem__", "__iter__"):
+        spy(nn.Sequential, name)
+        spy(nn.ModuleList, name, only=mixed_ops)
+    # every way through the fast cells: edges batched, one by one, and under autocast (the unfused edges)
+    for k, backend, bf16 in ((1, fast.BACKEND, False), (4, fast.BACKEND, False), (1, fast.FastBackend(False), False),
+                             (4, fast.FastBackend(False), False), (1, fast.BACKEND, True)):  # fmt: skip
+        net = SuperNet(SpaceConfig(channels=8, partial_k=k, edge_norm=k > 1), backend)
+        mixed_ops |= {id(m.ops) for m in net.modules() if isinstance(m, MixedEdge)}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), fast.backward_once():
+            out = net(torch.randn(2, 3, 16, 16))
+        out.float().sum().backward()
+    trained = build_network(get_genotype("BNASv2_CLR_v1"), channels=8, layers=4, enhance=1, blocks=2,
+                            backend=fast.TRAINED)  # fmt: skip
+    trained(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert mixed_ops and caught == []
 
 
 def _names_dataset(node: ast.AST) -> bool:

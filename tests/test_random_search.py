@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
@@ -25,13 +26,15 @@ def test_path_weights_are_the_genotypes_edges():
         rows = (w.sum(1) > 0).nonzero().flatten().tolist()
         starts = [0, 2, 5, 9]
         assert sorted(rows) == sorted(starts[n] + s for n, s in cell.node_edges())
-    net.path = path
     x = torch.randn(2, 3, 16, 16)
-    before = net(x)
+    before = net(x, path=path)
+    relaxed = net(x)  # the path is an argument, never left set: without it the alphas decide again
+    assert not torch.allclose(before, relaxed)
     with torch.no_grad():  # the alphas no longer matter: the path decides
         for a in net.arch_parameters():
             a.normal_()
-    assert torch.allclose(before, net(x))
+    assert torch.allclose(before, net(x, path=path)) and torch.allclose(before, net.fixed(g)(x))
+    assert not torch.allclose(relaxed, net(x))
 
 
 def test_random_search_trains_weights_only_and_picks_a_candidate(tmp_path):
@@ -45,7 +48,31 @@ def test_random_search_trains_weights_only_and_picks_a_candidate(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     assert len(epochs) == 2 and all(len(r["candidate_acc"]) == 3 for r in epochs)
-    assert epochs[-1]["arch_loss"] is None and searcher.model.path is None
+    assert epochs[-1]["arch_loss"] is None and not hasattr(searcher.model, "path")
+
+
+def test_random_search_reports_the_selected_candidate_with_the_hessian_on(tmp_path):
+    """`--method random --hessian-every 1` runs clean (it once died: the last sampled path was left set on the
+    supernet, so the alphas' Hessian had no graph), and the run's evaluation, Hessian diagnostic and genotype
+    all read the selected candidate (the best scored one), not the last path a weight step trained."""
+    from bnas.diagnostics import alpha_hessian_eigenvalue
+    from bnas.runtime import evaluate
+
+    cfg = SearchConfig.resolve("random", epochs=1, out=str(tmp_path / "r"), **{**KW, "eval_every": 1},
+                               hessian_every=1, hessian_iters=3)  # fmt: skip
+    searcher = Searcher(cfg)
+    g = searcher.run_search()
+    record = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()][-1]
+    scores = record["candidate_acc"]
+    assert g == searcher._candidates[scores.index(max(scores))] and record["genotype"] == g.to_json()
+    model = searcher.model
+    selected, relaxed = evaluate(model.fixed(g), searcher.eval_loader), evaluate(model, searcher.eval_loader)
+    assert (record["valid_acc"], record["valid_loss"]) == (selected["top1"], selected["loss"])
+    assert record["valid_loss"] != relaxed["loss"]  # not the relaxed supernet's (nor a sampled path's)
+    x, y = next(iter(searcher.eval_loader))
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003)
+    hess = alpha_hessian_eigenvalue(model, x, y, 3, generator=gen, path=model.path_weights(g))
+    assert math.isfinite(record["hessian_eig"]) and record["hessian_eig"] == hess
 
 
 def test_random_search_resumes_exactly(tmp_path):

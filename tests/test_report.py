@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from bnas import SpaceConfig, SuperNet, get_genotype, plots, report
-from bnas.architect import alpha_hessian_eigenvalue, dominant_eigenvalue
 from bnas.cli import main
+from bnas.diagnostics import alpha_hessian_eigenvalue, dominant_eigenvalue
 from bnas.errors import BnasError
 from bnas.progress import Reporter
 from bnas.runs import RunDir, flatten_scalars

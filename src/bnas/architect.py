@@ -1,15 +1,15 @@
-"""The architecture step (SPEC §7): first or second order, CLR's learning-rate schedule, and the Hessian
-of the loss with respect to the alphas (RobustDARTS' collapse indicator).
+"""The architecture step (SPEC §7): first or second order, and CLR's learning-rate schedule.
 
-The step is configured by the search's config (order, HVP, finite-difference step, CLR power); it does not
-know which method preset chose them.
+The step has its own small options (`ArchitectOptions`: learning rate, Adam's betas and weight decay, gradient
+clip, CLR power, order, HVP, finite-difference step); it does not know which method preset or which search
+configuration chose them. The collapse diagnostics (alpha entropy, the alpha Hessian) are in diagnostics.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +18,9 @@ from torch.func import functional_call
 from . import fast
 from .dist import all_reduce_mean
 from .errors import ConfigError
-from .ops import PRIMITIVES
 from .optim import SGD
 from .runtime import StepResult, guarded_step, make_adam, upcast
 from .space import SuperNet
-
-if TYPE_CHECKING:
-    from .search import SearchConfig
 
 
 def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
@@ -32,21 +28,51 @@ def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
     return base * ((epoch + 1) / epochs) ** power if power else base
 
 
-class Architect:
-    """Updates the architecture parameters on validation batches (first or second order)."""
+@dataclass(frozen=True)
+class ArchitectOptions:
+    """What the architecture step needs to know (SPEC §7 defaults); a search builds it with `from_config`."""
 
-    def __init__(self, model: SuperNet, cfg: SearchConfig, w_optimizer: SGD, autocast=None, scaler=None):
+    lr: float = 3e-4
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    grad_clip: float = 0.0  # 0 = off
+    clr_power: float = 0.0  # 0 = constant learning rate (no CLR)
+    order: int = 1
+    hvp: str = "fd"  # fd (DARTS' finite differences) | exact (double backprop)
+    fd_eps: float = 0.01  # finite-difference step: eps = fd_eps / ||v||
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ArchitectOptions:
+        """The architecture options of a search configuration (its arch_* fields, order, hvp, fd_eps)."""
+        return cls(
+            lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay, betas=tuple(cfg.arch_betas),
+            grad_clip=cfg.arch_grad_clip, clr_power=cfg.clr_power, order=cfg.order, hvp=cfg.hvp, fd_eps=cfg.fd_eps,
+        )  # fmt: skip
+
+    def lr_at(self, epoch: int, epochs: int) -> float:
+        """The learning rate of an epoch (CLR's confidence schedule, or constant)."""
+        return clr_arch_lr(self.lr, epoch, epochs, self.clr_power)
+
+
+class Architect:
+    """Updates the architecture parameters on validation batches (first or second order).
+
+    `options`: an ArchitectOptions (anything else is read with `ArchitectOptions.from_config`, e.g. a
+    SearchConfig)."""
+
+    def __init__(self, model: SuperNet, options: ArchitectOptions | Any, w_optimizer: SGD, autocast=None, scaler=None):
         self.model = model
-        self.cfg = cfg
+        opts = options if isinstance(options, ArchitectOptions) else ArchitectOptions.from_config(options)
+        self.options = opts
         self.w_optimizer = w_optimizer
         self.autocast = autocast or contextlib.nullcontext
         # fp16: the architecture loss has its own scaler (its gradients' range is not the weights')
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
-        if self.scaler.is_enabled() and cfg.order == 2:
+        if self.scaler.is_enabled() and opts.order == 2:
             raise ConfigError("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off")
         device = model.arch_parameters()[0].device
         self.optimizer = make_adam(
-            model.arch_parameters(), device, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
+            model.arch_parameters(), device, lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay
         )
 
     def set_lr(self, lr: float) -> None:
@@ -70,7 +96,7 @@ class Architect:
         host read); `scaled`: of the loss times the fp16 loss scale (first order; `step` unscales them), else
         the true gradients."""
         arch = self.model.arch_parameters()
-        if self.cfg.order == 1:
+        if self.options.order == 1:
             loss = self._loss(x_val, y_val)
             # alpha gradients only: autograd never computes the weights' gradients here
             target = self.scaler.scale(loss) if scaled else loss
@@ -88,7 +114,7 @@ class Architect:
         named = [(n, p) for n, p in model.named_parameters() if not n.startswith("arch.")]
         names, weights = [n for n, _ in named], [p for _, p in named]
         grads = torch.autograd.grad(self._loss(x_train, y_train), weights)
-        group = self.w_optimizer.param_groups[0]  # the optimizer that takes the real step (= cfg in a search)
+        group = self.w_optimizer.param_groups[0]  # the optimizer that takes the real step
         mom, wd = group["momentum"], group["weight_decay"]
         with torch.no_grad():  # w' = w - eta (momentum * buf + g + wd * w), as lists (a few hundred tensors)
             bufs = [self.w_optimizer.state.get(p, {}).get("momentum_buffer") for p in weights]
@@ -104,7 +130,7 @@ class Architect:
         d_arch, v = list(both[: len(arch)]), [t.detach() for t in both[len(arch) :]]
         hv = (
             self._hvp_fd(weights, v, x_train, y_train)
-            if self.cfg.hvp == "fd"
+            if self.options.hvp == "fd"
             else self._hvp_exact(weights, v, x_train, y_train)
         )
         return [d - eta * h for d, h in zip(d_arch, hv, strict=True)], val_loss.detach()
@@ -114,7 +140,7 @@ class Architect:
 
         eps stays a tensor on the device (the host never reads ||v||): the perturbations are eps * v."""
         arch = self.model.arch_parameters()
-        eps = self.cfg.fd_eps / torch.cat([t.flatten() for t in v]).norm().clamp_min(1e-12)
+        eps = self.options.fd_eps / torch.cat([t.flatten() for t in v]).norm().clamp_min(1e-12)
         with torch.no_grad():
             saved = torch._foreach_mul(weights, 1.0)  # copies, restored exactly below
             step = torch._foreach_mul(v, eps)
@@ -142,96 +168,6 @@ class Architect:
         arch = self.model.arch_parameters()
         for p, g in zip(arch, grads, strict=True):
             p.grad = g
-        result = guarded_step(loss, self.optimizer, arch, self.cfg.arch_grad_clip, self.scaler)
+        result = guarded_step(loss, self.optimizer, arch, self.options.grad_clip, self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
         return loss, result
-
-
-def dominant_eigenvalue(
-    hvp: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
-    like: Sequence[torch.Tensor],
-    iters: int = 20,
-    tol: float = 1e-3,
-    generator: torch.Generator | None = None,
-) -> float:
-    """The largest eigenvalue of a symmetric operator known by its products (RobustDARTS' lambda_max).
-
-    Power iteration finds the eigenvalue of largest magnitude; when that one is negative it is the smallest,
-    and a second power iteration on H - lambda I (all eigenvalues >= 0) finds the largest. Each stops once
-    two successive Rayleigh quotients agree to `tol` (relative); `generator` draws the start vector so that
-    the global random state (and with it a resumed run) is left untouched.
-    """
-    v0 = [torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in like]
-    lam = _power_iteration(hvp, v0, iters, tol)
-    if lam < 0:
-        low = lam
-
-        def shifted(v: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [h - low * t for h, t in zip(hvp(v), v, strict=True)]
-
-        lam = low + _power_iteration(shifted, v0, iters, tol)
-    return lam
-
-
-def _power_iteration(hvp, v: list[torch.Tensor], iters: int, tol: float) -> float:
-    eig: float | None = None
-    for _ in range(iters):
-        norm = torch.sqrt(sum((t * t).sum() for t in v))
-        if norm == 0:
-            return 0.0
-        v = [t / norm for t in v]
-        hv = [h.detach() for h in hvp(v)]
-        new = float(sum((h * t).sum() for h, t in zip(hv, v, strict=True)))
-        settled = eig is not None and abs(new - eig) <= tol * max(abs(new), 1e-12)
-        eig, v = new, hv
-        if settled:
-            break
-    return float(eig or 0.0)
-
-
-def alpha_hessian_eigenvalue(
-    model: SuperNet, x: torch.Tensor, y: torch.Tensor, iters: int = 20, tol: float = 1e-3, generator=None
-) -> float:
-    """RobustDARTS' collapse indicator: the dominant eigenvalue of the Hessian of the loss on (x, y) w.r.t.
-    the alphas (power iteration, each product by double backprop), in full precision. The model is used as
-    the architecture step uses it (train mode: BatchNorm on batch statistics); its buffers are restored."""
-    alphas = [model.arch[f"alpha_{k}"] for k in model.cell_types]
-    saved = [b.detach().clone() for b in model.buffers()]
-    was_training = model.training
-    model.train()
-    try:
-        loss = F.cross_entropy(upcast(model(x)), y)
-        grads = torch.autograd.grad(loss, alphas, create_graph=True)
-
-        def hvp(v: list[torch.Tensor]) -> Sequence[torch.Tensor]:
-            return torch.autograd.grad(grads, alphas, grad_outputs=v, retain_graph=True)
-
-        return dominant_eigenvalue(hvp, alphas, iters, tol, generator)
-    finally:
-        with torch.no_grad():
-            for b, s in zip(model.buffers(), saved, strict=True):
-                b.copy_(s)
-        model.train(was_training)
-
-
-def alpha_record(model: SuperNet, epoch: int) -> dict:
-    """The softmaxed op weights of every edge (and PC's normalised edge weights): alphas.jsonl, whose
-    lines the report plots as the alpha evolution per edge."""
-    rec: dict = {"epoch": epoch, "ops": list(PRIMITIVES), "alphas": {}}
-    for kind in model.cell_types:
-        p = torch.softmax(model.arch[f"alpha_{kind}"].detach().float(), dim=-1)
-        rec["alphas"][kind] = [[round(v, 5) for v in row] for row in p.tolist()]
-        if model.cfg.edge_norm:
-            b = model.edge_weights(model.arch[f"beta_{kind}"].detach().float())
-            rec.setdefault("betas", {})[kind] = [round(v, 5) for v in b.tolist()]
-    return rec
-
-
-def alpha_entropy(model: SuperNet) -> dict[str, float]:
-    """Mean entropy of the op distribution per edge, per cell type (low = confident, maybe collapsed)."""
-    out = {}
-    for kind in model.cell_types:
-        # float64: early in a search float32 rounds ln 8 - entropy to multiples of ~2e-7
-        p = torch.softmax(model.arch[f"alpha_{kind}"].detach().double(), dim=-1)
-        out[kind] = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
-    return out

@@ -30,7 +30,6 @@ from torch import nn
 
 from . import fast
 from .errors import ConfigError
-from .fast import cells as fastcells
 from .genotype import get_genotype
 from .runcore import DeviceParts, device_parts
 from .runtime import Tally, pick_device, upcast
@@ -163,9 +162,9 @@ def bench_search(cfg: BenchConfig) -> dict[str, Any]:
         overrides["init_channels"] = cfg.init_channels
     scfg = SearchConfig.resolve(cfg.method, **overrides)
     use_fast = cfg.fast and not cfg.compile  # as bnas search: compiled networks use the plain cells
-    fastcells.BATCH_EDGES = cfg.batch_edges  # a process-wide switch: `run` restores it
     parts = _device_parts(cfg, device, scfg.amp)
-    supernet = SuperNet(scfg.space_config(10, 3), fast.BACKEND if use_fast else None)
+    backend = fast.FastBackend(batch_edges=cfg.batch_edges) if use_fast else None  # this run's switches only
+    supernet = SuperNet(scfg.space_config(10, 3), backend)
     # as `bnas search --compile inductor`: each cell, in place
     model = parts.place(supernet, "inductor" if cfg.compile else "off", supernet.net)
     search_step = SearchStep.build(scfg, model, parts)
@@ -303,8 +302,4 @@ def _native_on() -> bool:
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run one benchmark configuration (in this process) and return its record."""
-    batch_edges = fastcells.BATCH_EDGES
-    try:
-        return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)
-    finally:
-        fastcells.BATCH_EDGES = batch_edges
+    return bench_search(cfg) if cfg.kind == "search" else bench_train(cfg)

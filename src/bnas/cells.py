@@ -12,6 +12,7 @@ from .ops import PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, channel_shu
 
 # `none` contributes zeros: mixed edges never build or run it and simply ignore its weight.
 _ACTIVE = tuple(i for i, name in enumerate(PRIMITIVES) if name != "none")
+_COLUMN = {name: i for i, name in enumerate(PRIMITIVES)}  # an operation's column in the alphas
 
 
 def search_edges(steps: int = 4) -> list[tuple[int, int]]:
@@ -20,16 +21,26 @@ def search_edges(steps: int = 4) -> list[tuple[int, int]]:
 
 
 class MixedEdge(nn.Module):
-    """sum_op softmax(alpha)[op] * op(x) over the candidate operations (DARTS relaxation)."""
+    """sum_op softmax(alpha)[op] * op(x) over the candidate operations (DARTS relaxation).
+
+    `ops` holds the operations in the order of `op_names` (PRIMITIVES without `none`; the state dict keys are
+    their positions); readers ask for an operation by name (`op(name)`)."""
 
     def __init__(self, c: int, stride: int):
         super().__init__()
-        self.ops = nn.ModuleList(make_op(PRIMITIVES[i], c, stride, affine=False, mixed=True) for i in _ACTIVE)
+        self.op_names: tuple[str, ...] = tuple(PRIMITIVES[i] for i in _ACTIVE)
+        self.ops = nn.ModuleList(make_op(name, c, stride, affine=False, mixed=True) for name in self.op_names)
+
+    def op(self, name: str) -> nn.Module:
+        """The operation called `name` (KeyError naming the edge's operations otherwise)."""
+        if name not in self.op_names:
+            raise KeyError(f"this mixed edge has no operation {name!r}; it has {', '.join(self.op_names)}")
+        return self.ops._modules[str(self.op_names.index(name))]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
-        for i, op in zip(_ACTIVE, self.ops, strict=True):
-            y = weights[i] * op(x)
+        for name, op in zip(self.op_names, self.ops, strict=True):
+            y = weights[_COLUMN[name]] * op(x)
             out = y if out is None else out + y
         return out
 

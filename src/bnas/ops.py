@@ -20,7 +20,40 @@ PRIMITIVES: tuple[str, ...] = (
 PARAMETER_FREE: frozenset[str] = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
 
 
-class ReLUConvBN(nn.Sequential):
+class NamedSequential(nn.Sequential):
+    """A Sequential whose positions also have names (`PARTS`: name, type), checked at construction.
+
+    The modules stay at their indices, so state dicts (and older checkpoints) keep their keys; code that reads
+    a part (the fast backend) asks for it by name (`part(name)` or the subclass's properties), never by
+    position: a reordered or retyped part fails here, loudly, instead of computing something else."""
+
+    PARTS: tuple[tuple[str, type[nn.Module]], ...] = ()
+    _KEYS: dict[str, str] = {}
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__(*modules)
+        kinds = [type(m).__name__ for m in modules]
+        if len(modules) != len(self.PARTS) or not all(
+            isinstance(m, kind) for m, (_, kind) in zip(modules, self.PARTS, strict=False)
+        ):
+            want = [f"{name}: {getattr(kind, '__name__', kind)}" for name, kind in self.PARTS]
+            raise TypeError(f"{type(self).__name__} holds {kinds}, but its PARTS name {want}")
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._KEYS = {name: str(i) for i, (name, _) in enumerate(cls.PARTS)}  # name -> its key in _modules
+
+    def part(self, name: str) -> nn.Module:
+        """The part called `name` (KeyError naming the known parts otherwise)."""
+        key = self._KEYS.get(name)
+        if key is None:
+            raise KeyError(f"{type(self).__name__} has no part {name!r}; its parts: {[p for p, _ in self.PARTS]}")
+        return self._modules[key]
+
+
+class ReLUConvBN(NamedSequential):
+    PARTS = (("relu", nn.ReLU), ("conv", nn.Conv2d), ("bn", nn.BatchNorm2d))
+
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, padding: int = 0, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
@@ -28,8 +61,13 @@ class ReLUConvBN(nn.Sequential):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
+    conv = property(lambda self: self.part("conv"))
+    bn = property(lambda self: self.part("bn"))
 
-class DilConv(nn.Sequential):
+
+class DilConv(NamedSequential):
+    PARTS = (("relu", nn.ReLU), ("dw", nn.Conv2d), ("pw", nn.Conv2d), ("bn", nn.BatchNorm2d))
+
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
@@ -38,13 +76,22 @@ class DilConv(nn.Sequential):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
+    dw = property(lambda self: self.part("dw"))  # depthwise kxk (dilated)
+    pw = property(lambda self: self.part("pw"))  # pointwise 1x1
+    bn = property(lambda self: self.part("bn"))
 
-class SepConv(nn.Sequential):
+
+class SepConv(NamedSequential):
+    PARTS = (("first", DilConv), ("second", DilConv))
+
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine=True):
         super().__init__(
             DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
+
+    first = property(lambda self: self.part("first"))  # stride s
+    second = property(lambda self: self.part("second"))  # stride 1
 
 
 class Identity(nn.Module):
@@ -107,13 +154,22 @@ def _conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nchw,oc->nohw", x, conv.weight[:, :, 0, 0])
 
 
+class PoolBN(NamedSequential):
+    """A pool followed by an affine-free BatchNorm: a pooling operation inside a mixed edge (SPEC §2)."""
+
+    PARTS = (("pool", nn.MaxPool2d | nn.AvgPool2d), ("bn", nn.BatchNorm2d))
+
+    pool = property(lambda self: self.part("pool"))
+    bn = property(lambda self: self.part("bn"))
+
+
 def _pool(kind: str, c: int, stride: int, affine: bool, bn: bool) -> nn.Module:
     pool = (
         nn.MaxPool2d(3, stride=stride, padding=1)
         if kind == "max"
         else nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
     )
-    return nn.Sequential(pool, nn.BatchNorm2d(c, affine=False)) if bn else pool
+    return PoolBN(pool, nn.BatchNorm2d(c, affine=False)) if bn else pool
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]

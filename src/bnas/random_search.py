@@ -5,7 +5,9 @@ Each weight step trains one architecture drawn uniformly from what derivation ca
 one-hot op weights on the supernet, `SuperNet.path_weights`); there is no architecture step. At each epoch's
 end a fixed set of `random_candidates` sampled cells is scored on the architecture split with the shared
 weights and the best one is the epoch's genotype (the last epoch scores on the whole split, earlier ones on
-its first batches). Selection never looks at the test set.
+its first batches). Selection never looks at the test set. That selected candidate is what the run reports:
+its genotype, its evaluation (`SuperNet.fixed`) and its Hessian diagnostic. Paths are arguments of the
+forward (`model(x, path=...)`), never left set on the supernet.
 """
 
 from __future__ import annotations
@@ -44,18 +46,17 @@ def select(model: SuperNet, loader, cands: list[Genotype], autocast, max_batches
     scores = []
     try:
         for g in cands:
-            model.path = model.path_weights(g)
+            path = model.path_weights(g)
             right = torch.zeros((), device=next(model.parameters()).device)
             n = 0
             for i, (x, y) in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
                 with autocast():
-                    right += (model(x).argmax(1) == y).sum()
+                    right += (model(x, path=path).argmax(1) == y).sum()
                 n += y.shape[0]
             scores.append(right.item() / max(n, 1))
     finally:
-        model.path = None
         for b, s in zip(model.buffers(), saved, strict=True):
             b.copy_(s)
         model.train(was_training)

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from . import fast, options
-from .architect import Architect, alpha_entropy, alpha_hessian_eigenvalue, alpha_record, clr_arch_lr
+from .architect import Architect, ArchitectOptions, clr_arch_lr
 from .data.registry import search_data
+from .diagnostics import alpha_entropy, alpha_hessian_eigenvalue, alpha_record
 from .errors import (
     ConfigError,
 )
@@ -51,11 +52,12 @@ class SearchStep:
         """The step of a search with `cfg`'s optimizers (what `Searcher` runs and `bnas bench search` times)."""
         w_optimizer = parts.sgd(model.weight_parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         scaler = parts.scaler()  # fp16 only: the weight loss's scale
-        architect = Architect(model, cfg, w_optimizer, parts.autocast, parts.scaler())
+        architect = Architect(model, ArchitectOptions.from_config(cfg), w_optimizer, parts.autocast, parts.scaler())
         return cls(model, architect, w_optimizer, scaler, parts.autocast, cfg.grad_clip)
 
-    def __call__(self, x, y, xv, yv, lr: float, tally: Tally, index: int = 0) -> None:
-        """`xv is None`: no architecture step. `index` numbers the step in its epoch (for --on-nan's message)."""
+    def __call__(self, x, y, xv, yv, lr: float, tally: Tally, index: int = 0, path=None) -> None:
+        """`xv is None`: no architecture step. `index` numbers the step in its epoch (for --on-nan's message).
+        `path` (random search): the weight step trains that one architecture (`SuperNet.path_weights`)."""
         if xv is not None:
             arch_loss, a = self.architect.step(x, y, xv, yv, lr)
             a_bad = ~a.ok & ~a.overflow
@@ -64,7 +66,7 @@ class SearchStep:
             tally.first("arch_first_bad", a_bad, index + 1)
         self.w_optimizer.zero_grad(set_to_none=True)
         with self.autocast(), fast.backward_once():
-            logits = self.model(x)
+            logits = self.model(x, path=path)
         loss = F.cross_entropy(upcast(logits), y)
         w = weight_step(loss, self.w_optimizer, self.weights, self.grad_clip, self.scaler)
         w_bad = ~w.ok & ~w.overflow
@@ -212,9 +214,8 @@ class Searcher:
                 except StopIteration:
                     val["it"] = iter(self.val_loader)
                     xv, yv = next(val["it"])
-            if paths is not None:  # random search: this step trains one uniformly drawn architecture
-                model.path = paths[i]
-            self.step(x, y, xv, yv, lr, tally, i)
+            # random search: this step trains one uniformly drawn architecture
+            self.step(x, y, xv, yv, lr, tally, i, path=paths[i] if paths is not None else None)
 
         return feed
 
@@ -239,16 +240,16 @@ class Searcher:
     def end_epoch(self, epoch: int, stats: dict[str, Any]) -> None:
         """The supernet's evaluation, the collapse diagnostic and (random search) the candidates' scores."""
         cfg = self.cfg
+        if cfg.arch_search == "random":  # the candidates on the architecture split (all of it at the end)
+            last = epoch + 1 == cfg.epochs  # first: the evaluation and the Hessian read the selected one
+            self._selected, scores = select(self.model, self.val_loader, self._candidates, self.autocast,
+                                            None if last else 4)  # fmt: skip
+            stats["candidate_acc"] = scores
         if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             stats.update(self.evaluate())
         if cfg.hessian_every and ((epoch + 1) % cfg.hessian_every == 0 or epoch + 1 == cfg.epochs):
             t1 = time.perf_counter()
             stats.update(hessian_eig=self.hessian_eigenvalue(epoch), hessian_s=time.perf_counter() - t1)
-        if cfg.arch_search == "random":  # the candidates on the architecture split (all of it at the end)
-            last = epoch + 1 == cfg.epochs
-            self._selected, scores = select(self.model, self.val_loader, self._candidates, self.autocast,
-                                            None if last else 4)  # fmt: skip
-            stats["candidate_acc"] = scores
 
     def epoch_records(self, run: RunDir, epoch: int, record: dict[str, Any]) -> Genotype:
         """The record's genotype fields, and the epoch's genotype files and alphas (before its metrics line)."""
@@ -262,10 +263,19 @@ class Searcher:
         run.append("alphas.jsonl", alpha_record(self.model, epoch))
         return genotype
 
+    def selected_path(self) -> dict[str, torch.Tensor] | None:
+        """Random search: the op weights of the selected candidate (the best scored one), which the run's
+        evaluation, Hessian diagnostic and genotype all read; None for a gradient search (the alphas)."""
+        if self.cfg.arch_search != "random" or self._selected is None:
+            return None
+        return self.model.path_weights(self._selected)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The supernet on the evaluation split (read once at the end; combined over torchrun ranks)."""
-        r = evaluate_model(self.model, self.eval_loader, self.autocast)
+        """The supernet (random search: the selected candidate on its weights) on the evaluation split (read
+        once at the end; combined over torchrun ranks)."""
+        path = self.selected_path()
+        r = evaluate_model(self.model if path is None else self.model.fixed(path), self.eval_loader, self.autocast)
         return {"valid_loss": r["loss"], "valid_acc": r["top1"]}
 
     def run_search(self, reporter=None) -> Genotype:
@@ -303,7 +313,8 @@ class Searcher:
             self._hessian_batch = next(iter(self.eval_loader))
         x, y = self._hessian_batch
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        return alpha_hessian_eigenvalue(self.model, x, y, self.cfg.hessian_iters, generator=gen)
+        return alpha_hessian_eigenvalue(self.model, x, y, self.cfg.hessian_iters, generator=gen,
+                                        path=self.selected_path())  # fmt: skip
 
 
 def search(cfg: SearchConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> Genotype:

@@ -46,6 +46,10 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+# op weights per cell type ("conv"/"enh" or "normal"/"reduce"), each of the alphas' shape: one fixed architecture
+PathWeights = dict[str, torch.Tensor]
+
+
 class NetworkBackend(CellBackend, Protocol):
     """A cell backend that also prepares the wiring's modules and runs the supernet's training forward."""
 
@@ -87,7 +91,6 @@ class SuperNet(nn.Module):
             if cfg.edge_norm:
                 self.arch[f"beta_{kind}"] = nn.Parameter(1e-3 * torch.randn(n_edges))
         self._node_slices = [(sum(range(2, n + 2)), n + 2) for n in range(cfg.steps)]
-        self.path: dict[str, torch.Tensor] | None = None  # op weights used instead of the alphas' (path_weights)
         self.backend = backend
         if backend is not None:
             backend.adopt(self.net)
@@ -108,8 +111,9 @@ class SuperNet(nn.Module):
         return torch.cat([torch.softmax(b[s : s + n], dim=-1) for s, n in self._node_slices])
 
     def path_weights(self, genotype: Genotype) -> dict[str, torch.Tensor]:
-        """A genotype's cells as one-hot op weights on this supernet (its edges' rows; other rows are zero): set
-        as `path`, the supernet computes that architecture with the shared weights (one-shot evaluation)."""
+        """A genotype's cells as one-hot op weights on this supernet (its edges' rows; other rows are zero): given
+        as `path` (`model(x, path=...)`, `fixed(...)`), the supernet computes that architecture with the shared
+        weights (one-shot evaluation)."""
         out = {}
         device = self.arch[f"alpha_{self.cell_types[0]}"].device
         for kind, cell in zip(self.cell_types, (genotype.first, genotype.second), strict=True):
@@ -119,9 +123,10 @@ class SuperNet(nn.Module):
             out[kind] = w.to(device)
         return out
 
-    def weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        if self.path is not None:  # a fixed architecture on the shared weights (random search, one-shot evaluation)
-            return {kind: (self.path[kind], None) for kind in self.cell_types}
+    def weights(self, path: PathWeights | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each cell type's (op weights, edge weights): the alphas' softmax (and the betas'), or a given path."""
+        if path is not None:  # a fixed architecture on the shared weights (random search, one-shot evaluation)
+            return {kind: (path[kind], None) for kind in self.cell_types}
         # softmaxes in fp32 even under autocast: the alphas are small and their differences matter
         out = {}
         for kind in self.cell_types:
@@ -130,16 +135,36 @@ class SuperNet(nn.Module):
             out[kind] = (torch.softmax(alpha, dim=-1), None if beta is None else self.edge_weights(beta))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, path: PathWeights | None = None) -> torch.Tensor:
+        """The logits of the relaxed supernet, or with `path` (op weights per cell type, `path_weights`) of that
+        one architecture on the shared weights. Nothing is remembered between calls."""
         if self.backend is not None and self.training:
             with self.backend.context():
-                return self.net(x, self.weights())
-        return self.net(x, self.weights())
+                return self.net(x, self.weights(path))
+        return self.net(x, self.weights(path))
+
+    def fixed(self, path: Genotype | PathWeights) -> FixedPath:
+        """This supernet computing one architecture (a genotype, or its `path_weights`) on its shared weights,
+        as a module whose plain `forward(x)` evaluation loops can call; the supernet itself is unchanged."""
+        return FixedPath(self, self.path_weights(path) if isinstance(path, Genotype) else path)
 
     def genotype(self) -> Genotype:
         alphas = [self.arch[f"alpha_{k}"] for k in self.cell_types]
         betas = [self.arch[f"beta_{k}"] for k in self.cell_types] if self.cfg.edge_norm else None
         return derive(alphas, betas, self.cfg.space)
+
+
+class FixedPath(nn.Module):
+    """A view of a supernet that always computes one architecture: `forward(x)` = `supernet(x, path=path)`.
+    Its parameters and buffers are the supernet's (it holds no state of its own)."""
+
+    def __init__(self, supernet: SuperNet, path: PathWeights):
+        super().__init__()
+        self.supernet = supernet
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, path=self.path)
 
 
 def count_parameters(module: nn.Module, exclude: str = "auxiliary") -> int:
@@ -213,15 +238,20 @@ class TrainedNet(nn.Module):
         if backend is not None:
             backend.adopt(self.net)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def has_auxiliary(self) -> bool:
+        """Whether the network was built with DARTS' auxiliary head (a fact of its structure, not a mode)."""
+        return getattr(self.net, "auxiliary", None) is not None
+
+    def forward(
+        self, x: torch.Tensor, with_aux: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits; `with_aux` (the training step): (logits, the auxiliary head's logits or None), where the
+        auxiliary head (DARTS networks built with one) runs in training mode only."""
         if self.backend is not None:
             with self.backend.context():
-                return self.net(x, None, self.drop_prob)
-        return self.net(x, None, self.drop_prob)
-
-    @property
-    def aux_logits(self) -> torch.Tensor | None:
-        return getattr(self.net, "aux_logits", None)
+                return self.net(x, None, self.drop_prob, with_aux=with_aux)
+        return self.net(x, None, self.drop_prob, with_aux=with_aux)
 
 
 def build_network(

@@ -130,7 +130,8 @@ class BroadNet(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(self.head_channels, shape.num_classes)
 
-    def forward(self, x: torch.Tensor, weights: Weights | None = None, drop_prob: float = 0.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: Weights | None = None, drop_prob: float = 0.0, with_aux: bool = False):
+        """The logits; `with_aux`: (logits, None), as DeepNet's (the broad network has no auxiliary head)."""
         w_conv = weights["conv"] if weights else (None, None)
         w_enh = weights["enh"] if weights else (None, None)
         s0 = self.stem0(x)
@@ -150,7 +151,8 @@ class BroadNet(nn.Module):
             s0, s1 = (last_conv if j == 0 else s1), cell(s0, s1, *w_enh, drop_prob=drop_prob)
             features.append(tap(s1))
         out = self.global_pooling(torch.cat(features, dim=1))
-        return self.classifier(out.flatten(1))
+        logits = self.classifier(out.flatten(1))
+        return (logits, None) if with_aux else logits
 
 
 @dataclass(frozen=True)
@@ -216,15 +218,16 @@ class DeepNet(nn.Module):
         self.head_channels = c_p
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, shape.num_classes)
-        self.aux_logits: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, weights: Weights | None = None, drop_prob: float = 0.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: Weights | None = None, drop_prob: float = 0.0, with_aux: bool = False):
+        """The logits; `with_aux`: (logits, the auxiliary head's logits, or None without a head or in eval mode)."""
         s0 = self.stem0(x)
         s1 = s0 if self.stem1 is None else self.stem1(s0)
-        self.aux_logits = None
+        aux = None
         for i, cell in enumerate(self.cells):
             w = weights["reduce" if cell.reduction else "normal"] if weights else (None, None)
             s0, s1 = s1, cell(s0, s1, *w, drop_prob=drop_prob)
-            if self.auxiliary is not None and self.training and i == self.aux_index:
-                self.aux_logits = self.auxiliary(s1)
-        return self.classifier(self.global_pooling(s1).flatten(1))
+            if self.auxiliary is not None and self.training and i == self.aux_index:  # trained in train mode
+                aux = self.auxiliary(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return (logits, aux) if with_aux else logits

@@ -93,16 +93,17 @@ class TrainStep:
         self.grad_clip, self.label_smoothing, self.auxiliary_weight = grad_clip, label_smoothing, auxiliary_weight
         self.net = net if net is not None else model  # what the forward runs: DDP's wrapper under torchrun
         self.params = list(model.parameters())
+        # the forward returns the auxiliary head's logits where they enter the loss (DARTS networks with one)
+        self.with_aux = auxiliary_weight > 0 and getattr(model, "has_auxiliary", False)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, tally: Tally, index: int = 0) -> None:
         """`index` numbers the step in its epoch (for --on-nan's message)."""
         model, net = self.model, self.net
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            logits = net(x)
+            logits, aux = net(x, with_aux=True) if self.with_aux else (net(x), None)
         loss = F.cross_entropy(upcast(logits), y, label_smoothing=self.label_smoothing)
-        aux = model.aux_logits  # the auxiliary head's logits of this forward (DARTS-space networks)
-        if aux is not None and self.auxiliary_weight > 0:
+        if aux is not None:
             aux_loss = F.cross_entropy(upcast(aux), y, label_smoothing=self.label_smoothing)
             loss = loss + self.auxiliary_weight * aux_loss
         w = weight_step(loss, self.optimizer, self.params, self.grad_clip, self.scaler, reduce=net is model)

@@ -8,7 +8,12 @@ A supernet is given a backend at construction (`SuperNet(cfg, backend=fast.BACKE
 * `adopt(net)`: prepares a wiring's modules (one shared ReLU per state for its taps and preprocessing);
 * `context()`: the block a training forward of the supernet runs in.
 
-`TRAINED` is the trained network's backend: `adopt` and `context` only (its cells are fixed).
+Its switches are constructor arguments (`FastBackend(batch_edges=False)`), never process-wide state:
+`BACKEND` is the default instance, and a caller that wants other switches (`bnas bench --no-batch-edges`)
+builds its own. `TRAINED` is the trained network's backend: `adopt` and `context` only (its cells are fixed).
+
+The backend reads the plain modules by name (`MixedEdge.op(name)`, `DilConv.dw`, `ReLUConvBN.conv`, ...),
+never by position; a mixed edge with an operation it does not compute is refused at construction.
 
 `backward_once()` marks the search steps whose graphs are differentiated once (not Hessian-vector
 products), where more can be recomputed instead of kept. Everything is tested against the plain modules
@@ -30,18 +35,30 @@ from .sharing import share_relus, sharing_relus
 
 class FastBackend:
     """Per-source-state search cells (fast.cells), fused autograd functions (fast.functions, fast.multi),
-    shared ReLUs (fast.sharing)."""
+    shared ReLUs (fast.sharing).
+
+    `batch_edges`: the edges leaving a state run batched, one call per operation (None: fast.cells'
+    default, on); False runs them one by one (the comparison `bnas bench search --no-batch-edges` makes)."""
 
     name = "fast"
 
+    def __init__(self, batch_edges: bool | None = None):
+        self.batch_edges = batch_edges
+
     def supports(self, cell: Cell) -> bool:
+        """Whether the cell's edges are search edges of one kind; raises on a mixed edge whose operations the
+        fast cells do not compute (rather than compute something else)."""
         kinds = {type(e) for e in cell.edges}
-        return fastcells.supported() and len(kinds) == 1 and kinds <= {MixedEdge, PartialEdge}
+        if len(kinds) != 1 or not kinds <= {MixedEdge, PartialEdge}:
+            return False
+        for edge in cell.edges:
+            fastcells.check_ops((edge.mixed if isinstance(edge, PartialEdge) else edge).op_names)
+        return True
 
     def cell_forward(
         self, cell: Cell, s0: torch.Tensor, s1: torch.Tensor, op_weights: torch.Tensor, edge_weights
     ) -> torch.Tensor:
-        return fastcells.cell_forward(cell, s0, s1, op_weights, edge_weights)
+        return fastcells.cell_forward(cell, s0, s1, op_weights, edge_weights, self.batch_edges)
 
     def adopt(self, net: nn.Module) -> None:
         share_relus(net)

@@ -43,15 +43,34 @@ from . import functions as fn
 from . import multi
 from .sharing import register_parts, shared_relu
 
-# positions in PRIMITIVES (the alpha columns) of the operations a mixed edge builds, in its `ops` order
-_MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (PRIMITIVES.index(n) for n in PRIMITIVES[1:])
-_EXPECTED = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5")
-_EXPECTED += ("dil_conv_3x3", "dil_conv_5x5")
+# The operations of a mixed edge, addressed by name everywhere below (`MixedEdge.op(name)`, and the parts of
+# each operation by name: `DilConv.dw`, `SepConv.first`, `PoolBN.bn`, ...), never by position.
+MAX, AVG, SKIP = "max_pool_3x3", "avg_pool_3x3", "skip_connect"
+SEP3, SEP5, DIL3, DIL5 = "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"
+KNOWN_OPS = frozenset({"none", MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5})
 
 
-def supported() -> bool:
-    """The fast forward knows the operation set of SPEC §2 in this order, and nothing else."""
-    return tuple(PRIMITIVES) == _EXPECTED
+def _column(name: str) -> int:
+    if name not in PRIMITIVES:
+        raise KeyError(f"the fast cells compute {name!r}, which is not a candidate operation (bnas.ops.PRIMITIVES)")
+    return PRIMITIVES.index(name)
+
+
+# the alpha columns of the operations, by name
+_MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (_column(n) for n in (MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5))
+
+
+def check_ops(names: Sequence[str]) -> None:
+    """Raises unless a mixed edge's operations are exactly those this forward computes (SPEC §2, `none` never
+    built): a new candidate operation must be taught to the fast cells, not silently left out."""
+    unknown = sorted(set(names) - KNOWN_OPS)
+    missing = sorted(KNOWN_OPS - {"none"} - set(names))
+    if unknown or missing:
+        raise ValueError(
+            f"the fast cells (bnas.fast.cells) do not compute a mixed edge of {list(names)}: "
+            + (f"unknown operation(s) {unknown}" if unknown else f"missing operation(s) {missing}")
+            + "; teach them to bnas/fast/cells.py or use the plain cells (--no-fast)"
+        )
 
 
 # --- depthwise convolutions: dilation 2 as undilated convolutions on polyphase sub-images
@@ -132,14 +151,13 @@ def _dw_pw(dw: nn.Conv2d, pw: nn.Conv2d, r: torch.Tensor, phases: _Phases | None
 
 def _dil_pre(op: DilConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torch.Tensor, nn.BatchNorm2d]:
     """DilConv without its leading ReLU (r is already rectified) and without its BatchNorm (returned)."""
-    _, dw, pw, bn = op
-    return _dw_pw(dw, pw, r, phases), bn
+    return _dw_pw(op.dw, op.pw, r, phases), op.bn
 
 
 def _sep_pre(op: SepConv, r: torch.Tensor, phases: _Phases | None) -> tuple[torch.Tensor, nn.BatchNorm2d]:
-    first, second = op
-    z, bn = _dil_pre(first, r, phases)
-    _, dw, pw, bn2 = second
+    second = op.second
+    z, bn = _dil_pre(op.first, r, phases)
+    dw, pw, bn2 = second.dw, second.pw, second.bn
     plan = _dw_plan(dw, z, None)
     if plan is not None and not plan[3] and fn.fusable(z, bn):
         # the middle BatchNorm and ReLU run inside the second dw_pw, which keeps z only (not relu(bn(z)))
@@ -175,43 +193,53 @@ def _columns(device: torch.device) -> torch.Tensor:
 
 # The parametric operations of all edges leaving one state run as one call each (`multi.dw_pw_multi`, on the
 # input repeated along channels), and their BatchNorms and sum as one (`multi.mix_bn_multi`). Off: one call
-# per edge and operation, as before (kept for comparison: `bnas bench search --no-batch-edges`).
+# per edge and operation, as before (kept for comparison: `bnas bench search --no-batch-edges`, which builds
+# its own `FastBackend(batch_edges=False)`). This is only the default of a backend built with
+# `batch_edges=None` (fast.BACKEND); nothing in bnas changes it.
 BATCH_EDGES = True
 
 
 def _dil_multi(ops: Sequence[DilConv], x: torch.Tensor):
     """`_dil_pre` of E edges at once from the unrectified state x: (outputs stacked along channels, BatchNorms)."""
-    dws, pws = [o[1] for o in ops], [o[2] for o in ops]
+    dws, pws = [o.dw for o in ops], [o.pw for o in ops]
     how, s, p = _dw_mode(dws[0], x)
     y = multi.dw_pw_multi(x, dws, pws, s, p, relu=True, how=how)
-    return (_batch_to_space(y) if how == "s2b" else y), [o[3] for o in ops]
+    return (_batch_to_space(y) if how == "s2b" else y), [o.bn for o in ops]
 
 
 def _sep_multi(ops: Sequence[SepConv], x: torch.Tensor):
-    z, mids = _dil_multi([o[0] for o in ops], x)
-    dws, pws = [o[1][1] for o in ops], [o[1][2] for o in ops]
+    z, mids = _dil_multi([o.first for o in ops], x)
+    dws, pws = [o.second.dw for o in ops], [o.second.pw for o in ops]
     _, s, p = _dw_mode(dws[0], z)
     y = multi.dw_pw_multi(z, dws, pws, s, p, norm=multi.batch_stats_multi(z, mids))
-    return y, [o[1][3] for o in ops]
+    return y, [o.second.bn for o in ops]
 
 
-def _batchable(ops, x: torch.Tensor) -> bool:
-    if not BATCH_EDGES:
+def _batchable(edge: nn.Module, x: torch.Tensor, batch: bool | None) -> bool:
+    """Whether the edges leaving x (all built like `edge`) can run batched: the switch, and every depthwise
+    convolution that reads x (or the first half's output) runs undilated."""
+    if not (BATCH_EDGES if batch is None else batch):
         return False
-    first = [ops[0][i][0][1] for i in (3, 4)] + [ops[0][i][1] for i in (5, 6)]  # depthwise convs that read x
-    second = [ops[0][i][1][1] for i in (3, 4)]
+    first = [edge.op(n).first.dw for n in (SEP3, SEP5)] + [edge.op(n).dw for n in (DIL3, DIL5)]  # they read x
+    second = [edge.op(n).second.dw for n in (SEP3, SEP5)]
     return all(_dw_mode(m, x) is not None for m in first) and all(
         _dw_mode(m, x) == ("", 1, m.padding[0]) for m in second
     )
 
 
-def _mixed_batched(ops, x, pools, pool_stats, weights, identity: bool) -> list:
+def _ops(edges: Sequence[nn.Module], name: str) -> list[nn.Module]:
+    """The operation `name` of each edge."""
+    return [e.op(name) for e in edges]
+
+
+def _mixed_batched(edges, x, pools, pool_stats, weights, identity: bool) -> list:
     """The E mixed edges leaving x in a few calls; only x, the pools and the BatchNorm inputs are kept."""
-    convs = [_sep_multi([o[3] for o in ops], x), _sep_multi([o[4] for o in ops], x)]
-    convs += [_dil_multi([o[5] for o in ops], x), _dil_multi([o[6] for o in ops], x)]
+    convs = [_sep_multi(_ops(edges, SEP3), x), _sep_multi(_ops(edges, SEP5), x)]
+    convs += [_dil_multi(_ops(edges, DIL3), x), _dil_multi(_ops(edges, DIL5), x)]
     if not identity:
         r = torch.relu(x)
-        convs.append((torch.cat([_reduce_convs(o[2], r) for o in ops], 1), [o[2].bn for o in ops]))
+        skips = _ops(edges, SKIP)
+        convs.append((torch.cat([_reduce_convs(o, r) for o in skips], 1), [o.bn for o in skips]))
     zs = pools + [z for z, _ in convs]
     stats = pool_stats + [multi.batch_stats_multi(z, bns) for z, bns in convs]
     shared = [True, True] + [False] * len(convs)
@@ -219,49 +247,55 @@ def _mixed_batched(ops, x, pools, pool_stats, weights, identity: bool) -> list:
     return list(multi.mix_bn_multi(weights[:, columns], zs, stats, shared, x if identity else None))
 
 
-def mixed_outputs(edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor, stride: int) -> list:
-    """The outputs of the full mixed edges (`MixedEdge`) leaving one state x; weights: (edges, ops)."""
-    ops = [e.ops for e in edges]
-    max_pre, avg_pre = fn.max_pool(x, ops[0][0][0]), ops[0][1][0](x)
-    if not fn.fusable(x, ops[0][0][1]):
+def mixed_outputs(
+    edges: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor, stride: int, batch: bool | None = None
+) -> list:
+    """The outputs of the full mixed edges (`MixedEdge`) leaving one state x; weights: (edges, ops). `batch`:
+    run the edges' parametric operations batched where possible (None: the module default, BATCH_EDGES)."""
+    edge = edges[0]  # all edges leaving x are built alike: the pools and the skip's kind are read from one
+    max_op, avg_op = edge.op(MAX), edge.op(AVG)
+    max_pre, avg_pre = fn.max_pool(x, max_op.pool), avg_op.pool(x)
+    if not fn.fusable(x, max_op.bn):
         r = torch.relu(x)
-        return _mixed_unfused(ops, x, r, _Phases(r), max_pre, avg_pre, weights)
-    identity = isinstance(ops[0][2], Identity)
+        return _mixed_unfused(edges, x, r, _Phases(r), max_pre, avg_pre, weights)
+    identity = isinstance(edge.op(SKIP), Identity)
     pools = [max_pre, avg_pre]
-    pool_stats = [fn.batch_stats(z, [o[i][1] for o in ops]) for i, z in enumerate(pools)]
-    if _batchable(ops, x):
-        return _mixed_batched(ops, x, pools, pool_stats, weights, identity)
+    pool_stats = [fn.batch_stats(z, [o.bn for o in _ops(edges, n)]) for n, z in zip((MAX, AVG), pools, strict=True)]
+    if _batchable(edge, x, batch):
+        return _mixed_batched(edges, x, pools, pool_stats, weights, identity)
     r = torch.relu(x)
     phases = _Phases(r)
     columns = _columns(weights.device)
     outs = []
-    for o, w in zip(ops, weights, strict=True):
-        pre = [_sep_pre(o[3], r, phases), _sep_pre(o[4], r, phases), _dil_pre(o[5], r, phases)]
-        pre.append(_dil_pre(o[6], r, phases))
+    for e, w in zip(edges, weights, strict=True):
+        pre = [_sep_pre(e.op(SEP3), r, phases), _sep_pre(e.op(SEP5), r, phases), _dil_pre(e.op(DIL3), r, phases)]
+        pre.append(_dil_pre(e.op(DIL5), r, phases))
         if not identity:
-            pre.append((_reduce_convs(o[2], r), o[2].bn))
+            skip = e.op(SKIP)
+            pre.append((_reduce_convs(skip, r), skip.bn))
         zs = pools + [z for z, _ in pre]
         stats = pool_stats + [fn.batch_stats(z, [bn]) for z, bn in pre]
         outs.append(fn.mix_bn(w[columns], zs, stats, x if identity else None))
     return outs
 
 
-def _mixed_unfused(ops, x, r, phases, max_pre, avg_pre, weights) -> list:
-    max_pool = _shared_bn([o[0][1] for o in ops], max_pre)
-    avg_pool = _shared_bn([o[1][1] for o in ops], avg_pre)
+def _mixed_unfused(edges, x, r, phases, max_pre, avg_pre, weights) -> list:
+    max_pool = _shared_bn([o.bn for o in _ops(edges, MAX)], max_pre)
+    avg_pool = _shared_bn([o.bn for o in _ops(edges, AVG)], avg_pre)
     outs = []
-    for o, w in zip(ops, weights, strict=True):
-        skip = x if isinstance(o[2], Identity) else o[2].reduce(r)
+    for e, w in zip(edges, weights, strict=True):
+        skip_op = e.op(SKIP)
+        skip = x if isinstance(skip_op, Identity) else skip_op.reduce(r)
         out = w[_MAX] * max_pool
         out = torch.addcmul(out, w[_AVG], avg_pool)
         out = torch.addcmul(out, w[_SKIP], skip)
         for col, (z, bn) in zip(
             (_SEP3, _SEP5, _DIL3, _DIL5),
             (
-                _sep_pre(o[3], r, phases),
-                _sep_pre(o[4], r, phases),
-                _dil_pre(o[5], r, phases),
-                _dil_pre(o[6], r, phases),
+                _sep_pre(e.op(SEP3), r, phases),
+                _sep_pre(e.op(SEP5), r, phases),
+                _dil_pre(e.op(DIL3), r, phases),
+                _dil_pre(e.op(DIL5), r, phases),
             ),
             strict=True,
         ):
@@ -280,8 +314,11 @@ def _edge_index(cell: nn.Module, src: int, device: torch.device) -> torch.Tensor
     return cache[key]
 
 
-def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights, edge_weights) -> torch.Tensor:
-    """`Cell.forward` for a search cell, state by state: all edges leaving a state are computed together.
+def cell_forward(
+    cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights, edge_weights, batch_edges: bool | None = None
+) -> torch.Tensor:
+    """`Cell.forward` for a search cell, state by state: all edges leaving a state are computed together
+    (`batch_edges`: batched into one call per operation where possible; None: the default, BATCH_EDGES).
 
     A node is complete once the edges from every earlier state have been added, in the plain path's order.
     Partial-channel edges (PC) add the mixed parts and the bypassed parts of a node separately (times the
@@ -310,9 +347,9 @@ def cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, op_weights
             part, rest = x[:, : mods[0].c_part], x[:, mods[0].c_part :]
             if mods[0].bypass is not None:
                 rest = fn.max_pool(rest, mods[0].bypass)
-            hs = mixed_outputs([m.mixed for m in mods], part, w, stride)
+            hs = mixed_outputs([m.mixed for m in mods], part, w, stride, batch_edges)
         else:
-            hs = mixed_outputs(mods, x, w, stride)
+            hs = mixed_outputs(mods, x, w, stride, batch_edges)
         for (i, node), h in zip(out_edges, hs, strict=True):
             acc[node] = h if acc[node] is None else acc[node] + h
             if partial:
@@ -334,7 +371,7 @@ def _preprocess(module: nn.Module, s: torch.Tensor) -> torch.Tensor:
     if isinstance(module, FactorizedReduce):
         return fn.bn_out(_reduce_convs(module, shared_relu(s)), module.bn)
     if isinstance(module, ReLUConvBN):
-        return fn.bn_out(module[1](shared_relu(s)), module[2])
+        return fn.bn_out(module.conv(shared_relu(s)), module.bn)
     return module(s)
 
 

@@ -143,8 +143,8 @@ class SharedReLUConvBN(ReLUConvBN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if once() and _RELUS.get() is not None:
-            return conv_bn(shared_relu(x), self[1], self[2])
-        return self[2](self[1](shared_relu(x)))
+            return conv_bn(shared_relu(x), self.conv, self.bn)
+        return self.bn(self.conv(shared_relu(x)))
 
 
 class SharedFactorizedReduce(FactorizedReduce):
@@ -159,7 +159,7 @@ class SharedDilConv(DilConv):
     leaving one state (BNASv2_CLR_v1: four from the same state) rectify it once."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self[3](self[2](self[1](shared_relu(x))))
+        return self.bn(self.pw(self.dw(shared_relu(x))))
 
 
 _SHARED = {ReLUConvBN: SharedReLUConvBN, FactorizedReduce: SharedFactorizedReduce}

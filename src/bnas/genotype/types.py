@@ -1,16 +1,14 @@
-"""Genotypes: the two cells of a found architecture, their derivation, JSON io and the published ones.
+"""Genotype types and their derivation (SPEC §6): the two cells of a found architecture, derived from the
+alphas (and betas), or drawn at random as the baseline a search has to beat.
 
 A BCNN genotype names a convolution-block cell (`conv`) and an enhancement cell (`enh`); a DARTS-space
-genotype names a `normal` and a `reduce` cell. The published BNAS code stores BCNN genotypes in DARTS'
-4-field notation with normal = conv and reduce = enh (SPEC §6); `from_darts_text` reads that notation
-without evaluating it.
+genotype names a `normal` and a `reduce` cell. Files (JSON, DARTS' text notation) are read and written
+through io.py.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import GenotypeError
-from .jsonio import dumps
-from .ops import PARAMETER_FREE, PRIMITIVES
-
-CELL_NAMES = {"bcnn": ("conv", "enh"), "darts": ("normal", "reduce")}
+from ..errors import GenotypeError
+from ..ops import PARAMETER_FREE, PRIMITIVES
+from .io import CELL_NAMES, darts_text, parse_darts_text, read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,9 @@ class CellGenotype:
         if not isinstance(obj, dict) or "edges" not in obj:
             raise GenotypeError("a cell must be an object with 'edges' (and optionally 'concat')")
         try:
-            edges = tuple((e[0], e[1]) for e in obj["edges"])
+            if not all(isinstance(e, list | tuple) for e in obj["edges"]):
+                raise TypeError
+            edges = tuple(tuple(e) for e in obj["edges"])  # a wrong length is the cell's error (names the edge)
             concat = tuple(obj.get("concat", range(2, 2 + len(edges) // 2)))
         except (TypeError, IndexError, KeyError):
             raise GenotypeError("a cell's 'edges' must be a list of [op, input] pairs") from None
@@ -125,19 +123,16 @@ class Genotype:
         return cls(CellGenotype.from_json(obj[a]), CellGenotype.from_json(obj[b]), space)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(dumps(self.to_json(), indent=1) + "\n")
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
+        """A genotype JSON file; every error names the file."""
+        obj = read_json(path)
         try:
-            obj = json.loads(Path(path).read_text())
-        except OSError as e:
-            raise GenotypeError(f"cannot read genotype file {path}: {e.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GenotypeError(f"genotype file {path} is not valid JSON ({e})") from None
-        if isinstance(obj, dict) and "genotype" in obj:
-            obj = obj["genotype"]
-        return cls.from_json(obj)
+            return cls.from_json(obj)
+        except GenotypeError as e:
+            raise GenotypeError(f"genotype file {path}: {e}") from None
 
     def describe(self) -> str:
         """The cells as readable text, one node per line."""
@@ -154,48 +149,20 @@ class Genotype:
         return "\n".join(lines)
 
     def to_darts_text(self) -> str:
-        def cell(c: CellGenotype) -> str:
-            return "[" + ", ".join(f"('{op}', {src})" for op, src in c.edges) + "]"
-
-        return (
-            f"Genotype(normal={cell(self.first)}, normal_concat={list(self.first.concat)}, "
-            f"reduce={cell(self.second)}, reduce_concat={list(self.second.concat)})"
-        )
+        """DARTS' text notation with this space's cell names (conv=/enh= for a BCNN genotype, so that
+        `from_darts_text` reads it back as one)."""
+        return darts_text(self.to_json())
 
 
 def _input_name(src: int) -> str:
     return ("c_{k-2}", "c_{k-1}")[src] if src < 2 else f"node {src}"
 
 
-def from_darts_text(text: str, space: str = "bcnn") -> Genotype:
-    """Parse DARTS' `Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)`, safely."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError:
-        raise GenotypeError("not a DARTS genotype expression: Genotype(normal=..., reduce=...)") from None
-    if not isinstance(tree, ast.Call):
-        raise GenotypeError("not a DARTS genotype expression: Genotype(normal=..., reduce=...)")
-    fields = {kw.arg: kw.value for kw in tree.keywords}
-    for name, node in zip(("normal", "normal_concat", "reduce", "reduce_concat"), tree.args, strict=False):
-        fields[name] = node
-
-    def concat(node: ast.expr | None, steps: int) -> tuple[int, ...]:
-        if node is None:
-            return tuple(range(2, 2 + steps))
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "range":
-            return tuple(range(*[ast.literal_eval(a) for a in node.args]))
-        return tuple(ast.literal_eval(node))
-
-    try:
-        normal = tuple(tuple(e) for e in ast.literal_eval(fields["normal"]))
-        reduce = tuple(tuple(e) for e in ast.literal_eval(fields["reduce"]))
-        cells = [
-            CellGenotype(normal, concat(fields.get("normal_concat"), len(normal) // 2)),
-            CellGenotype(reduce, concat(fields.get("reduce_concat"), len(reduce) // 2)),
-        ]
-    except (KeyError, ValueError, TypeError):
-        raise GenotypeError("a DARTS genotype needs literal normal=[...] and reduce=[...] lists") from None
-    return Genotype(cells[0], cells[1], space)
+def from_darts_text(text: str, space: str | None = None) -> Genotype:
+    """Parse DARTS' `Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)`, safely. The
+    space: `space` if given, else the text's `space=` keyword, else its cell names (normal/reduce: darts;
+    conv/enh: bcnn). The published BNAS code's BCNN texts use normal/reduce: pass space="bcnn" for them."""
+    return Genotype.from_json(parse_darts_text(text, space))
 
 
 def derive_cell(alphas: torch.Tensor, betas: torch.Tensor | None = None, steps: int = 4) -> CellGenotype:
@@ -248,113 +215,3 @@ def sample_genotype(space: str = "bcnn", seed: int = 0) -> Genotype:
         raise GenotypeError(f"unknown search space {space!r}; known: {', '.join(CELL_NAMES)}")
     rng = random.Random(f"bnas-genotype-{space}-{seed}")
     return Genotype(sample_cell(rng), sample_cell(rng), space)
-
-
-def _g(spec: str) -> tuple[tuple[str, int], ...]:
-    short = {
-        "sep3": "sep_conv_3x3",
-        "sep5": "sep_conv_5x5",
-        "dil3": "dil_conv_3x3",
-        "dil5": "dil_conv_5x5",
-        "avg": "avg_pool_3x3",
-        "max": "max_pool_3x3",
-        "skip": "skip_connect",
-    }
-    return tuple((short[op], int(src)) for op, src in (t.split("/") for t in spec.split()))
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    genotype: Genotype
-    source: str
-    reported: str = ""
-
-
-# Published genotypes (SPEC §6). Reported figures are those of the papers where they state them.
-ZOO: dict[str, ZooEntry] = {
-    "BNASv2_CLR_v1": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep3/1 sep3/0 sep3/1 avg/2 sep5/1 sep3/3 sep3/1 dil3/2")),
-            CellGenotype(_g("avg/0 dil3/1 avg/0 avg/2 avg/2 avg/3 avg/2 max/1")),
-        ),
-        "BNAS-v2 (Ding et al. 2022), CLR search on CIFAR-10",
-    ),
-    "BNASv2_CLR_v2": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep3/1 max/0 max/1 sep3/0 sep3/0 sep3/1 sep3/1 dil3/4")),
-            CellGenotype(_g("avg/0 dil5/1 avg/2 avg/0 avg/2 avg/3 max/1 avg/3")),
-        ),
-        "BNAS-v2 (Ding et al. 2022), CLR search on CIFAR-10",
-    ),
-    "BNASv2_PC_cifar_v1": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep3/1 sep3/0 dil5/2 sep3/1 sep3/1 sep3/2 sep5/1 sep5/2")),
-            CellGenotype(_g("dil3/0 skip/1 dil3/1 skip/2 max/1 dil5/0 skip/1 max/0")),
-        ),
-        "BNAS-v2 (Ding et al. 2022), PC search on CIFAR-10",
-    ),
-    "BNASv2_PC_cifar_v2": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep3/1 sep3/0 sep5/1 sep5/2 sep3/1 sep3/2 sep5/1 dil3/4")),
-            CellGenotype(_g("skip/0 skip/1 dil3/1 skip/0 max/0 skip/1 max/0 max/1")),
-        ),
-        "BNAS-v2 (Ding et al. 2022), PC search on CIFAR-10",
-    ),
-    "BNASv2_PC_image": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep5/1 sep3/0 skip/2 sep3/1 sep5/1 sep3/3 sep3/4 sep3/3")),
-            CellGenotype(_g("skip/1 dil5/0 max/1 skip/2 skip/1 max/2 sep3/1 dil3/3")),
-        ),
-        "BNAS-v2 (Ding et al. 2022), PC search on ImageNet",
-    ),
-    "DARTS_V1": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep3/1 sep3/0 skip/0 sep3/1 skip/0 sep3/1 sep3/0 skip/2")),
-            CellGenotype(_g("max/0 max/1 skip/2 max/0 max/0 skip/2 skip/2 avg/0")),
-            "darts",
-        ),
-        "DARTS (Liu et al. 2019), first order, CIFAR-10",
-        "CIFAR-10 test error 3.00% +- 0.14, 3.3M params (paper)",
-    ),
-    "DARTS_V2": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep3/0 sep3/1 sep3/0 sep3/1 sep3/1 skip/0 skip/0 dil3/2")),
-            CellGenotype(_g("max/0 max/1 skip/2 max/1 max/0 skip/2 skip/2 max/1")),
-            "darts",
-        ),
-        "DARTS (Liu et al. 2019), second order, CIFAR-10",
-        "CIFAR-10 test error 2.76% +- 0.09, 3.3M params (paper)",
-    ),
-    "PC_DARTS": ZooEntry(
-        Genotype(
-            CellGenotype(_g("sep3/1 skip/0 sep3/0 dil3/1 sep5/0 sep3/1 avg/0 dil3/1")),
-            CellGenotype(_g("sep5/1 max/0 sep5/1 sep5/2 sep3/0 sep3/3 sep3/1 sep3/2")),
-            "darts",
-        ),
-        "PC-DARTS (Xu et al. 2020), CIFAR-10",
-        "CIFAR-10 test error 2.57% +- 0.07, 3.6M params (paper)",
-    ),
-}
-
-
-def list_genotypes() -> list[str]:
-    return list(ZOO)
-
-
-def get_genotype(name_or_path: str | Path) -> Genotype:
-    """A bundled genotype by name, or one read from a JSON (or DARTS-notation) file."""
-    key = str(name_or_path)
-    if key in ZOO:
-        return ZOO[key].genotype
-    path = Path(key)
-    if path.is_dir() and (path / "genotype.json").exists():
-        path = path / "genotype.json"
-    if path.is_file():
-        if path.suffix != ".json" and path.read_text(errors="replace").lstrip().startswith("Genotype("):
-            return from_darts_text(path.read_text())
-        return Genotype.load(path)
-    close = difflib.get_close_matches(key, list(ZOO), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise GenotypeError(
-        f"unknown genotype {key!r}: {hint}give a bundled name ({', '.join(ZOO)}) or a genotype.json file"
-    )
