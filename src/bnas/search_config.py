@@ -9,16 +9,12 @@ edge kind and K, edge normalisation, architecture-lr schedule (CLR power), warm-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from . import fast
 from .data.registry import find_entry, names
 from .errors import ConfigError, check_float, check_int
 from .options import DataOptions, NetworkOptions, OptimOptions, Options, OutputOptions, RuntimeOptions, again, option
 from .space import SpaceConfig
-
-if TYPE_CHECKING:
-    import torch
 
 Method = Literal["bnas-d", "clr", "pc", "random"]
 
@@ -190,9 +186,3 @@ class SearchConfig(SearchOutput, SearchRuntime, ArchOptions, SearchOptim, Search
             layers=self.layers, num_classes=num_classes, in_channels=in_channels, stem=stem,
             partial_k=self.partial_k, edge_norm=self.edge_norm,
         )  # fmt: skip
-
-    def backend(self, device: torch.device | None = None) -> fast.FastBackend | None:
-        """The fast backend unless fast=False, a compile backend (compiled networks use the plain cells) or, with
-        fast left to auto, a device other than the CPU."""
-        use = self.fast if self.fast is not None else (device is None or device.type == "cpu")
-        return fast.BACKEND if use and self.compile == "off" else None
