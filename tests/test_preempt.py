@@ -171,7 +171,8 @@ def test_sigterm_to_the_command_then_resume_equals_uninterrupted(kind, tmp_path)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
-    assert f"continue with bnas {kind} --resume {cut}" in err and "error:" not in err
+    run = {"train": "training"}.get(kind, kind)
+    assert f"saved in {cut}; continue the {run} with --resume" in err and "error:" not in err
     state = load_checkpoint(cut / "checkpoint.pt", kind)
     assert "mid_epoch" in state, "the signal should stop the run mid-epoch"
     steps_done = state["mid_epoch"]["step"]

@@ -32,6 +32,9 @@ class Preempted(BnasError):
 
     exit_code = EXIT_PREEMPTED
 
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, options=("resume",))
+
 
 class StopSignal:
     """While entered, SIGTERM and SIGUSR1 set `signal` (their name) instead of ending the process; the previous
@@ -75,4 +78,5 @@ class StopSignal:
 def preempted_message(command: str, out: str, signal_name: str, epoch: int, step: int | None, steps: int) -> str:
     """The one sentence a preempted run ends with: where it stopped and how to continue."""
     where = f"after step {step}/{steps} of epoch {epoch + 1}" if step is not None else f"after epoch {epoch + 1}"
-    return f"stopped by {signal_name} {where}, which is saved in {out}; continue with bnas {command} --resume {out}"
+    run = {"train": "training"}.get(command, command)
+    return f"stopped by {signal_name} {where}, which is saved in {out}; continue the {run} with resume=True"

@@ -90,7 +90,9 @@ class RunDir:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise BnasError(f"cannot write to the output directory {p} ({e.strerror}); choose another --out") from None
+            raise BnasError(
+                f"cannot write to the output directory {p} ({e.strerror}); choose another out", options=("out",)
+            ) from None
         if lock is not None:
             lock.acquire()
             if (p / "checkpoint.pt").exists() and not overwrite:
@@ -216,7 +218,10 @@ class RunDir:
 
 
 def _holds_a_run(p: Path) -> BnasError:
-    return BnasError(f"{p} already holds a run: resume it with --resume {p}, choose another --out, or pass --overwrite")
+    return BnasError(
+        f"{p} already holds a run: resume it with resume=True, choose another out, or pass overwrite=True",
+        options=("resume", "out", "overwrite"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------- the lock
@@ -330,7 +335,8 @@ class RunLock:
             if self.alive(info, age):
                 raise RunLocked(
                     f"{self.file.parent} is being written by {self.describe(info)}; wait for it to end or stop "
-                    f"it (a killed process's lock is taken over by the next run), or choose another --out"
+                    f"it (a killed process's lock is taken over by the next run), or choose another out",
+                    options=("out",),
                 )
             self._take_over(info)
         raise RunLocked(f"cannot take the lock {self.file}: other processes keep taking it; try again")
