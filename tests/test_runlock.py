@@ -119,3 +119,16 @@ def test_taking_over_never_removes_a_fresh_lock(tmp_path):
     RunLock(tmp_path)._take_over({"token": "the stale one that is gone"})
     assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == "t0"
     assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
+
+
+def test_a_copied_run_directory_does_not_carry_its_lock(tmp_path):
+    """`cp -r` of a running run directory copies run.lock too: the copy is held by no one."""
+    (tmp_path / "a").mkdir()
+    lock = RunLock(tmp_path / "a").acquire()
+    held = (tmp_path / "a" / LOCK_FILE).read_text()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / LOCK_FILE).write_text(held)
+    RunLock(tmp_path / "b").acquire().release()
+    assert not (tmp_path / "b" / LOCK_FILE).exists()
+    assert (tmp_path / "a" / LOCK_FILE).read_text() == held  # the original stays held
+    lock.release()

@@ -257,10 +257,10 @@ class RunLock:
     `HEARTBEAT_S` seconds, and it is removed when the run ends (at exit at the latest).
 
     A lock is stale, and taken over, when its process is gone: on this host, no such pid (or a zombie, or a
-    later process that reuses the pid: its start time differs); on another host, no heartbeat for `STALE_S`
-    seconds (the lock's modification time, as the shared file system reports it). Taking over renames the
-    stale file aside and checks it is the one judged stale, so two processes that both find it stale never
-    both win."""
+    later process that reuses the pid: its start time differs; or the lock was copied along with its run
+    directory from elsewhere); on another host, no heartbeat for `STALE_S` seconds (the lock's modification
+    time, as the shared file system reports it). Taking over renames the stale file aside and checks it is
+    the one judged stale, so two processes that both find it stale never both win."""
 
     HEARTBEAT_S = 30.0
     STALE_S = 180.0
@@ -295,6 +295,8 @@ class RunLock:
         pid = info.get("pid")
         if not isinstance(pid, int) or pid <= 0:
             return age < self.STALE_S
+        if pid == os.getpid() or info.get("dir", str(self.file.parent.resolve())) != str(self.file.parent.resolve()):
+            return False  # a copy of a run directory with its lock (this process knows the locks it holds)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -349,6 +351,7 @@ class RunLock:
             "command": self.command,
             "started": round(time.time(), 3),
             "pid_start": (_proc_state(os.getpid()) or (None, None))[1],
+            "dir": str(self.file.parent.resolve()),
             "token": token,
         }
         try:
