@@ -265,7 +265,7 @@ def load_run(path: str | Path) -> RunData:
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """(x, y) of a key over epoch records; x = the record's epoch (numbered from 1: epochs completed); missing values skipped."""
+    """(x, y) of a key over epoch records; x = the record's epoch (from 1: epochs completed); missing values skipped."""
     xs, ys = [], []
     for r in records:
         v = r
