@@ -163,9 +163,10 @@ class Searcher:
         n = min(self._split_sizes)
         if n < self.cfg.batch_size:
             raise ConfigError(
-                f"--batch-size {self.cfg.batch_size} is larger than the {n} images of a search split "
+                f"batch_size {self.cfg.batch_size} is larger than the {n} images of a search split "
                 f"({sum(self._split_sizes)} training images x train portion {self.cfg.train_portion}); "
-                "lower --batch-size or use more data"
+                "lower it or use more data",
+                options=("batch_size",),
             )
 
     def open_run(self) -> RunDir:
