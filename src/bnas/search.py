@@ -18,8 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import fast
-from . import decision
+from . import decision, fast
 from .architect import (
     Architect,
     ArchitectOptions,
