@@ -17,6 +17,7 @@ from .plots import (
     alphas_figure,
     collapse_figure,
     curves_figure,
+    decision_figure,
     draw_genotype,
     load_run,
 )  # fmt: skip
@@ -49,6 +50,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, embed: bool
     figures: list[tuple[str, str, Any]] = [("curves", "Training curves", curves_figure(run))]
     if run.alphas:
         figures.append(("collapse", "Collapse diagnostics", collapse_figure(run)))
+    if any("decision" in r for r in run.epochs):
+        figures.append(("decision", "How decided the architecture is", decision_figure(run)))
         for cell in run.alphas[-1].get("alphas", {}):
             title = f"Alpha evolution: {CELL_TITLES.get(cell, cell)}"
             figures.append((f"alphas_{cell}", title, alphas_figure(run, cell)))
@@ -109,6 +112,9 @@ def _overview(run: RunData) -> dict[str, Any]:
         if run.genotype
         else "",
     }
+    decision = (run.summary or {}).get("decision")
+    if decision:
+        out["architecture"] = "settled" if decision["settled"] else decision.get("advice", "not settled")
     env = cfg.get("environment", {})
     if env:
         out["environment"] = ", ".join(f"{k} {v}" for k, v in env.items() if k in ("torch", "gpu", "processor", "host"))
