@@ -157,6 +157,7 @@ def compare_row(run: RunData) -> dict[str, str]:
     seconds = (run.summary or {}).get("search_s") or (run.summary or {}).get("train_s")
     seconds = seconds if seconds is not None else sum(r.get("epoch_s", 0.0) for r in run.epochs)
     final = (run.summary or {}).get("final_epoch", {})
+    decision = (run.summary or {}).get("decision")
 
     def pct(v: Any) -> str:
         return f"{100 * v:.2f}" if isinstance(v, int | float) else ""
@@ -168,6 +169,7 @@ def compare_row(run: RunData) -> dict[str, str]:
         "dataset": str(cfg.get("dataset", "")),
         "epochs": f"{done}/{total}" + ("" if run.summary else " (running or stopped)"),
         "param_free": free,
+        "settled": "" if not decision else ("yes" if decision["settled"] else "no"),
         "train_acc": pct(last.get("train_acc")),
         "valid_acc": pct(last.get("valid_acc")),
         "test_acc": pct(final.get("test_top1")),
@@ -190,6 +192,7 @@ COMPARE_COLUMNS = {
     "dataset": "data set",
     "epochs": "epochs",
     "param_free": "param-free ops/cell",
+    "settled": "settled",
     "train_acc": "train acc %",
     "valid_acc": "valid acc %",
     "test_acc": "test acc %",
