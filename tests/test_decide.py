@@ -207,3 +207,15 @@ def test_budget_and_epochs_together_is_one_sentence(tmp_path):
         _cfg(tmp_path, budget="1m", epochs=3)
     with pytest.raises(ConfigError, match="--budget must be a duration"):
         _cfg(tmp_path, budget="soon")
+
+
+def test_the_study_table_says_which_searches_settled():
+    from bnas.study_report import StudyResults
+
+    row = dict(candidate="clr-s0", group="clr", seed=0, parameters=10, macs=20, param_free="1/2", search_s=60.0,
+               train_s=60.0, test_acc=0.8)  # fmt: skip
+    rows = [{**row, "settled": False}, {**row, "candidate": "random-cell-0", "settled": None, "search_s": None}]
+    text = StudyResults(rows, []).markdown()
+    assert "| settled |" in text and "| no |" in text
+    assert "architecture not settled (close to a random cell of the space): clr-s0;" in text
+    assert "every search's architecture settled" in StudyResults([{**row, "settled": True}], []).markdown()
