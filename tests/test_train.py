@@ -171,7 +171,7 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert main(args) == 0
     assert main(args) == 2  # the run exists: one clear sentence, not an overwrite
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "r"), "--extend-epochs", "1", "--quiet"]) == 0
     assert "resuming" in capsys.readouterr().out
     assert json.loads((tmp_path / "r" / "results.json").read_text())["epochs"] == 2
 

@@ -75,7 +75,8 @@ class RunDir:
         p = Path(path)
         if (p / "checkpoint.pt").exists() and not overwrite:
             raise BnasError(
-                f"{p} already holds a run: resume it with --resume {p}, choose another --out, or pass --overwrite"
+                f"{p} already holds a run: resume it with resume=True, choose another out, or pass overwrite=True",
+                options=("resume", "out", "overwrite"),
             )
         try:
             p.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,9 @@ class RunDir:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise BnasError(f"cannot write to the output directory {p} ({e.strerror}); choose another --out") from None
+            raise BnasError(
+                f"cannot write to the output directory {p} ({e.strerror}); choose another out", options=("out",)
+            ) from None
         run = cls(p)
         if overwrite:
             for name in (*JSONL_FILES, "summary.json", "checkpoint.pt", "genotype.json"):
