@@ -185,7 +185,7 @@ def test_a_budgeted_search_resumes_with_the_time_it_had_spent(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         first.run_search()
     saved = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=False)
-    assert saved["epoch"] == 1 and saved["budget"]["total_steps"] == PLANNED
+    assert saved["epoch"] == 2 and saved["budget"]["total_steps"] == PLANNED
     assert saved["budget"]["spent_s"] == pytest.approx(8 * 0.125)
     fake.now += 500.0  # the time between the two processes is not the search's
     again = _timed(Searcher(_cfg(tmp_path, budget="2.5s"), resume=True), fake)

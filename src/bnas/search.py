@@ -242,7 +242,7 @@ class Searcher:
                 "environment": environment(),
             },  # fmt: skip
         )
-        run.append("alphas.jsonl", alpha_record(self.model, -1))  # the starting point of the evolution plots
+        run.append("alphas.jsonl", alpha_record(self.model, 0))  # epoch 0: the starting point of the evolution plots
 
     # --- an epoch, as the run core runs it
     def train_epoch(self, epoch: int, progress) -> dict[str, Any]:
@@ -349,9 +349,9 @@ class Searcher:
             decision=decision.epoch_figures(self.model, self._trail, decision.genotype_key(genotype)),
             genotype=genotype.to_json(),
         )  # fmt: skip
-        run.write_json(f"genotypes/epoch_{epoch:03d}.json", genotype.to_json())
+        run.write_json(f"genotypes/epoch_{epoch + 1:03d}.json", genotype.to_json())
         run.write_json("genotype.json", genotype.to_json())
-        run.append("alphas.jsonl", alpha_record(self.model, epoch))
+        run.append("alphas.jsonl", alpha_record(self.model, epoch + 1))
         return genotype
 
     def selected_path(self) -> dict[str, torch.Tensor] | None:
