@@ -26,8 +26,11 @@ def test_durations(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "ten minutes", "5x", "-3m", "0s", "nan", True, None, "1h-2m"])
 def test_bad_durations_are_one_sentence(text):
-    with pytest.raises(ConfigError, match="--budget must be a"):
+    from bnas.cli import flag_message
+
+    with pytest.raises(ConfigError, match="^budget must be a") as e:  # the library names its argument ...
         parse_duration(text)
+    assert flag_message(e.value).startswith("--budget must be a")  # ... the command line its flag
 
 
 REPLANS = st.lists(st.tuples(st.integers(1, 399), st.floats(0.5, 2.0)), max_size=4)
@@ -69,7 +72,7 @@ def test_a_budgeted_run_completes_its_schedule(tmp_path):
     results = trainer.run_training()
     plan = trainer.clock.plan
     h = trainer.history
-    steps_run = sum(min(len(trainer.loaders["train"]), plan.total_steps - r["epoch"] * 4) for r in h)
+    steps_run = sum(min(len(trainer.loaders["train"]), plan.total_steps - (r["epoch"] - 1) * 4) for r in h)
     assert plan.total_steps == steps_run and plan.total_steps > plan.PROBE_TO  # the plan was kept to the step
     assert h[-1]["budget_progress"] == pytest.approx(1.0)
     assert h[-1]["lr"] == pytest.approx(0.001)  # the schedule completed: the last step ran at lr_min
@@ -96,7 +99,7 @@ def test_a_budgeted_run_resumes_with_the_time_it_had_spent(tmp_path):
         trainer.run_training()
     handle.remove()
     saved = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=False)
-    assert saved["epoch"] == 3 and saved["budget"]["total_steps"] > 0 and saved["budget"]["spent_s"] > 0
+    assert saved["epoch"] == 4 and saved["budget"]["total_steps"] > 0 and saved["budget"]["spent_s"] > 0
     again = Trainer(TrainConfig(**{**_budget_cfg(tmp_path, budget="6s").to_json()}), resume=True)
     again.open_run()
     assert again.clock.plan.spent_s == pytest.approx(saved["budget"]["spent_s"]) and again.start_epoch == 4

@@ -32,7 +32,7 @@ def test_search_end_to_end(method, order, space, tmp_path, capsys):
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["epoch"] for r in epochs] == [1, 2]
     assert epochs[0]["arch_loss"] is None and epochs[1]["arch_loss"] > 0  # warm-up, then arch steps
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == method and config["order"] == order

@@ -102,7 +102,7 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(kind, method, epoch, 
     monkeypatch.undo()
     assert signal.getsignal(signum) is signal.SIG_DFL  # the run's handler is gone with the run
     state = load_checkpoint(cut / "checkpoint.pt", kind)
-    assert state["epoch"] == epoch - 1 and state["mid_epoch"]["epoch"] == epoch
+    assert state["epoch"] == epoch and state["mid_epoch"]["epoch"] == epoch  # finished epochs; the one under way
     assert state["mid_epoch"]["step"] == step  # the signal's own step is the boundary it stops at
 
     again = make(cut, resume=True)
@@ -117,7 +117,7 @@ def test_signal_in_the_last_step_stops_after_the_epoch(tmp_path, monkeypatch):
     with pytest.raises(Preempted, match="after epoch 1,"):
         _search(tmp_path / "run").run_search()
     state = load_checkpoint(tmp_path / "run/checkpoint.pt", "search")
-    assert state["epoch"] == 0 and "mid_epoch" not in state
+    assert state["epoch"] == 1 and "mid_epoch" not in state
 
 
 def test_truncate_keeps_the_steps_of_a_mid_epoch_checkpoint(tmp_path):
@@ -235,7 +235,7 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
-    assert [r["epoch"] for r in RunDir(tmp_path / "run").metrics("epoch")] == [0, 1]
+    assert [r["epoch"] for r in RunDir(tmp_path / "run").metrics("epoch")] == [1, 2]
 
 
 @pytest.mark.parametrize("kind", ["search", "train"])

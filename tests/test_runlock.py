@@ -83,7 +83,7 @@ def test_a_second_writer_is_refused_by_name_and_a_killed_ones_lock_is_taken_over
     finally:
         proc.kill()
         proc.wait()
-    assert [r["epoch"] for r in RunDir(out).metrics("epoch")] == [0]
+    assert [r["epoch"] for r in RunDir(out).metrics("epoch")] == [1]
     assert not (out / LOCK_FILE).exists()
 
 

@@ -73,7 +73,7 @@ def test_a_killed_workers_run_is_taken_over_and_finishes_once(tmp_path):
     try:
         deadline = time.monotonic() + 300
         while first.poll() is None and time.monotonic() < deadline:
-            steps = [r for r in RunDir(run).metrics(None) if r["kind"] == "step" and r["epoch"] == 1]
+            steps = [r for r in RunDir(run).metrics(None) if r["kind"] == "step" and r["epoch"] == 2]
             if steps and (run / "checkpoint.pt").exists():  # mid-run: an epoch saved, the next under way
                 os.kill(first.pid, signal.SIGKILL)
                 break
@@ -89,7 +89,7 @@ def test_a_killed_workers_run_is_taken_over_and_finishes_once(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "search clr-s0 (method clr, seed 0): resuming from its checkpoint" in second.stdout
     records = RunDir(run).metrics(None)
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]  # exactly once
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]  # exactly once
     steps = [(r["epoch"], r["step"]) for r in records if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and len(steps) == 8
     assert list(_rows(out)) == ["clr-s0"]
@@ -155,4 +155,4 @@ def test_sigterm_to_a_worker_saves_its_run_mid_epoch_and_the_next_worker_continu
     second = subprocess.run(_bnas("--worker", str(out)), capture_output=True, text=True, env=ENV, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     steps = [(r["epoch"], r["step"]) for r in RunDir(run).metrics(None) if r["kind"] == "step"]
-    assert steps == [(0, s) for s in range(1, 7)]  # 48 images per search split, batch 8: none lost, none twice
+    assert steps == [(1, s) for s in range(1, 7)]  # 48 images per search split, batch 8: none lost, none twice

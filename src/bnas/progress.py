@@ -85,7 +85,7 @@ class Reporter:
     def epoch_done(self, rec: dict[str, Any], genotype) -> None:
         if self.quiet:
             return
-        parts = [f"epoch {rec['epoch'] + 1:>3}", f"train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"]
+        parts = [f"epoch {rec['epoch']:>3}", f"train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"]
         if rec.get("arch_loss") is not None:
             parts.append(f"arch loss {rec['arch_loss']:.3f}")
         if rec.get("valid_acc") is not None:
@@ -117,6 +117,24 @@ class Reporter:
             )
         if genotype is not None:
             lines.append(genotype.describe())
+        if "budget" in summary:
+            b = summary["budget"]
+            lines.append(f"budget {b['budget_s']:.0f} s: {b['epochs']:.2f} epochs ({b['total_steps']} steps) planned "
+                         f"from {b['step_s'] * 1000:.0f} ms/step, {b['wall_s']:.0f} s used")  # fmt: skip
+        if "arch_lr_auto" in summary:
+            a = summary["arch_lr_auto"]
+            lines.append(
+                f"--arch-lr auto: {a['arch_lr']:.3g} (summed architecture lr {a['sum']:.3g}, the paper search's)"
+            )
+        decision = summary.get("decision")
+        if decision:
+            margins = ", ".join(f"{k} {v['op_margin']:.3f}" for k, v in decision["cells"].items())
+            lines.append(
+                f"architecture {'settled' if decision['settled'] else 'NOT settled'}: mean op margin {margins}; "
+                f"genotype stable over {decision['stable']:.0%} of the last fifth"
+            )
+            if not decision["settled"]:
+                lines.append(decision["advice"])
         run_dir = summary.get("run_dir")
         lines.append(f"run directory: {run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
         self.print("\n".join(lines))  # the next commands are the command line's (commands/_hints.py)
@@ -168,7 +186,7 @@ def print_results(results: dict[str, Any], print_fn=print) -> None:
     if "selected_on_val" in results:
         s = results["selected_on_val"]
         lines.append(
-            f"selected on the validation split: epoch {s['epoch'] + 1} (val top-1 {s['val_top1']:.4f}), "
+            f"selected on the validation split: epoch {s['epoch']} (val top-1 {s['val_top1']:.4f}), "
             f"test top-1 {s['test_top1']:.4f}"
         )
     lines.append(f"run directory: {results['run_dir']} (results.json, metrics.jsonl, checkpoint.pt)")

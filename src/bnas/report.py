@@ -17,6 +17,7 @@ from .plots import (
     alphas_figure,
     collapse_figure,
     curves_figure,
+    decision_figure,
     draw_genotype,
     load_run,
 )  # fmt: skip
@@ -49,6 +50,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, embed: bool
     figures: list[tuple[str, str, Any]] = [("curves", "Training curves", curves_figure(run))]
     if run.alphas:
         figures.append(("collapse", "Collapse diagnostics", collapse_figure(run)))
+    if any("decision" in r for r in run.epochs):
+        figures.append(("decision", "How decided the architecture is", decision_figure(run)))
         for cell in run.alphas[-1].get("alphas", {}):
             title = f"Alpha evolution: {CELL_TITLES.get(cell, cell)}"
             figures.append((f"alphas_{cell}", title, alphas_figure(run, cell)))
@@ -109,6 +112,9 @@ def _overview(run: RunData) -> dict[str, Any]:
         if run.genotype
         else "",
     }
+    decision = (run.summary or {}).get("decision")
+    if decision:
+        out["architecture"] = "settled" if decision["settled"] else decision.get("advice", "not settled")
     env = cfg.get("environment", {})
     if env:
         out["environment"] = ", ".join(f"{k} {v}" for k, v in env.items() if k in ("torch", "gpu", "processor", "host"))
@@ -129,7 +135,7 @@ def _epoch_table(epochs: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{k}</th>" for k in ["epoch", *keys, *(f"param-free {c}" for c in free), "seconds"])
     rows = []
     for r in epochs:
-        cells = [str(r["epoch"] + 1)]
+        cells = [str(r["epoch"])]
         cells += [f"{r[k]:.4g}" if isinstance(r.get(k), int | float) else "" for k in keys]
         cells += [str(r.get("parameter_free", {}).get(c, "")) for c in free]
         cells.append(f"{r.get('epoch_s', 0):.1f}")
@@ -144,13 +150,14 @@ def compare_row(run: RunData) -> dict[str, str]:
     """One run's line in `bnas compare`: final-epoch figures only (never a best epoch)."""
     cfg, last = run.config, (run.epochs[-1] if run.epochs else {})
     total = cfg.get("epochs", "?")
-    done = last.get("epoch", -1) + 1
+    done = last.get("epoch", 0)
     free = ""
     if run.genotype is not None:
         free = "/".join(str(v) for v in run.genotype.parameter_free().values())
     seconds = (run.summary or {}).get("search_s") or (run.summary or {}).get("train_s")
     seconds = seconds if seconds is not None else sum(r.get("epoch_s", 0.0) for r in run.epochs)
     final = (run.summary or {}).get("final_epoch", {})
+    decision = (run.summary or {}).get("decision")
 
     def pct(v: Any) -> str:
         return f"{100 * v:.2f}" if isinstance(v, int | float) else ""
@@ -162,6 +169,7 @@ def compare_row(run: RunData) -> dict[str, str]:
         "dataset": str(cfg.get("dataset", "")),
         "epochs": f"{done}/{total}" + ("" if run.summary else " (running or stopped)"),
         "param_free": free,
+        "settled": "" if not decision else ("yes" if decision["settled"] else "no"),
         "train_acc": pct(last.get("train_acc")),
         "valid_acc": pct(last.get("valid_acc")),
         "test_acc": pct(final.get("test_top1")),
@@ -184,6 +192,7 @@ COMPARE_COLUMNS = {
     "dataset": "data set",
     "epochs": "epochs",
     "param_free": "param-free ops/cell",
+    "settled": "settled",
     "train_acc": "train acc %",
     "valid_acc": "valid acc %",
     "test_acc": "test acc %",

@@ -3,9 +3,10 @@
 Layout of a run directory:
   config.json        the fully resolved configuration (enough to rerun), with versions and hardware
   metrics.jsonl      one JSON object per line ("kind": "epoch" or "step")
-  alphas.jsonl       searches: the softmaxed op weights of every edge per epoch (epoch -1 = initial)
+  alphas.jsonl       searches: the softmaxed op weights of every edge per epoch (epoch 0 = initial)
   checkpoint.pt      the last complete epoch, written to a temp file, fsync'ed, then renamed
-  genotype.json      the current genotype (searches), genotypes/epoch_NNN.json per epoch
+  genotype.json      the current genotype (searches), genotypes/epoch_NNN.json per epoch (epochs are numbered
+                     from 1 in every file, record and message; alphas.jsonl's epoch 0 is the starting point)
   tb/                TensorBoard scalars of the epoch records, when tensorboard is installed
   summary.json       written when the run ends
   run.lock           while a process writes the run: its pid, host, command and start (`RunLock`)

@@ -309,8 +309,8 @@ class Trainer:
             val = self.evaluate("val")
             stats.update(valid_loss=val["loss"], valid_acc=val["top1"], valid_top5=val["top5"])
             if self.best_val is None or val["top1"] > self.best_val["top1"]:
-                self.best_val = {"epoch": epoch, **val}
-                self._save_weights(self.run.path / "best.pt", epoch)
+                self.best_val = {"epoch": epoch + 1, **val}
+                self._save_weights(self.run.path / "best.pt", epoch + 1)
 
     def epoch_records(self, run: RunDir, epoch: int, record: dict[str, Any]) -> None:
         return None  # a training's epoch is its metrics line

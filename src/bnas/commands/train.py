@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(dumps(res))
     else:
         print(
-            f"{res['checkpoint']} (epoch {res['epoch'] + 1}) on the {res['split']} split, {res['images']} images: "
+            f"{res['checkpoint']} (epoch {res['epoch']}) on the {res['split']} split, {res['images']} images: "
             f"top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f}, loss {res['loss']:.4f}"
         )
     return 0
