@@ -3,11 +3,17 @@ parameters and MACs; the best genotype under a budget; the expected-cost penalty
 
 from __future__ import annotations
 
-import pytest
+import itertools
 
+import numpy as np
+import pytest
+import torch
+
+from bnas.constrained import BudgetError, best_within, derive_within, score
 from bnas.costs import Budget, Cost, CostModel, NetworkShape, format_count, parse_count
 from bnas.errors import ConfigError, GenotypeError
-from bnas.genotype import ZOO, CellGenotype, Genotype, get_genotype, sample_genotype
+from bnas.genotype import ZOO, CellGenotype, Genotype, derive, edge_op_scores, get_genotype, sample_genotype
+from bnas.ops import PRIMITIVES
 from bnas.space import count_macs, count_parameters
 
 SHAPES = [
@@ -67,3 +73,113 @@ def test_counts_parse_with_suffixes():
     assert b.limits == {"macs": 1_000_000} and b and not Budget()
     assert b.fits(Cost(10**9, 10**6)) and not b.fits(Cost(0, 10**6 + 1))
     assert format_count(3_338_074) == "3.34M"
+
+
+# ------------------------------------------------------------------------------ the best genotype under a budget
+
+
+@pytest.fixture(scope="module")
+def small_model() -> CostModel:
+    return CostModel.build(SHAPES[0])
+
+
+def _cheapest(model: CostModel, resource: str = "params") -> Cost:
+    """The cost of the cheapest genotype (the best score when the score is minus the cost)."""
+    scores = {k: -model.table(k, resource) for k in model.kinds}
+    return model.cost(best_within(scores, model, Budget(params=10**12)))
+
+
+def _alphas(seed: int, betas: bool):
+    gen = torch.Generator().manual_seed(seed)
+    a = [torch.randn(14, 8, generator=gen) for _ in range(2)]
+    b = [torch.randn(14, generator=gen) for _ in range(2)] if betas else None
+    return a, b
+
+
+@pytest.mark.parametrize("betas", [False, True])
+def test_without_a_binding_budget_the_derivation_is_derive(small_model, betas):
+    for seed in range(3):
+        a, b = _alphas(seed, betas)
+        g = derive(a, b)
+        assert derive_within(a, b, small_model, Budget()) == g
+        loose = Budget(params=small_model.cost(g).params, macs=small_model.cost(g).macs)
+        assert derive_within(a, b, small_model, loose) == g
+        # the exact search itself, asked with a budget every genotype meets, finds derive's genotype
+        scores = {k: edge_op_scores(x, None if b is None else b[i]) for i, (k, x) in enumerate(zip(("conv", "enh"), a))}
+        assert best_within(scores, small_model, Budget(params=10**12)) == g
+
+
+@pytest.mark.parametrize("betas", [False, True])
+def test_the_derivation_never_exceeds_a_feasible_budget(small_model, betas):
+    a, b = _alphas(7, betas)
+    unconstrained = small_model.cost(derive(a, b))
+    cheapest = _cheapest(small_model)
+    for frac in (0.2, 0.5, 0.8):
+        budget = Budget(params=int(cheapest.params + frac * (unconstrained.params - cheapest.params)))
+        g = derive_within(a, b, small_model, budget)
+        real = _measured(small_model.shape, g)
+        assert real.params <= budget.params and real == small_model.cost(g)
+    with pytest.raises(BudgetError, match=r"^no genotype fits the budget of .* the cheapest network of this space"):
+        derive_within(a, b, small_model, Budget(params=cheapest.params - 1))
+
+
+def _brute_force(model: CostModel, scores: dict[str, torch.Tensor], budget: Budget) -> float:
+    """The best score over every genotype the scores allow (finite entries), by enumeration."""
+    per_kind = []
+    for kind in model.kinds:
+        w = scores[kind].double().numpy()
+        node_options = []
+        for node in range(model.steps):
+            opts = []
+            for a, b in itertools.combinations(range(node + 2), 2):
+                for ca, cb in itertools.product(range(1, len(PRIMITIVES)), repeat=2):
+                    ra, rb = model.row(node, a), model.row(node, b)
+                    if np.isfinite(w[ra, ca]) and np.isfinite(w[rb, cb]):
+                        cost = [
+                            model.tables[kind][r][ra][ca] + model.tables[kind][r][rb][cb] for r in ("params", "macs")
+                        ]
+                        opts.append((cost, w[ra, ca] + w[rb, cb]))
+            node_options.append(opts)
+        per_kind.append(node_options)
+    groups = per_kind[0] + per_kind[1]
+    costs = np.zeros((1, 2), dtype=np.int64) + [model.fixed.params, model.fixed.macs]
+    total = np.zeros(1)
+    for opts in groups:  # every combination (the test keeps it to ~10^5)
+        c = np.array([o[0] for o in opts], dtype=np.int64)
+        s = np.array([o[1] for o in opts])
+        costs = (costs[:, None, :] + c[None]).reshape(-1, 2)
+        total = (total[:, None] + s[None]).reshape(-1)
+    ok = np.ones(len(total), dtype=bool)
+    for k, r in enumerate(("params", "macs")):
+        if getattr(budget, r) is not None:
+            ok &= costs[:, k] <= getattr(budget, r)
+    return float(total[ok].max()) if ok.any() else float("-inf")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_derivation_equals_brute_force_on_a_small_space(small_model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    # conv cell: two ops on every edge; enhancement cell: three allowed edges ops (node 0: one choice left)
+    conv = torch.full((14, 8), -torch.inf)
+    conv[:, [PRIMITIVES.index("sep_conv_5x5"), PRIMITIVES.index("skip_connect")]] = torch.rand(14, 2, generator=gen)
+    enh = torch.full((14, 8), -torch.inf)
+    for node in range(4):
+        r = small_model.row(node, 0)
+        enh[r : r + 2, PRIMITIVES.index("dil_conv_3x3")] = torch.rand(2, generator=gen)
+    enh[small_model.row(3, 4), PRIMITIVES.index("avg_pool_3x3")] = 0.5
+    scores = {"conv": conv, "enh": enh}
+    free = _brute_force(small_model, scores, Budget(params=10**12))
+    top = small_model.cost(best_within(scores, small_model, Budget(params=10**12)))
+    low = small_model.cost(best_within({k: -small_model.table(k, "params") + 0 * v for k, v in scores.items()},
+                                       small_model, Budget(params=10**12)))  # fmt: skip
+    assert free > 0
+    for budget in (
+        Budget(params=(low.params + top.params) // 2),
+        Budget(params=low.params + (top.params - low.params) // 5),
+        Budget(macs=(low.macs + top.macs) // 2),
+        Budget(params=(low.params + 2 * top.params) // 3, macs=(2 * low.macs + top.macs) // 3),
+    ):
+        want = _brute_force(small_model, scores, budget)
+        g = best_within(scores, small_model, budget)
+        assert budget.fits(small_model.cost(g))
+        assert score(g, scores, small_model) == pytest.approx(want, abs=1e-12)
