@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bnas.constrained import BudgetError, best_within, derive_within, score
-from bnas.costs import Budget, Cost, CostModel, NetworkShape, format_count, parse_count
+from bnas.costs import PENALTIES, Budget, Cost, CostModel, CostPenalty, NetworkShape, format_count, parse_count
 from bnas.errors import ConfigError, GenotypeError
 from bnas.genotype import ZOO, CellGenotype, Genotype, derive, edge_op_scores, get_genotype, sample_genotype
 from bnas.ops import PRIMITIVES
@@ -183,3 +183,46 @@ def test_the_derivation_equals_brute_force_on_a_small_space(small_model, seed):
         g = best_within(scores, small_model, budget)
         assert budget.fits(small_model.cost(g))
         assert score(g, scores, small_model) == pytest.approx(want, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ the penalty
+
+
+@pytest.mark.parametrize("form", list(PENALTIES))
+@pytest.mark.parametrize("betas", [False, True])
+def test_the_penalty_gradient_matches_finite_differences(small_model, form, betas):
+    a, b = _alphas(3, betas)
+    alphas = [x.double().requires_grad_() for x in a]
+    bs = [x.double().requires_grad_() for x in b] if betas else None
+    target = int(small_model.cost(derive(a, b)).params * 0.9)
+    pen = CostPenalty(small_model, "params", target, form)
+    loss = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
+    inputs = (loss, *alphas, *(bs or []))
+
+    def f(ce, *ab):
+        return pen(ce, ab[:2], ab[2:] if betas else None)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_the_expected_cost_is_the_genotypes_cost_at_one_hot_weights(small_model):
+    g = sample_genotype("bcnn", 5)
+    alphas, betas = [], []
+    for kind in small_model.kinds:
+        a, b = torch.full((14, 8), -40.0), torch.full((14,), -40.0)
+        for i, (op, src) in enumerate(g.cell(kind).edges):
+            r = small_model.row(i // 2, src)
+            a[r, PRIMITIVES.index(op)] = 40.0
+            b[r] = 0.0
+        alphas.append(a)
+        betas.append(b)
+    for resource in ("params", "macs"):
+        pen = CostPenalty(small_model, resource, 10**6)
+        assert pen.expected(alphas, betas).item() == pytest.approx(small_model.cost(g).get(resource), rel=1e-9)
+    # the forms at the target: no pull for the additive forms' value, factor 1 for mul-log
+    e = CostPenalty(small_model, "params", 10**6).expected(alphas, betas).item()
+    ce = torch.tensor(1.5)
+    assert CostPenalty(small_model, "params", round(e), "two-sided")(ce, alphas, betas).item() == pytest.approx(1.5)
+    assert CostPenalty(small_model, "params", round(e), "mul-log")(ce, alphas, betas).item() == pytest.approx(1.5)
+    with pytest.raises(ConfigError, match="--cost-penalty must be one of"):
+        CostPenalty(small_model, "params", 10, "square")

@@ -16,7 +16,9 @@ distinct (channels, stride, resolution). tests/test_costs.py checks `cost(g)` ag
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -269,3 +271,75 @@ class Budget:
 
     def to_json(self) -> dict:
         return {r: getattr(self, r) for r in RESOURCES}
+
+
+# ------------------------------------------------------------------------------------------------ penalty
+
+# form -> its published default weight. With E = the expected cost and T = the budget:
+#   mul-log    (ProxylessNAS' multiplicative form):  loss = CE * (log E / log T) ** w      (w = 0.6)
+#   add-linear (ProxylessNAS' additive form):        loss = CE + w * (E - T) / T          (w = 0.1)
+#   two-sided  (TF-NAS' latency loss):               loss = CE + w * |E / T - 1|          (w = 0.1)
+# The first two keep pushing the cost down below the budget (weakly: log E / log T is near 1); the two-sided one
+# pulls the expected cost towards the budget from both sides, so a search under a generous budget is not driven
+# to needlessly small cells.
+PENALTIES: dict[str, float] = {"mul-log": 0.6, "add-linear": 0.1, "two-sided": 0.1}
+
+
+class CostPenalty:
+    """The architecture loss under a budget: the expected cost of the derived network under the architecture
+    weights, in one of the forms of PENALTIES, as a differentiable function of the alphas (and betas).
+
+    Expected cost E = fixed + sum over cell types, edges e, operations o != none of
+    edge_weight[e] * p[e, o] * T[e, o], where p is the softmax of the edge's alphas over the operations derivation
+    can keep (`none` is never derived: its weight is left out rather than counted as free), and edge_weight is
+    what the edge counts for among the two edges derivation keeps per node: 2 x the softmax of the node's betas
+    (PC's edge normalisation), or 2 / (the node's number of edges) without betas. In the limit of one-hot op
+    weights and betas that split each node's weight evenly between two edges, E is that genotype's cost."""
+
+    def __init__(
+        self, model: CostModel, resource: str, target: int, form: str = "two-sided", weight: float | None = None
+    ):
+        if resource not in RESOURCES:
+            raise ConfigError(f"a penalty limits one of {', '.join(RESOURCES)}, got {resource!r}")
+        if form not in PENALTIES:
+            raise ConfigError(f"--cost-penalty must be one of {', '.join(PENALTIES)}, got {form!r}")
+        self.model, self.resource, self.target, self.form = model, resource, int(target), form
+        self.weight = PENALTIES[form] if weight is None else float(weight)
+        self.fixed = float(model.fixed.get(resource))
+        self._tables = {k: model.table(k, resource)[:, 1:] for k in model.kinds}  # without `none`
+        steps = model.steps
+        self._starts = [node * (node + 3) // 2 for node in range(steps)]
+        self._uniform = torch.cat(
+            [torch.full((node + 2,), 2.0 / (node + 2), dtype=torch.float64) for node in range(steps)]
+        )
+
+    def expected(self, alphas: Sequence[torch.Tensor], betas: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """E (float64, differentiable in the alphas and betas); alphas/betas in the cost model's cell-type order."""
+        total = torch.tensor(self.fixed, dtype=torch.float64, device=alphas[0].device)
+        for i, kind in enumerate(self.model.kinds):
+            a = alphas[i].double()
+            p = torch.softmax(a[:, 1:], dim=-1)
+            per_edge = (p * self._tables[kind].to(a.device)).sum(dim=1)
+            if betas is not None and betas[i] is not None:
+                b = betas[i].double()
+                w = torch.cat([2 * torch.softmax(b[s : s + n + 2], dim=-1) for n, s in enumerate(self._starts)])
+            else:
+                w = self._uniform.to(a.device)
+            total = total + (w * per_edge).sum()
+        return total
+
+    def __call__(
+        self, loss: torch.Tensor, alphas: Sequence[torch.Tensor], betas: Sequence[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The architecture loss with the penalty (in `loss`'s dtype)."""
+        e, t = self.expected(alphas, betas), float(self.target)
+        if self.form == "mul-log":
+            out = loss * (torch.log(e) / math.log(t)) ** self.weight
+        elif self.form == "add-linear":
+            out = loss + self.weight * (e - t) / t
+        else:
+            out = loss + self.weight * torch.abs(e / t - 1)
+        return out.to(loss.dtype)
+
+    def describe(self) -> str:
+        return f"{self.form} penalty (weight {self.weight:g}) towards {format_count(self.target)} {self.resource}"
