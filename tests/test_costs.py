@@ -226,3 +226,60 @@ def test_the_expected_cost_is_the_genotypes_cost_at_one_hot_weights(small_model)
     assert CostPenalty(small_model, "params", round(e), "mul-log")(ce, alphas, betas).item() == pytest.approx(1.5)
     with pytest.raises(ConfigError, match="--cost-penalty must be one of"):
         CostPenalty(small_model, "params", 10, "square")
+
+
+@pytest.mark.parametrize(("order", "edge_norm"), [(1, False), (1, True), (2, True)])
+def test_the_architecture_step_adds_the_penalty_by_the_chain_rule(small_model, order, edge_norm):
+    from bnas.architect import Architect, ArchitectOptions
+    from bnas.optim import SGD
+    from bnas.space import SpaceConfig, SuperNet
+
+    torch.manual_seed(0)
+    k = 4 if edge_norm else 1
+    model = SuperNet(SpaceConfig(channels=4, num_classes=3, partial_k=k, edge_norm=edge_norm)).double()
+    w_opt = SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    g = torch.Generator().manual_seed(1)
+    xt, xv = (torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    yt, yv = (torch.randint(0, 3, (4,), generator=g) for _ in range(2))
+    opts = ArchitectOptions(order=order, hvp="exact")
+    plain, ce = Architect(model, opts, w_opt).gradients(xt, yt, xv, yv, eta=0.1)
+    kinds = model.cell_types
+    arch = model.arch_parameters()
+    for form in ("add-linear", "mul-log"):
+        pen = CostPenalty(small_model, "params", 90_000, form, weight=0.5)
+        with_pen, ce2 = Architect(model, opts, w_opt, penalty=pen).gradients(xt, yt, xv, yv, eta=0.1)
+        assert torch.allclose(ce, ce2)
+        c = ce.detach().requires_grad_()
+        alphas = [model.arch[f"alpha_{k}"] for k in kinds]
+        betas = [model.arch[f"beta_{k}"] for k in kinds] if edge_norm else None
+        d_ce, *d_own = torch.autograd.grad(pen(c, alphas, betas), [c, *arch])
+        for p_, w_, own in zip(plain, with_pen, d_own, strict=True):
+            assert torch.allclose(w_, d_ce * p_ + own, atol=1e-10)
+        assert not torch.allclose(with_pen[0], plain[0])
+
+
+# ------------------------------------------------------------------------------------ random cells under a budget
+
+
+def test_sampling_under_a_budget_draws_uniformly_among_the_genotypes_that_fit(small_model):
+    from bnas.constrained import sample_within
+
+    # without a budget (or a loose one): exactly sample_genotype's draw
+    for seed in range(3):
+        assert sample_within(small_model, Budget(), seed) == sample_genotype("bcnn", seed)
+        assert sample_within(small_model, Budget(params=10**9), seed) == sample_genotype("bcnn", seed)
+    costs = sorted(small_model.cost(sample_genotype("bcnn", s)).params for s in range(200))
+    median = Budget(params=costs[100])
+    drawn = [sample_within(small_model, median, seed) for seed in range(40)]
+    assert all(median.fits(small_model.cost(g)) for g in drawn)
+    assert len(set(drawn)) == 40  # distinct draws, reproducible by seed
+    assert sample_within(small_model, median, 3) == drawn[3]
+    # uniform among those that fit: the draws that fit at once are sample_genotype's own
+    first_fit = [s for s in range(40) if median.fits(small_model.cost(sample_genotype("bcnn", s)))]
+    assert all(drawn[s] == sample_genotype("bcnn", s) for s in first_fit)
+    # nothing fits: the exact minimum says so; fits, but too rarely to draw: says that
+    cheapest = _cheapest(small_model)
+    with pytest.raises(BudgetError, match="no genotype fits the budget"):
+        sample_within(small_model, Budget(params=cheapest.params - 1))
+    with pytest.raises(BudgetError, match="none of 50 random genotypes fits"):
+        sample_within(small_model, Budget(params=cheapest.params), tries=50)

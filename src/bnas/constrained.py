@@ -211,14 +211,14 @@ def sample_within(model: CostModel, budget: Budget, seed: int = 0, tries: int = 
     space = model.shape.space
     if space not in CELL_NAMES:
         raise ValueError(space)
+    if budget:  # refuse at once when nothing fits at all (the exact search of the cheapest fit)
+        flat = {kind: torch.zeros(len(model.tables[kind]["params"]), len(PRIMITIVES)) for kind in model.kinds}
+        best_within(flat, model, budget)
     rng = random.Random(f"bnas-genotype-{space}-{seed}")  # sample_genotype's stream
     for _ in range(tries):
         g = Genotype(sample_cell(rng, model.steps), sample_cell(rng, model.steps), space)
         if not budget or budget.fits(model.cost(g)):
             return g
-    # nothing drawn fits: say whether anything does
-    flat = {kind: torch.zeros(len(model.tables[kind]["params"]), len(PRIMITIVES)) for kind in model.kinds}
-    best_within(flat, model, budget)  # raises when nothing fits at all
     raise BudgetError(
         f"none of {tries:,} random genotypes fits the budget of {budget.describe()}: too few of the space's "
         "genotypes fit to draw one uniformly; raise the budget"
