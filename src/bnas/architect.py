@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,6 @@ from .errors import ConfigError
 from .optim import SGD
 from .runtime import StepResult, guarded_step, make_adam, upcast
 from .space import SuperNet
-
-if TYPE_CHECKING:
-    from .costs import CostPenalty
 
 
 def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
@@ -65,10 +62,10 @@ class Architect:
 
     def __init__(
         self, model: SuperNet, options: ArchitectOptions | Any, w_optimizer: SGD, autocast=None, scaler=None,
-        penalty: CostPenalty | None = None,
+        penalty: Any = None,
     ):  # fmt: skip
         self.model = model
-        self.penalty = penalty  # a budget's cost term in the architecture loss (costs.CostPenalty), or None
+        self.penalty = penalty  # costs.CostPenalty: a budget's cost term in the architecture loss; or None
         opts = options if isinstance(options, ArchitectOptions) else ArchitectOptions.from_config(options)
         self.options = opts
         self.w_optimizer = w_optimizer
