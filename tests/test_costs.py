@@ -283,3 +283,25 @@ def test_sampling_under_a_budget_draws_uniformly_among_the_genotypes_that_fit(sm
         sample_within(small_model, Budget(params=cheapest.params - 1))
     with pytest.raises(BudgetError, match="none of 50 random genotypes fits"):
         sample_within(small_model, Budget(params=cheapest.params), tries=50)
+
+
+def test_the_trained_shape_is_the_training_recipes_network():
+    from bnas.costs import trained_shape
+
+    assert trained_shape("bcnn") == NetworkShape()
+    darts = trained_shape("darts", "fashion-mnist")
+    assert (darts.channels, darts.layers, darts.in_channels, darts.size) == (36, 20, 1, 28)
+    assert trained_shape("bcnn", "cifar10", channels=16, layers=2).channels == 16
+    with pytest.raises(ConfigError, match="give image_size"):
+        trained_shape("bcnn", "folder")
+
+
+def test_a_budget_penalty_applies_one_term_per_limit(small_model):
+    from bnas.costs import BudgetPenalty
+
+    a, b = _alphas(0, True)
+    both = BudgetPenalty(small_model, Budget(params=90_000, macs=3_000_000), "add-linear", 0.5)
+    ce = torch.tensor(1.0)
+    e = both.expected(a, b)
+    want = 1.0 + 0.5 * (e["params"] - 90_000) / 90_000 + 0.5 * (e["macs"] - 3_000_000) / 3_000_000
+    assert both(ce, a, b).item() == pytest.approx(want, rel=1e-6)

@@ -77,6 +77,35 @@ class NetworkShape:
         return dict(self.__dict__)
 
 
+def trained_shape(
+    space: str, dataset: str = "cifar10", *, num_classes: int | None = None, in_channels: int | None = None,
+    size: int | None = None, stem: str | None = None, channels: int | None = None, layers: int | None = None,
+    enhance: int | None = None, blocks: int = 2,
+) -> NetworkShape:  # fmt: skip
+    """The network `bnas train` builds by default for a genotype of `space` on `dataset` (the data set's recipe,
+    then the space's: bcnn C=48, N=6, E=2; darts C=36, 20 cells), with whatever is given instead."""
+    import dataclasses
+
+    from .data.registry import get_entry
+    from .recipes import DARTS_SPACE
+    from .train_config import TrainConfig
+
+    entry = get_entry(dataset)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    values = {k: defaults[k] for k in ("init_channels", "layers", "enhance_cells")}
+    values.update({k: v for k, v in entry.train_defaults.items() if k in values})
+    if space == "darts":
+        values.update({k: v for k, v in DARTS_SPACE.items() if k in values})
+    size = size or entry.size
+    if not size:
+        raise ConfigError(f"the trained network's input size on {dataset} depends on its images: give image_size")
+    return NetworkShape(
+        space, channels or values["init_channels"], layers or values["layers"], blocks,
+        enhance or values["enhance_cells"], num_classes or entry.num_classes, in_channels or entry.in_channels,
+        size, stem or entry.stem,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class CellSite:
     """One cell of the network: its type, channels per node, whether it reduces, its inputs' and its nodes'
@@ -343,3 +372,23 @@ class CostPenalty:
 
     def describe(self) -> str:
         return f"{self.form} penalty (weight {self.weight:g}) towards {format_count(self.target)} {self.resource}"
+
+
+class BudgetPenalty:
+    """One CostPenalty per limited resource of a budget, applied in turn (additive terms add up; mul-log factors
+    multiply): what a search's architecture loss gets (`Architect(penalty=...)`)."""
+
+    def __init__(self, model: CostModel, budget: Budget, form: str = "two-sided", weight: float | None = None):
+        self.parts = [CostPenalty(model, r, v, form, weight) for r, v in budget.limits.items()]
+
+    def __call__(self, loss: torch.Tensor, alphas, betas=None) -> torch.Tensor:
+        for part in self.parts:
+            loss = part(loss, alphas, betas)
+        return loss
+
+    def expected(self, alphas, betas=None) -> dict[str, float]:
+        """The expected cost per limited resource (for records)."""
+        return {p.resource: float(p.expected(alphas, betas)) for p in self.parts}
+
+    def describe(self) -> str:
+        return "; ".join(p.describe() for p in self.parts)
