@@ -43,3 +43,14 @@ def test_a_file_that_is_not_a_table_is_one_sentence(tmp_path):
         LatencyTable.load(bad)
     with pytest.raises(ConfigError, match="cannot read latency table"):
         LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_bnas_latency_table_writes_a_table(tmp_path, capsys):
+    from bnas.cli import main
+
+    out = tmp_path / "t.json"
+    argv = ["latency-table", "--init-channels", "4", "--layers", "2", "--enhance-cells", "1", "--image-size", "8",
+            "--repeats", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = LatencyTable.load(out)
+    assert table.shape == SHAPE and table.batch == 1 and "wrote" in capsys.readouterr().out
