@@ -18,8 +18,10 @@ plain cells, channels-last on, both methods, order 1); a real search epoch of CL
 evaluation); and the projected wall time of a 50-epoch CIFAR-10 CLR search. With `--dry-run` (CPU, batch 4,
 C=4, 1-2 steps, gloo) every check but a subset of the benchmarks runs, in under a minute; the compiled
 benchmarks are left out there (the worker would compile with the eager backend, but dynamo's tracing of a
-supernet alone takes 20 s on this CPU). tests/test_gpu_check.py runs it. The exit status is 0 whenever the
-files were written: a failed check is a finding in them, not a crash.
+supernet alone takes 20 s on this CPU). A dry run runs under the CUDA runtime profile forced on the CPU
+(`BNAS_PROFILE=cuda` unless set otherwise, bnas/profile.py): the GPU's fused optimizers, bf16 autocast with the
+plain cells and no native kernel, as a GPU run resolves them. tests/test_gpu_check.py runs it. The exit status
+is 0 whenever the files were written: a failed check is a finding in them, not a crash.
 """
 
 from __future__ import annotations
@@ -238,6 +240,7 @@ def _one_line(exc: BaseException) -> str:
 def check_environment(ctx: Ctx) -> dict[str, Any]:
     """What every figure is paired with: the GPU, the CUDA stack and the numerics switches."""
     from bnas.bench import device_name
+    from bnas.profile import ENV, resolve_profile
 
     def flag(get: Callable[[], Any]) -> Any:
         with warnings.catch_warnings():
@@ -261,6 +264,8 @@ def check_environment(ctx: Ctx) -> dict[str, Any]:
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cpu_threads": torch.get_num_threads(),
         "commit": _git_commit(),
+        # what a run here resolves to (bnas.profile): the device's own, or the one $BNAS_PROFILE forces
+        "profile": resolve_profile(ctx.device).record() | {"forced_by": os.environ.get(ENV) or None},
     }
     if ctx.device.type == "cuda":
         props = torch.cuda.get_device_properties(ctx.device)
@@ -371,7 +376,10 @@ def check_sync(ctx: Ctx, method: str, order: int) -> dict[str, Any]:
     if dev.type == "cuda":  # warm-up outside the debug mode: first-call allocations, cuDNN handles
         searcher.train_epoch(0, _NoBar())
         _sync(dev)
-    out: dict[str, Any] = {"amp": searcher.amp_mode, "steps": len(searcher.train_loader), "checked": dev.type == "cuda"}
+    profile = searcher.profile
+    out: dict[str, Any] = {"profile": profile.name, "optimizer": profile.optimizer, "cells": profile.cells,
+                           "amp": searcher.amp_mode, "steps": len(searcher.train_loader),
+                           "checked": dev.type == "cuda"}  # fmt: skip
     for phase, call in (("train", lambda: searcher.train_epoch(1, _NoBar())), ("eval", searcher.evaluate)):
         try:
             _sync_debug("error", dev)
@@ -727,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         _dist_worker(args.backend)
         return 0
 
+    if args.dry_run:  # the GPU's code path on the CPU, in this process and the children (Ctx.env)
+        os.environ.setdefault("BNAS_PROFILE", "cuda")
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.is_available() and not args.dry_run

@@ -16,6 +16,7 @@ def _run(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     path = os.environ.get("PYTHONPATH", "")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + (os.pathsep + path if path else ""))
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("BNAS_PROFILE", None)  # the dry run's own choice
     cmd = [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -47,6 +48,12 @@ def test_dry_run_exercises_every_check(tmp_path):
     assert tr["eval"]["images"] > 0 and tr["eval_equals_results"]
     assert checks["dist_allreduce"]["result"]["backend"] == "gloo"
     assert checks["projection"]["result"]["minutes"] > 0
+    # the dry run takes the CUDA profile's code path on the CPU (bnas/profile.py)
+    profile = checks["environment"]["result"]["profile"]
+    assert (profile["profile"], profile["optimizer"], profile["amp"], profile["native_kernel"]) == (
+        "cuda", "torch-fused", "bf16", False)  # fmt: skip
+    sync = checks["sync_clr_o1"]["result"]
+    assert (sync["profile"], sync["optimizer"], sync["cells"], sync["amp"]) == ("cuda", "torch-fused", "plain", "bf16")
 
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| check | status | s | result |" in md and "| benchmark | status |" in md

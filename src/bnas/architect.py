@@ -18,8 +18,8 @@ from torch.func import functional_call
 from . import fast
 from .dist import all_reduce_mean
 from .errors import ConfigError
-from .optim import SGD
-from .runtime import StepResult, guarded_step, make_adam, upcast
+from .optim import SGD, adam_like
+from .runtime import StepResult, guarded_step, upcast
 from .space import SuperNet
 
 
@@ -74,9 +74,8 @@ class Architect:
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
         if self.scaler.is_enabled() and opts.order == 2:
             raise ConfigError("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off")
-        device = model.arch_parameters()[0].device
-        self.optimizer = make_adam(
-            model.arch_parameters(), device, lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay
+        self.optimizer = adam_like(  # of the weight optimizer's kind (the run's profile: bnas or fused)
+            w_optimizer, model.arch_parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay
         )
 
     def set_lr(self, lr: float) -> None:

@@ -60,12 +60,14 @@ class _Optimizer:
         self.state = {}
         for i, s in state_dict["state"].items():
             p = by_index[int(i)]
-            self.state[p] = {
-                k: v.to(device=p.device, dtype=p.dtype if k != "step" else v.dtype) if torch.is_tensor(v) else v
+            self.state[p] = {  # the step count on the CPU, as torch's non-fused optimizers keep it
+                k: (v.to(device=p.device, dtype=p.dtype) if k != "step" else v.detach().to("cpu"))
+                if torch.is_tensor(v)
+                else v
                 for k, v in s.items()
             }
-        for group, saved in zip(self.param_groups, groups, strict=True):
-            group.update({k: v for k, v in saved.items() if k != "params"})
+        for group, saved in zip(self.param_groups, groups, strict=True):  # a fused optimizer's flags are not ours
+            group.update({k: v for k, v in saved.items() if k in self.defaults})
 
 
 def _masked_copy_(dst: list[torch.Tensor], new: list[torch.Tensor], mask: torch.Tensor) -> None:
@@ -169,13 +171,76 @@ class Adam(_Optimizer):
                         torch.where(mask, now, before, out=now)
 
 
+_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")  # how torch.optim computes, not what
+
+
+def _own_flags(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state dict from any SGD/Adam (bnas.optim's, torch.optim's fused or not) made loadable here: torch.optim
+    takes the saved groups' flags as its own (a bnas checkpoint would silently turn `fused` off) and keeps
+    the step count where the saved flags say, so this optimizer's flags go into the groups first."""
+    groups = [
+        {**saved, **{k: group[k] for k in _IMPLEMENTATION if k in group}}
+        for saved, group in zip(state_dict["param_groups"], optimizer.param_groups, strict=False)
+    ]
+    return {**state_dict, "param_groups": groups}
+
+
+class FusedSGD(torch.optim.SGD):
+    """torch.optim.SGD(fused=True) (the CUDA profile): one kernel for all parameters, skipped on the device
+    through `found_inf` (`masked_step`), and loading the state of a run under the other profile."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        # torch's fused SGD makes missing momentum buffers with empty_like and fills them in its kernel: a
+        # first step skipped through found_inf would leave them uninitialised. Zeros give the same first step
+        # (momentum * 0 + d_p), as bnas.optim.SGD starts.
+        for group in self.param_groups:
+            if group["momentum"] != 0:
+                for p in group["params"]:
+                    if p.grad is not None and self.state[p].get("momentum_buffer") is None:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return super().step(closure)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(_own_flags(self, state_dict))
+
+
+class FusedAdam(torch.optim.Adam):
+    """torch.optim.Adam(fused=True) (the CUDA profile); a skipped step (found_inf) is not counted."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(_own_flags(self, state_dict))
+
+
+def adam_like(optimizer, params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float], weight_decay: float):
+    """An Adam of the same kind as `optimizer` (the run's weight SGD, chosen by its runtime profile): fused
+    with a fused one, bnas.optim's otherwise."""
+    if isinstance(optimizer, torch.optim.Optimizer) and optimizer.param_groups[0].get("fused"):
+        return FusedAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    return Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
 def masked_step(optimizer, mask: torch.Tensor) -> None:
     """optimizer.step() where the 0-dim bool `mask` is True, decided on the device where possible: bnas'
-    optimizers mask their update; torch.optim's fused ones (CUDA) skip through their `found_inf` input, as
-    under a GradScaler; torch.optim's others cannot be masked, and cost one host read (bench --torch-optim)."""
+    optimizers mask their update; torch.optim's fused ones (the CUDA profile) skip through their `found_inf`
+    input, as under a GradScaler; torch.optim's others cannot be masked, and cost one host read (bench
+    --torch-optim)."""
     if isinstance(optimizer, _Optimizer):
         optimizer.step(mask=mask)
-    elif optimizer.defaults.get("fused"):
+    elif all(g.get("fused") for g in optimizer.param_groups):
         optimizer.found_inf = (~mask).to(torch.float32)
         try:
             optimizer.step()

@@ -31,16 +31,12 @@ from .budget import BudgetClock, BudgetPlan, parse_duration
 from .cells import Cell
 from .dist import NullRun, is_main
 from .errors import non_finite
+from .profile import RuntimeProfile, resolve_profile
 from .runs import RunDir
 from .runtime import (
     Tally,
-    autocast_factory,
     compile_regions,
     cosine_lr,
-    device_defaults,
-    grad_scaler,
-    make_sgd,
-    optimizer_kind,
     pick_device,
     read_log_point,
     set_deterministic,
@@ -64,24 +60,26 @@ def setup(seed: int, device: str, deterministic: bool = False, threads: int = 0)
 
 @dataclass
 class DeviceParts:
-    """Every device-dependent decision of a run, resolved once by `device_parts`: mixed precision, loss
-    scaling, memory format, optimizer kind, GPU defaults, compilation. config.json "runtime" records them."""
+    """What a run builds from its runtime profile (bnas.profile: every device-dependent decision, resolved
+    once by `device_parts`): mixed precision, loss scaling, memory format, optimizers, compilation.
+    config.json "runtime" records the profile."""
 
     device: torch.device
     autocast: Callable[[], Any]  # a context-manager factory (mixed precision, or a null context)
     amp_mode: str  # off | bf16 | fp16
     channels_last: bool
-    optimizer: str  # bnas | torch-fused (CUDA) | torch (bench --torch-optim: torch.optim's plain ones)
-    defaults: dict[str, object]  # cudnn_benchmark, tf32: what device_defaults set
+    optimizer: str  # bnas | torch-fused (the CUDA profile) | torch (bench --torch-optim: torch.optim's plain ones)
+    defaults: dict[str, object]  # cudnn_benchmark, tf32: what the profile set
+    profile: RuntimeProfile
 
     def sgd(self, params, lr: float, momentum: float, weight_decay: float):
         if self.optimizer == "torch":
             return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        return make_sgd(params, self.device, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return self.profile.sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     def scaler(self) -> torch.amp.GradScaler:
         """A loss scaler of its own for each loss (fp16; disabled otherwise)."""
-        return grad_scaler(self.amp_mode, self.device)
+        return self.profile.grad_scaler()
 
     def place(self, model: nn.Module, compile: str = "off", regions: nn.Module | None = None) -> nn.Module:
         """The network on the device, in its memory format, its cells compiled in place (`regions`: the module
@@ -94,12 +92,27 @@ class DeviceParts:
         return model
 
 
-def device_parts(device: torch.device, amp: str, channels_last: str, deterministic: bool = False) -> DeviceParts:
-    """Resolve the device-dependent switches once (channels-last auto = on: faster on GPUs and, for these
+def device_parts(
+    device: torch.device,
+    amp: str,
+    channels_last: str,
+    deterministic: bool = False,
+    *,
+    fast: bool | None = None,
+    compile: str = "off",
+    kind: str = "search",
+) -> DeviceParts:
+    """Resolve the run's runtime profile once (bnas.profile; $BNAS_PROFILE=cuda forces the GPU's on a CPU),
+    apply its process-wide switches, and give its parts (channels-last auto = on: faster on GPUs and, for these
     convolutions, on CPUs; docs/benchmarks.md)."""
-    defaults = device_defaults(device, deterministic)
-    autocast, mode = autocast_factory(amp, device)
-    return DeviceParts(device, autocast, mode, channels_last != "off", optimizer_kind(device), defaults)
+    profile = resolve_profile(
+        device, kind=kind, amp=amp, channels_last=channels_last, deterministic=deterministic, fast=fast,
+        compile=compile,
+    ).apply()  # fmt: skip
+    defaults = {"cudnn_benchmark": profile.cudnn_benchmark, "tf32": profile.tf32}
+    return DeviceParts(
+        device, profile.autocast, profile.amp, profile.channels_last, profile.optimizer, defaults, profile
+    )
 
 
 # --------------------------------------------------------------------------------------------- schedule

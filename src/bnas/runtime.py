@@ -1,5 +1,6 @@
-"""The runtime every long command shares (search, train, bench): device, mixed precision and loss scaling,
-the weight step, the learning-rate schedule, seeding and accuracy. It knows no network and no method."""
+"""The runtime every long command shares (search, train, bench): device, loss scaling, the weight step, the
+learning-rate schedule, seeding and accuracy. It knows no network and no method. Which optimizers, mixed
+precision, cells and backend switches a device gets is decided once per run in its profile (profile.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from .dist import all_reduce_mean, rank_world
 from .errors import ConfigError
-from .optim import SGD, Adam, masked_step
+from .optim import masked_step
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float, warmup: int = 0) -> float:
@@ -47,37 +48,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def device_defaults(device: torch.device, deterministic: bool = False) -> dict[str, object]:
-    """The GPU defaults, set here once per run and returned for config.json: cuDNN autotuning (unless
-    --deterministic), TF32 matrix products and convolutions. A CPU run changes nothing."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matrix products
-    return {
-        "cudnn_benchmark": device.type == "cuda" and torch.backends.cudnn.benchmark,
-        "tf32": device.type == "cuda" and torch.get_float32_matmul_precision() != "highest",
-    }
-
-
-def optimizer_kind(device: torch.device) -> str:
-    """torch.optim's fused kernels on CUDA (one launch for all parameters, masked steps through found_inf);
-    bnas.optim elsewhere (the same arithmetic, and no torch._dynamo import: 150 MB less on a CPU)."""
-    return "torch-fused" if device.type == "cuda" else "bnas"
-
-
-def make_sgd(params, device: torch.device, lr: float, momentum: float, weight_decay: float):
-    if optimizer_kind(device) == "torch-fused":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
-    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def make_adam(params, device: torch.device, lr: float, betas: tuple[float, float], weight_decay: float):
-    if optimizer_kind(device) == "torch-fused":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
-    return Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-
-
 def compile_regions(model: nn.Module, region: type[nn.Module], backend: str) -> int:
     """Regional compilation: torch.compile each `region` module (the cells) of the network in place (parameter
     names, checkpoints and functional_call unchanged) instead of the whole network. Cells share their forward
@@ -93,21 +63,12 @@ def compile_regions(model: nn.Module, region: type[nn.Module], backend: str) -> 
     return len(cells)
 
 
-def autocast_factory(amp: str, device: torch.device):
-    """A context-manager factory for mixed precision; auto = bf16 on GPU, off on CPU."""
-    mode = ("bf16" if device.type == "cuda" else "off") if amp == "auto" else amp
-    if mode == "off":
-        return contextlib.nullcontext, "off"
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-    return (lambda: torch.autocast(device.type, dtype=dtype)), mode
-
-
 def upcast(logits: torch.Tensor) -> torch.Tensor:
     """Losses in at least fp32 under autocast; float64 stays float64 (gradient checks)."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def grad_scaler(amp_mode: str, device: torch.device) -> torch.amp.GradScaler:
+def grad_scaler(amp_mode: str, device: torch.device) -> torch.amp.GradScaler:  # (the profile's amp mode)
     """fp16 loss scaling: fp16's 5 exponent bits flush gradients below 6e-8 to zero, so the loss is multiplied
     by a scale (2**16 at first, halved after an overflow, doubled after 2000 clean steps) before backward and
     the gradients divided by it before clipping. bf16 (fp32's exponent range) and fp32 get a disabled scaler,

@@ -204,12 +204,6 @@ class SearchConfig:
             partial_k=self.partial_k, edge_norm=self.edge_norm,
         )  # fmt: skip
 
-    def backend(self, device: torch.device | None = None) -> fast.FastBackend | None:
-        """The fast backend unless --no-fast, --compile (compiled networks use the plain cells) or, with --fast
-        left to auto, a device other than the CPU."""
-        use = self.fast if self.fast is not None else (device is None or device.type == "cpu")
-        return fast.BACKEND if use and self.compile == "off" else None
-
 
 class SearchStep:
     """One step of a search, as the run core runs it and `bnas bench search` times it: an architecture step on
@@ -263,24 +257,23 @@ class Searcher:
     def __init__(self, cfg: SearchConfig, resume: bool = False, overwrite: bool = False, load_data: bool = True):
         self.cfg = cfg
         self.device = setup(cfg.seed, cfg.device, cfg.deterministic)
-        parts = device_parts(self.device, cfg.amp, cfg.channels_last, cfg.deterministic)
+        # every device-dependent switch, resolved once (bnas.profile; BNAS_PROFILE=cuda forces the GPU's on a CPU)
+        parts = device_parts(self.device, cfg.amp, cfg.channels_last, cfg.deterministic, fast=cfg.fast,
+                             compile=cfg.compile)  # fmt: skip
+        self.profile = parts.profile
         self.channels_last = cl = parts.channels_last
         data = search_data(cfg, self.device, cl, load=load_data)  # load_data=False: a dry run reads no images
         self.train_loader, self.val_loader, self.eval_loader = data.train, data.val, data.eval
         self._split_sizes = data.split_sizes
         self.data_info = data.info  # --dataset folder: the tree, split and statistics (config.json "data")
         space = cfg.space_config(data.num_classes, data.in_channels, data.stem)
-        supernet = SuperNet(space, cfg.backend(self.device))
+        supernet = SuperNet(space, fast.BACKEND if self.profile.cells == "fast" else None)
         self.model = parts.place(supernet, cfg.compile, supernet.net)  # compiled: each cell, not the supernet
         self.autocast, self.amp_mode = parts.autocast, parts.amp_mode
         self.step = SearchStep.build(cfg, self.model, parts)
         self.w_optimizer, self.scaler, self.architect = self.step.w_optimizer, self.step.scaler, self.step.architect
         # what this run resolved its device-dependent switches to (config.json "runtime")
-        self.switches = {
-            **parts.defaults, "optimizer": parts.optimizer,
-            "cells": "fast" if self.model.backend is not None else "plain", "channels_last": cl,
-            "amp": self.amp_mode, "native_kernel": self.device.type == "cpu",
-        }  # fmt: skip
+        self.switches = self.profile.record()
         self.path_rng = random.Random(f"bnas-paths-{cfg.seed}")  # random search: one architecture per step
         self._candidates = candidates(cfg.space, cfg.seed, cfg.random_candidates)
         self._selected: Genotype | None = None

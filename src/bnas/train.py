@@ -122,7 +122,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, load_data: bool = True):
         self.cfg = cfg
         self.device = setup(cfg.seed, cfg.device, cfg.deterministic, cfg.threads)
-        parts = device_parts(self.device, cfg.amp, cfg.channels_last, cfg.deterministic)
+        # every device-dependent switch, resolved once (bnas.profile; BNAS_PROFILE=cuda forces the GPU's on a CPU)
+        parts = device_parts(self.device, cfg.amp, cfg.channels_last, cfg.deterministic, fast=cfg.fast,
+                             compile=cfg.compile, kind="train")  # fmt: skip
+        self.profile = parts.profile
         self.spec = open_source(cfg, self.device)  # the data set's source; its images are read by _load_data
         saved_genotype = None
         if resume:  # the run's own genotype, even if the file it came from has changed since
@@ -130,23 +133,22 @@ class Trainer:
         self.genotype = _genotype_of(cfg, saved_genotype)
         self.rank, self.world = rank_world()
         self.num_classes = self.spec.num_classes
-        trained = fast.TRAINED if cfg.fast is not False and cfg.compile == "off" else None
+        trained = fast.TRAINED if self.profile.cells == "fast" else None
         self.model = network_for(cfg, self.genotype, self.spec, self.num_classes, trained)
         self.parameters = count_parameters(self.model)
         self.size = self.spec.size
         self.macs = count_macs(self.model, self.spec.in_channels, self.size)
         # (torch 2.14's oneDNN corrupted the heap in the channels-last backward of 1x1 stride-2 convolutions with
         # <= 4 input channels; FactorizedReduce no longer runs any.)
-        self.channels_last = cl = parts.channels_last
+        self.channels_last = parts.channels_last
         self.model = parts.place(self.model, cfg.compile)  # compiled: each cell, in place
         self.autocast, self.amp_mode = parts.autocast, parts.amp_mode
         self.scaler = parts.scaler()  # fp16 loss scaling (disabled otherwise)
         self.optimizer = parts.sgd(self.model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-        self.switches = {  # what this run resolved its device-dependent switches to (config.json "runtime")
-            **parts.defaults, "optimizer": parts.optimizer,
-            "channels_last": cl, "amp": self.amp_mode, "ddp": self.world > 1,
-            "cells": "fast" if trained is not None else "plain",
-        }  # fmt: skip
+        # what this run resolved its device-dependent switches to (config.json "runtime"; the C kernel is the
+        # search cells')
+        record = {k: v for k, v in self.profile.record().items() if k != "native_kernel"}
+        self.switches = record | {"ddp": self.world > 1}
         self.net: nn.Module = self.model  # what the training forward runs: DDP's wrapper under torchrun
         if self.world > 1:  # bucketed gradient all-reduce overlapping backward; BatchNorm statistics: end_epoch
             from torch.nn.parallel import DistributedDataParallel

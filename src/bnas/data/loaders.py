@@ -3,8 +3,11 @@ device, augmentation as batched ops. (The streamed loaders, decoding files in wo
 
 No DataLoader, no per-image Python in the hot loop (DESIGN "fast by construction"), and nothing copied from
 the host per batch: the random numbers of shuffling and augmentation come from a `torch.Generator` on the
-images' device owned by the loader (seeded, and checkpointed and restored exactly by `state_dict`; a CPU
-run and a GPU run of one seed draw different numbers), and the normalisation constants are made once.
+images' device owned by the loader, and the normalisation constants are made once. The generator is seeded
+afresh at the start of every pass from the loader's seed and the pass's number, so a loader's state is those
+two numbers: a checkpoint written on one device resumes on another (a generator's own state is
+device-specific: a CPU's does not load into a GPU's). A CPU run and a GPU run of one seed draw different
+numbers.
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ class TensorLoader:
         self.augment, self.train, self.shuffle, self.drop_last = augment, train, shuffle, drop_last
         self.channels_last = channels_last
         self.rank, self.world = rank, world  # torchrun: every rank takes a disjoint shard of each pass
-        self.gen = torch.Generator(device=images.device).manual_seed(seed)
+        self.seed, self.passes = seed, 0  # the state: the next pass draws from (seed, passes) alone
+        self.gen = torch.Generator(device=images.device)
 
     def _shard_size(self) -> int:
         n = self.images.shape[0]
@@ -121,6 +125,8 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.images.shape[0]
         dev = self.gen.device
+        self.gen.manual_seed(self.seed * 100_003 + self.passes)  # (as data/streamed.py's passes)
+        self.passes += 1
         order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
         if self.world > 1:
             order = order[self.rank :: self.world][: self._shard_size()]
@@ -133,7 +139,10 @@ class TensorLoader:
             yield x, self.labels[idx]
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
+        """Device-agnostic: the seed and the passes begun (a pass left unfinished at a checkpoint is not
+        resumed: the next `iter` starts the next pass, with or without a resume)."""
+        return {"seed": self.seed, "passes": self.passes}
 
     def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
+        # (an older checkpoint holds a generator's state instead: its passes are unknown, the next starts at 0)
+        self.seed, self.passes = int(state.get("seed", self.seed)), int(state.get("passes", 0))

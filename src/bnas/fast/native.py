@@ -5,7 +5,8 @@ images), which makes it the largest single cost of a DARTS-style search step. Th
 per-channel sum of shifted products, a few lines of C that the compiler vectorises over channels. The
 kernel is compiled on first use with the system C compiler into a per-user cache (about a second) and
 loaded with ctypes, so nothing is built at install time; without a compiler everything falls back to
-ATen and only speed changes. Set BNAS_NATIVE=0 to disable it.
+ATen and only speed changes. Set BNAS_NATIVE=0 to disable it; a run's runtime profile (bnas.profile) enables
+it in the CPU profile only (`set_enabled`), so the CUDA profile forced on a CPU never runs it either.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
+_enabled = True  # the run's profile decides (set_enabled); the environment's BNAS_NATIVE=0 always wins
+
+
+def set_enabled(on: bool) -> bool:
+    """Whether the kernel may run in this process (the runtime profile's `native_kernel`); returns the
+    previous setting. Process-wide like torch.backends' switches, set once per run."""
+    global _enabled
+    before, _enabled = _enabled, bool(on)
+    return before
 
 
 def _cache_dir() -> Path:
@@ -109,8 +119,8 @@ def dw_weight_grad(x: torch.Tensor, g: torch.Tensor, kernel: int, stride: int, d
     Runs on float32 CPU channels-last tensors; the batch is split across torch's intra-op threads (ctypes
     releases the GIL) and the partial sums are added.
     """
-    if x.device.type != "cpu" or x.dtype != torch.float32 or g.dtype != torch.float32:
-        return None  # before `library()`: a GPU run never builds the kernel
+    if not _enabled or x.device.type != "cpu" or x.dtype != torch.float32 or g.dtype != torch.float32:
+        return None  # before `library()`: a GPU run (or the CUDA profile) never builds the kernel
     lib = library()
     if lib is None:
         return None
