@@ -305,3 +305,17 @@ def test_a_budget_penalty_applies_one_term_per_limit(small_model):
     e = both.expected(a, b)
     want = 1.0 + 0.5 * (e["params"] - 90_000) / 90_000 + 0.5 * (e["macs"] - 3_000_000) / 3_000_000
     assert both(ce, a, b).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_bnas_genotype_sample_under_a_budget(tmp_path, capsys):
+    from bnas.cli import main
+
+    out = tmp_path / "g.json"
+    argv = ["genotype", "sample", "--max-params", "80K", "--init-channels", "8", "--layers", "4", "--seed", "1"]
+    assert main([*argv, "-o", str(out)]) == 0
+    assert "fit 80K params, seed 1:" in capsys.readouterr().out
+    g = Genotype.load(out)
+    shape = NetworkShape(channels=8, layers=4)
+    assert count_parameters(shape.build(g)) <= 80_000
+    assert main([*argv[:3], "60K", *argv[4:]]) == 2
+    assert "no genotype fits the budget of 60K params" in capsys.readouterr().err
