@@ -2,10 +2,11 @@
 genotype's forward latency, the way ProxylessNAS, FBNet and TF-NAS predict theirs.
 
 The table holds, for the trained network of a `NetworkShape`, the forward time of every candidate operation at
-every place the network has (its channels, stride and input resolution: costs.CellSite), and a fixed part: the
-probe network's measured time minus its own operations' (stem, preprocessing, node sums, concatenations, taps,
-head). A genotype's predicted latency is fixed + the sum of its operations' times over every cell of their type,
-as costs.CostModel sums parameters and MACs. Times are medians of repeats after a warm-up, in milliseconds; the
+every place the network has (its channels, stride and input resolution: costs.CellSite), and a fixed part (stem,
+preprocessing, node sums, concatenations, taps, head). An operation times differently alone than inside a network (caches, the allocator), so the table is
+calibrated on four whole networks of different operation mixes: a genotype's predicted latency is
+fixed + scale x the sum of its operations' times over every cell of their type (least squares on the four), as
+costs.CostModel sums parameters and MACs. Times are medians of repeats after a warm-up, in milliseconds; the
 table records the device, batch, threads, hardware and library versions it was measured with.
 `benchmarks/latency_check.py` measures how well the sum predicts whole networks.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .costs import CostModel, NetworkShape, _probe
+from .costs import CostModel, NetworkShape
 from .errors import ConfigError
 from .genotype import Genotype
 from .jsonio import dumps
@@ -80,6 +81,8 @@ class LatencyTable:
     fixed_ms: float
     ops: dict[str, float]  # _key(op, channels, stride, size) -> ms
     environment: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0  # operations time differently alone than inside a network: fitted on whole networks
+    calibration: list[dict[str, float]] = field(default_factory=list)  # the networks the fit saw
     model: CostModel | None = field(default=None, repr=False, compare=False)
 
     def _model(self) -> CostModel:
@@ -87,19 +90,24 @@ class LatencyTable:
             self.model = CostModel.build(self.shape)
         return self.model
 
-    def predict(self, genotype: Genotype) -> float:
-        """The predicted forward latency (ms) of the genotype's network: fixed + its operations' times."""
+    def op_sum(self, genotype: Genotype) -> float:
+        """The sum of the genotype's operations' times (ms) over every cell of the network."""
         model = self._model()
         model._check(genotype)
-        total = self.fixed_ms
+        total = 0.0
         for site in model.sites:
             for op, src in genotype.cell(site.kind).edges:
                 total += self.ops[_key(op, site.channels, site.stride(src), site.input_size(src))]
         return total
 
+    def predict(self, genotype: Genotype) -> float:
+        """The predicted forward latency (ms) of the genotype's network: fixed + scale x its operations' times."""
+        return self.fixed_ms + self.scale * self.op_sum(genotype)
+
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "shape": self.shape.to_json(), "device": self.device, "batch": self.batch,
-                "unit": "ms", "fixed_ms": self.fixed_ms, "ops": self.ops, "environment": self.environment}  # fmt: skip
+                "unit": "ms", "fixed_ms": self.fixed_ms, "scale": self.scale, "ops": self.ops,
+                "calibration": self.calibration, "environment": self.environment}  # fmt: skip
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(dumps(self.to_json(), indent=1) + "\n")
@@ -117,8 +125,9 @@ class LatencyTable:
             raise ConfigError(f"{path} is not a latency table (written by bnas latency-table)")
         shape = NetworkShape(**obj["shape"])
         return cls(
-            shape, obj["device"], obj["batch"], float(obj["fixed_ms"]), dict(obj["ops"]), obj.get("environment", {})
-        )
+            shape, obj["device"], obj["batch"], float(obj["fixed_ms"]), dict(obj["ops"]), obj.get("environment", {}),
+            float(obj.get("scale", 1.0)), list(obj.get("calibration", [])),
+        )  # fmt: skip
 
 
 def measure(shape: NetworkShape, device: str | torch.device = "cpu", batch: int = 1, **kw) -> LatencyTable:
@@ -137,9 +146,31 @@ def measure(shape: NetworkShape, device: str | torch.device = "cpu", batch: int 
                     module = make_op(op, c, s, affine=True).to(dev).eval()
                     x = torch.randn(batch, c, r, r, device=dev)
                     ops[k] = time_forward(lambda m=module, x=x: m(x), dev, **kw)
-    probe = _probe(shape.space, model.steps)
-    net_ms = measure_network(shape.build(probe), shape, dev, batch, **kw)
     table = LatencyTable(shape, str(dev), batch, 0.0, ops, {**environment(), "torch_threads": torch.get_num_threads()})
     table.model = model
-    table.fixed_ms = net_ms - table.predict(probe)
+    # calibration: whole networks of different operation mixes; fixed part and scale by least squares
+    sums, times = [], []
+    for g in _calibration(shape.space, model.steps):
+        sums.append(table.predict(g))
+        times.append(measure_network(shape.build(g), shape, dev, batch, **kw))
+    n = len(sums)
+    mx, my = sum(sums) / n, sum(times) / n
+    var = sum((x - mx) ** 2 for x in sums)
+    scale = sum((x - mx) * (y - my) for x, y in zip(sums, times, strict=True)) / var if var > 0 else 1.0
+    if not scale > 0:
+        scale = 1.0
+    table.scale, table.fixed_ms = scale, my - scale * mx
+    table.calibration = [{"sum_ms": x, "measured_ms": y} for x, y in zip(sums, times, strict=True)]
     return table
+
+
+def _calibration(space: str, steps: int) -> list[Genotype]:
+    """Networks of different operation mixes (convolutions, pools, identities) that calibrate the table."""
+    from .genotype import CellGenotype
+
+    def cell(op: str) -> CellGenotype:
+        return CellGenotype(tuple((op, src) for _ in range(steps) for src in (0, 1)))
+
+    mixes = [("sep_conv_3x3", "dil_conv_5x5"), ("max_pool_3x3", "skip_connect"), ("skip_connect", "avg_pool_3x3"),
+             ("dil_conv_3x3", "sep_conv_5x5")]  # fmt: skip
+    return [Genotype(cell(a), cell(b), space) for a, b in mixes]
