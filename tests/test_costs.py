@@ -319,3 +319,47 @@ def test_bnas_genotype_sample_under_a_budget(tmp_path, capsys):
     assert count_parameters(shape.build(g)) <= 80_000
     assert main([*argv[:3], "60K", *argv[4:]]) == 2
     assert "no genotype fits the budget of 60K params" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ a search under a budget
+
+
+@pytest.mark.parametrize("method", ["clr", "random"])
+def test_a_search_under_a_budget_derives_a_genotype_that_fits(tmp_path, method, capsys):
+    import json
+
+    from bnas.report import write_report
+    from bnas.search import SearchConfig, Searcher
+
+    cfg = SearchConfig.resolve(
+        method, dataset="synthetic", synthetic_size=32, batch_size=8, init_channels=4, epochs=1, eval_every=0,
+        out=str(tmp_path / "run"), quiet=True, max_params="80K", cost_channels=8, cost_layers=4,
+        random_candidates=2,
+    )  # fmt: skip
+    searcher = Searcher(cfg)
+    assert (searcher.architect.penalty is not None) == (method == "clr")
+    g = searcher.run_search()
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    saved = json.loads((run / "genotype.json").read_text())
+    assert Genotype.from_json(saved) == g
+    assert summary["cost"] == saved["cost"] and summary["cost_budget"] == {"params": 80_000, "macs": None}
+    shape = NetworkShape(**summary["cost_network"])
+    assert (shape.channels, shape.layers) == (8, 4)
+    assert summary["cost"]["params"] == count_parameters(shape.build(g)) <= 80_000
+    assert "trained network (C=8, 4 cells): " in capsys.readouterr().out
+    if method == "clr":
+        page = write_report(run).html.read_text()
+        assert f"params {summary['cost']['params']:,} (at most 80,000)" in page
+
+
+def test_a_search_under_a_budget_nothing_fits_refuses_before_it_starts(tmp_path):
+    from bnas.search import SearchConfig, Searcher
+
+    cfg = SearchConfig.resolve(
+        "clr", dataset="synthetic", synthetic_size=32, batch_size=8, init_channels=4, epochs=1,
+        out=str(tmp_path / "run"), quiet=True, max_macs="1M", cost_channels=8, cost_layers=4,
+    )  # fmt: skip
+    with pytest.raises(BudgetError, match="no genotype fits the budget of 1M macs"):
+        Searcher(cfg)
+    assert not (tmp_path / "run").exists()

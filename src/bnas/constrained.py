@@ -204,6 +204,12 @@ def score(genotype: Genotype, scores: dict[str, torch.Tensor], model: CostModel)
     return total
 
 
+def cheapest_fit(model: CostModel, budget: Budget) -> Genotype:
+    """A genotype that fits `budget` (the cheapest in its first limited resource); BudgetError when none does."""
+    first = next(iter(budget.limits))
+    return best_within({k: -model.table(k, first) for k in model.kinds}, model, budget)
+
+
 def sample_within(model: CostModel, budget: Budget, seed: int = 0, tries: int = 200_000) -> Genotype:
     """A genotype drawn uniformly among those of the space that fit `budget` (rejection sampling over
     `sample_genotype`'s draws: without a budget, or when its first draw fits, the same genotype as
@@ -211,9 +217,8 @@ def sample_within(model: CostModel, budget: Budget, seed: int = 0, tries: int = 
     space = model.shape.space
     if space not in CELL_NAMES:
         raise ValueError(space)
-    if budget:  # refuse at once when nothing fits at all (the exact search of the cheapest fit)
-        flat = {kind: torch.zeros(len(model.tables[kind]["params"]), len(PRIMITIVES)) for kind in model.kinds}
-        best_within(flat, model, budget)
+    if budget:  # refuse at once when nothing fits at all
+        cheapest_fit(model, budget)
     rng = random.Random(f"bnas-genotype-{space}-{seed}")  # sample_genotype's stream
     for _ in range(tries):
         g = Genotype(sample_cell(rng, model.steps), sample_cell(rng, model.steps), space)

@@ -2,13 +2,13 @@
 genotype's forward latency, the way ProxylessNAS, FBNet and TF-NAS predict theirs.
 
 The table holds, for the trained network of a `NetworkShape`, the forward time of every candidate operation at
-every place the network has (its channels, stride and input resolution: costs.CellSite), and a fixed part (stem,
-preprocessing, node sums, concatenations, taps, head). An operation times differently alone than inside a network (caches, the allocator), so the table is
-calibrated on four whole networks of different operation mixes: a genotype's predicted latency is
-fixed + scale x the sum of its operations' times over every cell of their type (least squares on the four), as
-costs.CostModel sums parameters and MACs. Times are medians of repeats after a warm-up, in milliseconds; the
-table records the device, batch, threads, hardware and library versions it was measured with.
-`benchmarks/latency_check.py` measures how well the sum predicts whole networks.
+every place the network has (its channels, stride and input resolution: costs.CellSite). An operation times
+differently alone than inside a network (caches, the allocator), so the table is calibrated on four whole
+networks of different operation mixes: a genotype's predicted latency is fixed + scale x the sum of its
+operations' times over every cell of their type, fixed (stem, preprocessing, node sums, concatenations, taps,
+head) and scale fitted by least squares on the four, as costs.CostModel sums parameters and MACs. Times are
+medians of repeats after a warm-up, in milliseconds; the table records the device, batch, threads, hardware and
+library versions it was measured with. `benchmarks/latency_check.py` measures how well it predicts networks.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from . import fast
 from .architect import Architect, ArchitectOptions, clr_arch_lr
+from .constrained import cheapest_fit, derive_within, sample_within
+from .costs import Budget, BudgetPenalty, CostModel, trained_shape
 from .data.registry import find_entry, names, search_data
 from .diagnostics import alpha_entropy, alpha_hessian_eigenvalue, alpha_record
 from .errors import (
@@ -125,6 +127,15 @@ class SearchConfig:
     quiet: bool = False
     deterministic: bool = False  # GPU: deterministic kernels (slower); CPU runs are reproducible anyway
     on_nan: str = "stop"  # stop: end the run keeping the last good checkpoint | skip: skip the step and count it
+    # a budget on the trained network (docs/hardware-aware.md): K/M/G counts, the penalty's form and weight, and
+    # the trained network's size (None: the training recipe's for the space and data set)
+    max_params: str | None = None
+    max_macs: str | None = None
+    cost_penalty: str = "two-sided"  # two-sided | mul-log | add-linear | none
+    cost_weight: float | None = None  # None: the form's published weight
+    cost_channels: int | None = None
+    cost_layers: int | None = None
+    cost_enhance: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -192,6 +203,12 @@ class SearchConfig:
             bad(f"the broad network needs an even --init-channels, got {self.init_channels}")
         if self.order == 2 and self.amp == "fp16":
             bad("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off with --order 2")
+        check_choice("cost_penalty", self.cost_penalty, ["two-sided", "mul-log", "add-linear", "none"])
+        Budget.parse(self.max_params, self.max_macs)
+        if self.cost_weight is not None:
+            check_float("cost_weight", self.cost_weight, 0.0)
+        for name in ("cost_channels", "cost_layers", "cost_enhance"):
+            check_int(name, getattr(self, name), 1, optional=True)
         find_entry(self.dataset).check_options(self, "search")  # what the data set reads (data/registry.py)
 
     def to_json(self) -> dict[str, Any]:
@@ -221,11 +238,13 @@ class SearchStep:
         self.weights = model.weight_parameters()
 
     @classmethod
-    def build(cls, cfg: SearchConfig, model: SuperNet, parts: DeviceParts) -> SearchStep:
-        """The step of a search with `cfg`'s optimizers (what `Searcher` runs and `bnas bench search` times)."""
+    def build(cls, cfg: SearchConfig, model: SuperNet, parts: DeviceParts, penalty=None) -> SearchStep:
+        """The step of a search with `cfg`'s optimizers (what `Searcher` runs and `bnas bench search` times);
+        `penalty` (costs.BudgetPenalty): a cost budget's term in the architecture loss."""
         w_optimizer = parts.sgd(model.weight_parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         scaler = parts.scaler()  # fp16 only: the weight loss's scale
-        architect = Architect(model, ArchitectOptions.from_config(cfg), w_optimizer, parts.autocast, parts.scaler())
+        architect = Architect(model, ArchitectOptions.from_config(cfg), w_optimizer, parts.autocast, parts.scaler(),
+                              penalty=penalty)  # fmt: skip
         return cls(model, architect, w_optimizer, scaler, parts.autocast, cfg.grad_clip)
 
     def __call__(self, x, y, xv, yv, lr: float, tally: Tally, index: int = 0, path=None) -> None:
@@ -270,15 +289,43 @@ class Searcher:
         supernet = SuperNet(space, fast.BACKEND if self.profile.cells == "fast" else None)
         self.model = parts.place(supernet, cfg.compile, supernet.net)  # compiled: each cell, not the supernet
         self.autocast, self.amp_mode = parts.autocast, parts.amp_mode
-        self.step = SearchStep.build(cfg, self.model, parts)
+        self.costs, self.cost_budget, penalty = self._cost_budget(data)
+        self.step = SearchStep.build(cfg, self.model, parts, penalty)
         self.w_optimizer, self.scaler, self.architect = self.step.w_optimizer, self.step.scaler, self.step.architect
         # what this run resolved its device-dependent switches to (config.json "runtime")
         self.switches = self.profile.record()
         self.path_rng = random.Random(f"bnas-paths-{cfg.seed}")  # random search: one architecture per step
         self._candidates = candidates(cfg.space, cfg.seed, cfg.random_candidates)
+        if self.cost_budget:  # random search under a budget: candidates that fit (the same draws where they fit)
+            self._candidates = [sample_within(self.costs, self.cost_budget, cfg.seed * 100_003 + i)
+                                for i in range(cfg.random_candidates)]  # fmt: skip
         self._selected: Genotype | None = None
         self._arch_on = False
         self.loop = RunLoop(self, cfg, self.device, self.w_optimizer, resume=resume, overwrite=overwrite)
+
+    def _cost_budget(self, data) -> tuple[CostModel | None, Budget, BudgetPenalty | None]:
+        """max_params/max_macs: the cost model of the network `bnas train` will build (docs/hardware-aware.md),
+        the budget (refused at once when no genotype fits) and the architecture loss's penalty."""
+        cfg = self.cfg
+        budget = Budget.parse(cfg.max_params, cfg.max_macs)
+        if not budget:
+            return None, budget, None
+        shape = trained_shape(
+            cfg.space, cfg.dataset, num_classes=data.num_classes, in_channels=data.in_channels, size=data.size,
+            stem=data.stem, channels=cfg.cost_channels, layers=cfg.cost_layers, enhance=cfg.cost_enhance,
+            blocks=cfg.blocks,
+        )  # fmt: skip
+        model = CostModel.build(shape)
+        cheapest_fit(model, budget)  # BudgetError: nothing fits
+        use = cfg.cost_penalty != "none" and cfg.arch_search == "gradient"
+        return model, budget, BudgetPenalty(model, budget, cfg.cost_penalty, cfg.cost_weight) if use else None
+
+    def cost_record(self, genotype: Genotype) -> dict[str, Any]:
+        """A budgeted search's genotype cost, budget and the network they are of (records, summary, genotype)."""
+        if not self.cost_budget:
+            return {}
+        return {"cost": self.costs.cost(genotype).to_json(), "cost_budget": self.cost_budget.to_json(),
+                "cost_network": self.costs.shape.to_json()}  # fmt: skip
 
     # --- what the run core keeps (resume, records)
     @property
@@ -330,7 +377,14 @@ class Searcher:
 
     def genotype(self) -> Genotype:
         """The run's current genotype: derived from the alphas, or (random search) the best scored candidate."""
-        return self._selected if self.cfg.arch_search == "random" and self._selected else self.model.genotype()
+        if self.cfg.arch_search == "random" and self._selected:
+            return self._selected
+        if self.cost_budget:  # the best-scoring genotype that fits (constrained.py)
+            kinds, model = self.model.cell_types, self.model
+            alphas = [model.arch[f"alpha_{k}"] for k in kinds]
+            betas = [model.arch[f"beta_{k}"] for k in kinds] if model.cfg.edge_norm else None
+            return derive_within(alphas, betas, self.costs, self.cost_budget)
+        return self.model.genotype()
 
     def check_data(self) -> None:
         n = min(self._split_sizes)
@@ -428,10 +482,10 @@ class Searcher:
         genotype = self.genotype()
         record.update(
             parameter_free=genotype.parameter_free(), alpha_entropy=alpha_entropy(self.model),
-            genotype=genotype.to_json(),
+            genotype=genotype.to_json(), **self.cost_record(genotype),
         )  # fmt: skip
         run.write_json(f"genotypes/epoch_{epoch:03d}.json", genotype.to_json())
-        run.write_json("genotype.json", genotype.to_json())
+        run.write_json("genotype.json", {**genotype.to_json(), **self.cost_record(genotype)})
         run.append("alphas.jsonl", alpha_record(self.model, epoch))
         return genotype
 
@@ -458,7 +512,7 @@ class Searcher:
         """The run's end: genotype.json and summary.json, and the summary on the console."""
         cfg = self.cfg
         genotype = self.genotype()
-        genotype.save(run.path / "genotype.json")
+        run.write_json("genotype.json", {**genotype.to_json(), **self.cost_record(genotype)})
         last = self.history[-1] if self.history else {}
         summary = {
             "command": "search",
@@ -472,6 +526,7 @@ class Searcher:
             "parameter_free": genotype.parameter_free(),
             "search_s": sum(r.get("epoch_s", 0.0) for r in self.history),
             "genotype": genotype.to_json(),
+            **self.cost_record(genotype),
             "run_dir": str(run.path),
         }
         run.write_json("summary.json", summary)
