@@ -69,7 +69,7 @@ def test_a_budgeted_run_completes_its_schedule(tmp_path):
     results = trainer.run_training()
     plan = trainer.clock.plan
     h = trainer.history
-    steps_run = sum(min(len(trainer.loaders["train"]), plan.total_steps - r["epoch"] * 4) for r in h)
+    steps_run = sum(min(len(trainer.loaders["train"]), plan.total_steps - (r["epoch"] - 1) * 4) for r in h)
     assert plan.total_steps == steps_run and plan.total_steps > plan.PROBE_TO  # the plan was kept to the step
     assert h[-1]["budget_progress"] == pytest.approx(1.0)
     assert h[-1]["lr"] == pytest.approx(0.001)  # the schedule completed: the last step ran at lr_min
@@ -96,7 +96,7 @@ def test_a_budgeted_run_resumes_with_the_time_it_had_spent(tmp_path):
         trainer.run_training()
     handle.remove()
     saved = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=False)
-    assert saved["epoch"] == 3 and saved["budget"]["total_steps"] > 0 and saved["budget"]["spent_s"] > 0
+    assert saved["epoch"] == 4 and saved["budget"]["total_steps"] > 0 and saved["budget"]["spent_s"] > 0
     again = Trainer(TrainConfig(**{**_budget_cfg(tmp_path, budget="6s").to_json()}), resume=True)
     again.open_run()
     assert again.clock.plan.spent_s == pytest.approx(saved["budget"]["spent_s"]) and again.start_epoch == 4

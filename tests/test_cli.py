@@ -32,7 +32,7 @@ def test_search_end_to_end(method, order, space, tmp_path, capsys):
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["epoch"] for r in epochs] == [1, 2]
     assert epochs[0]["arch_loss"] is None and epochs[1]["arch_loss"] > 0  # warm-up, then arch steps
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == method and config["order"] == order
@@ -170,12 +170,15 @@ def test_every_config_field_parses_as_its_real_type(command, config):
     seen = 0
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        if f.name == "method" or typing.get_origin(hint) is dict:  # own flag / config files only
-            assert f.name == "method" or f.name not in actions
+        if typing.get_origin(hint) in (dict, list):  # config files / run records only
+            assert f.name not in actions
             continue
         action, flag = actions[f.name], "--" + f.name.replace("_", "-")
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if typing.get_origin(hint) is typing.Literal:  # a choice: its values' type, and only its values
+            assert action.choices == list(typing.get_args(hint)), f.name
+            hint = type(typing.get_args(hint)[0])
         if hint is bool:
             assert getattr(parser.parse_args([flag]), f.name) is True
             assert getattr(parser.parse_args(["--no-" + flag[2:]]), f.name) is False

@@ -57,7 +57,7 @@ def test_every_file_of_a_search_a_training_and_an_export_follows_the_umask(tmp_p
     modes = {**{f"s/{k}": v for k, v in _modes(search).items()}, **{f"t/{k}": v for k, v in _modes(train).items()}}
     modes["cell.png"] = _modes(tmp_path)["cell.png"]
     expected = {"s/config.json", "s/genotype.json", "s/checkpoint.pt", "s/metrics.jsonl", "s/alphas.jsonl"}
-    expected |= {"s/summary.json", "s/genotypes/epoch_000.json", "t/config.json", "t/checkpoint.pt", "t/best.pt"}
+    expected |= {"s/summary.json", "s/genotypes/epoch_001.json", "t/config.json", "t/checkpoint.pt", "t/best.pt"}
     expected |= {"t/results.json", "t/summary.json", "t/metrics.jsonl", "t/model.pt2"}
     assert expected <= set(modes)
     for name, mode in modes.items():

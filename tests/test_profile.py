@@ -274,12 +274,12 @@ def test_a_checkpoint_resumes_under_the_other_profile(tmp_path, monkeypatch, kin
     if kind == "search":
         make = lambda out, **kw: Searcher(SearchConfig.resolve("clr", **{**SEARCH, "out": str(out)}), **kw)  # noqa: E731
         a = make(full)
-        a.run_search(_SnapshotAfter(full, cut, n=0))
+        a.run_search(_SnapshotAfter(full, cut, n=1))
         optimizers = lambda r: (r.w_optimizer, r.architect.optimizer)  # noqa: E731
     else:
         make = lambda out, **kw: Trainer(TrainConfig.resolve(**{**TRAIN, "out": str(out)}), **kw)  # noqa: E731
         a = make(full)
-        a.run_training(_SnapshotAfter(full, cut, n=0))
+        a.run_training(_SnapshotAfter(full, cut, n=1))
         optimizers = lambda r: (r.optimizer,)  # noqa: E731
     _profile(monkeypatch, then)
     b = make(cut, resume=True)
@@ -297,7 +297,7 @@ def test_a_checkpoint_resumes_under_the_other_profile(tmp_path, monkeypatch, kin
         assert json.loads((cut / "results.json").read_text())["final_epoch"]["test_top1"] is not None
     records = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["skipped_steps"] == 0 for r in epochs)
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["skipped_steps"] == 0 for r in epochs)
 
 
 # ------------------------------------------------------------------ end to end, and torchrun, under the CUDA profile

@@ -264,7 +264,7 @@ def test_search_logs_alphas_and_collapse_diagnostics(search_run):
     assert all(math.isfinite(r["hessian_eig"]) for r in epochs)
     assert all(set(r["parameter_free"]) == {"conv", "enh"} for r in epochs)
     alphas = RunDir(search_run).records("alphas.jsonl")
-    assert [r["epoch"] for r in alphas] == [-1, 0, 1, 2]
+    assert [r["epoch"] for r in alphas] == [0, 1, 2, 3]  # 0: the starting point
     for r in alphas:
         for rows in r["alphas"].values():
             assert len(rows) == 14 and all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in rows)

@@ -48,9 +48,9 @@ def test_resumed_search_equals_uninterrupted(order, extra, tmp_path):
     # one uninterrupted 3-epoch run; its directory as it stood after epoch 2 is resumed by a fresh Searcher
     full, cut = tmp_path / "full", tmp_path / "cut"
     a = Searcher(_cfg(full, order, **extra))
-    a.run_search(_SnapshotAfter(full, cut, n=1))
+    a.run_search(_SnapshotAfter(full, cut, n=2))  # epochs are numbered from 1
     at_cut = load_checkpoint(cut / "checkpoint.pt", "search")
-    assert at_cut["epoch"] == 1
+    assert at_cut["epoch"] == 2
 
     b = Searcher(_cfg(cut, order, **extra), resume=True)
     b.open_run()
@@ -71,8 +71,8 @@ def test_resumed_search_equals_uninterrupted(order, extra, tmp_path):
         assert rb[key] == pytest.approx(ra[key], rel=1e-5), key
     assert rb["genotype"] == ra["genotype"]
     # the records of the resumed directory read as one run
-    assert [r["epoch"] for r in RunDir(cut).metrics("epoch")] == [0, 1, 2]
-    assert [r["epoch"] for r in RunDir(cut).records("alphas.jsonl")] == [-1, 0, 1, 2]
+    assert [r["epoch"] for r in RunDir(cut).metrics("epoch")] == [1, 2, 3]
+    assert [r["epoch"] for r in RunDir(cut).records("alphas.jsonl")] == [0, 1, 2, 3]
 
 
 def test_truncate_drops_later_records_cut_lines_and_temp_files(tmp_path):
@@ -121,7 +121,7 @@ def test_sigkill_mid_epoch_then_resume_loses_no_epoch(tmp_path):
                 loads += 1
             records = RunDir(out).metrics(None)
             finished = {r["epoch"] for r in records if r["kind"] == "epoch"}
-            started = [r for r in records if r["kind"] == "step" and r["epoch"] >= 1 and r["epoch"] not in finished]
+            started = [r for r in records if r["kind"] == "step" and r["epoch"] >= 2 and r["epoch"] not in finished]
             if started:  # at least one complete epoch, and the next one under way: kill it now
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_in = started[-1]["epoch"]
@@ -138,19 +138,19 @@ def test_sigkill_mid_epoch_then_resume_loses_no_epoch(tmp_path):
     # every epoch finished before the kill is on disk, in the checkpoint and in the records
     state = load_checkpoint(out / "checkpoint.pt", "search")
     assert state["epoch"] == killed_in - 1
-    assert [r["epoch"] for r in RunDir(out).metrics("epoch")] == list(range(killed_in))
+    assert [r["epoch"] for r in RunDir(out).metrics("epoch")] == list(range(1, killed_in))
 
     done = subprocess.run(
         _bnas("--resume", str(out), "--quiet"), capture_output=True, text=True, env=env, timeout=300
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"at epoch {killed_in + 1}/3" in done.stdout
+    assert f"at epoch {killed_in}/3" in done.stdout
     records = RunDir(out).metrics(None)
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1, 2]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
     step_ids = [(r["epoch"], r["step"]) for r in records if r["kind"] == "step"]
-    assert step_ids == [(e, s) for e in range(3) for s in range(1, steps + 1)]  # none lost, none twice
-    assert [r["epoch"] for r in RunDir(out).records("alphas.jsonl")] == [-1, 0, 1, 2]
-    assert sorted(p.name for p in (out / "genotypes").iterdir()) == [f"epoch_{e:03d}.json" for e in range(3)]
-    assert load_checkpoint(out / "checkpoint.pt", "search")["epoch"] == 2
+    assert step_ids == [(e, s) for e in range(1, 4) for s in range(1, steps + 1)]  # none lost, none twice
+    assert [r["epoch"] for r in RunDir(out).records("alphas.jsonl")] == [0, 1, 2, 3]
+    assert sorted(p.name for p in (out / "genotypes").iterdir()) == [f"epoch_{e:03d}.json" for e in range(1, 4)]
+    assert load_checkpoint(out / "checkpoint.pt", "search")["epoch"] == 3
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
     assert not list(out.glob(".*.tmp"))

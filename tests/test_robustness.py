@@ -235,7 +235,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, 
     with pytest.raises(NumericalError, match="epoch 2, step 2.*checkpoint of epoch 1 is kept"):
         searcher.run_search()
     state = RunDir(tmp_path / "r").load_checkpoint("search")
-    assert state["epoch"] == 0 and all(
+    assert state["epoch"] == 1 and all(
         torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
     )
 
@@ -292,11 +292,11 @@ def test_training_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = _tiny_train(tmp_path, epochs=3)
     trainer.model.register_forward_hook(_nan_after(6))  # 4 steps per epoch: the 2nd epoch's 2nd step
     with pytest.raises(
-        NumericalError, match="training loss .*epoch 2, step 2.*checkpoint of epoch 1 is kept.*--resume"
+        NumericalError, match="training loss .*epoch 2, step 2.*checkpoint of epoch 1 is kept.*resume=True"
     ):
         trainer.run_training()
     state = RunDir(tmp_path / "t").load_checkpoint("train")
-    assert state["epoch"] == 0 and all(
+    assert state["epoch"] == 1 and all(
         torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
     )
 
@@ -316,7 +316,8 @@ def test_training_on_nan_can_change_on_resume_and_deterministic_is_recorded(tmp_
     assert main([*argv, "--deterministic"]) == 0
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert config["deterministic"] is True and config["on_nan"] == "stop"
-    assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "2", "--on-nan", "skip", "--quiet"]) == 0
+    resume = ["train", "--resume", str(tmp_path / "t"), "--extend-epochs", "1", "--on-nan", "skip", "--quiet"]
+    assert main(resume) == 0
     assert json.loads((tmp_path / "t" / "config.json").read_text())["on_nan"] == "skip"
 
 

@@ -72,14 +72,14 @@ def test_a_kill_between_record_and_checkpoint_loses_no_epoch(kind, tmp_path, mon
     full.run_search() if kind == "search" else full.run_training()
 
     cut = tmp_path / "cut"
-    _kill_after_the_first_write_of(1, monkeypatch)
+    _kill_after_the_first_write_of(2, monkeypatch)  # epochs are numbered from 1
     with pytest.raises(KeyboardInterrupt):
         run = make(cut)
         run.run_search() if kind == "search" else run.run_training()
     monkeypatch.undo()
-    # records first: epoch 1's record is on disk, its checkpoint is not (the one of epoch 0 is kept)
-    assert [r["epoch"] for r in RunDir(cut).metrics("epoch")] == [0, 1]
-    assert load_checkpoint(cut / "checkpoint.pt", kind)["epoch"] == 0
+    # records first: epoch 2's record is on disk, its checkpoint is not (the one of epoch 1 is kept)
+    assert [r["epoch"] for r in RunDir(cut).metrics("epoch")] == [1, 2]
+    assert load_checkpoint(cut / "checkpoint.pt", kind)["epoch"] == 1
 
     if kind == "search":
         again = Searcher(SearchConfig(**{**full.cfg.to_json(), "out": str(cut)}), resume=True)
@@ -87,14 +87,14 @@ def test_a_kill_between_record_and_checkpoint_loses_no_epoch(kind, tmp_path, mon
     else:
         again = _train(cut, resume=True)
         again.run_training()
-    assert again.start_epoch == 1  # epoch 1 is computed again ...
+    assert again.start_epoch == 1  # epoch 2 (index 1) is computed again ...
     # ... and the finished run's records are an uninterrupted run's: no epoch lost, none twice
     _same_records(RunDir(cut).metrics(None), RunDir(tmp_path / "full").metrics(None))
-    assert [r["epoch"] for r in again.history] == [0, 1, 2]
-    assert load_checkpoint(cut / "checkpoint.pt", kind)["epoch"] == 2
+    assert [r["epoch"] for r in again.history] == [1, 2, 3]
+    assert load_checkpoint(cut / "checkpoint.pt", kind)["epoch"] == 3
     if kind == "search":
-        assert [r["epoch"] for r in RunDir(cut).records("alphas.jsonl")] == [-1, 0, 1, 2]
-        assert sorted(p.name for p in (cut / "genotypes").iterdir()) == [f"epoch_{e:03d}.json" for e in range(3)]
+        assert [r["epoch"] for r in RunDir(cut).records("alphas.jsonl")] == [0, 1, 2, 3]
+        assert sorted(p.name for p in (cut / "genotypes").iterdir()) == [f"epoch_{e:03d}.json" for e in range(1, 4)]
         assert json.loads((cut / "genotype.json").read_text()) == json.loads(
             (tmp_path / "full/genotype.json").read_text()
         )
@@ -139,4 +139,4 @@ def test_ctrl_c_says_what_is_on_disk(kind, tmp_path, monkeypatch, capsys):
     assert f"finished epochs are saved; continue with bnas {kind} --resume {out}" in err
     stop["at"] = -1
     assert main([kind, "--resume", str(out), "--quiet"]) == 0
-    assert [r["epoch"] for r in RunDir(out).metrics("epoch")] == [0, 1]
+    assert [r["epoch"] for r in RunDir(out).metrics("epoch")] == [1, 2]

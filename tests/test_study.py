@@ -161,8 +161,9 @@ def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path, capsys):
         ({**ISSUE, "methods": [{"name": "p2", "method": "bnas-d", "clr_pow": 2}]}, "unknown option 'clr_pow'"),
         ({**ISSUE, "search": {"epoch": 1}}, "search has unknown option 'epoch' (did you mean epochs"),
         ({**ISSUE, "train": {"seed": 3}}, "train option 'seed' is set by the study itself"),
-        ({**ISSUE, "train": {"epochs": 0}}, "train: --epochs must be at least 1"),
-        ({**ISSUE, "search": {"batch_size": "big"}}, "method clr: --batch-size must be a whole number"),
+        # a study file names its keys (the library's arguments), not the command line's flags
+        ({**ISSUE, "train": {"epochs": 0}}, "train: epochs must be at least 1"),
+        ({**ISSUE, "search": {"batch_size": "big"}}, "method clr: batch_size must be a whole number"),
         ({**ISSUE, "published": ["BNASv2_CLR_v3"]}, "published genotype 'BNASv2_CLR_v3' is not bundled"),
         ({**ISSUE, "seeds": [0, 0]}, "seeds must be distinct whole numbers"),
         ({**ISSUE, "random_cells": -1}, "random_cells must be a whole number of at least 0"),

@@ -103,17 +103,17 @@ def test_train_eval_export_end_to_end(tmp_path, capsys):
         assert (out / name).exists(), name
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["epoch"] for r in epochs] == [1, 2]  # numbered from 1
     assert [r["drop_prob"] for r in epochs] == pytest.approx([0.0, 0.15])  # 0.3 x epoch / epochs
     assert [r["lr"] for r in epochs] == pytest.approx([0.025, 0.0125])  # cosine over the epochs
     res = json.loads((out / "results.json").read_text())
     assert res["images"] == {"train": 24, "val": 8, "test": 8}  # 32 synthetic images, a quarter held out
     assert res["parameters"] == count_parameters(build_network(get_genotype("BNASv2_CLR_v1"), 4, 2, 1))
     assert res["macs_per_image"] > 0 and res["epochs"] == 2
-    assert res["selected_on_val"]["epoch"] in (0, 1)
+    assert res["selected_on_val"]["epoch"] in (1, 2)
     # results.json is the final epoch: re-evaluating checkpoint.pt gives exactly its numbers
     again = evaluate_checkpoint(out, device="cpu")
-    assert again["epoch"] == 1 and again["images"] == 8
+    assert again["epoch"] == 2 and again["images"] == 8
     assert again["top1"] == res["final_epoch"]["test_top1"] and again["top5"] == res["final_epoch"]["test_top5"]
     assert main(["eval", str(out), "--split", "val", "--json"]) == 0
     val = json.loads(capsys.readouterr().out)
@@ -151,7 +151,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         cut.run_training()
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
-    assert saved["epoch"] == 1
+    assert saved["epoch"] == 2  # the second epoch finished (numbered from 1)
     torch.manual_seed(1234)  # the resumed run must not depend on the state of the process it starts in
     resumed = Trainer(_tiny(tmp_path, "cut", **kw), resume=True)
     res = resumed.run_training()
@@ -162,7 +162,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
     assert res["final_epoch"]["test_top1"] == full_res["final_epoch"]["test_top1"]
     lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [0, 1, 2]  # no epoch logged twice
+    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]  # no epoch logged twice
 
 
 def test_resume_from_the_command_line(tmp_path, capsys):
@@ -171,7 +171,7 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert main(args) == 0
     assert main(args) == 2  # the run exists: one clear sentence, not an overwrite
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "r"), "--extend-epochs", "1", "--quiet"]) == 0
     assert "resuming" in capsys.readouterr().out
     assert json.loads((tmp_path / "r" / "results.json").read_text())["epochs"] == 2
 

@@ -166,7 +166,7 @@ def test_a_folder_run_resumes(rgb_tree, tmp_path, capsys):
     out = tmp_path / "t"
     argv = ["train", "--dataset", "folder", "--data-dir", str(rgb_tree), *TRAIN, "--out", str(out)]
     assert main(argv) == 0
-    code, _, err = run_cli(["train", "--resume", str(out), "--epochs", "2", "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(out), "--extend-epochs", "1", "--quiet"], capsys)
     assert code == 0, err
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
 

@@ -11,10 +11,73 @@ from .errors import BnasError
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage mistakes (an unknown data set, a missing value) are one sentence on stderr, like every other error."""
+    """Usage mistakes (an unknown data set, a missing value) are one sentence on stderr, like every other error;
+    a mistyped option or command gets a "did you mean"."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        self.exit(2, f"{self.prog}: error: {message}{_suggestion(self, message)}; see {self.prog} --help\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None or not extras:
+            return parsed, extras
+        # an option the subcommand does not know: its parser, not the top one, says what it is and suggests
+        sub = _chosen(self, parsed)
+        if sub is not None and any(e.startswith("-") for e in extras):
+            sub.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _chosen(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> argparse.ArgumentParser | None:
+    """The innermost subcommand parser that `parsed` went through."""
+    chosen = None
+    while parser is not None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(parsed, subs[0].dest, None) if subs else None
+        parser = subs[0].choices.get(name) if name else None
+        chosen = parser or chosen
+    return chosen
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """'(did you mean --epochs?)' for an unknown option or command close to a known one."""
+    import difflib
+    import re
+
+    known: list[str] = []
+    m = re.search(r"unrecognized arguments: (\S+)", message)
+    if m:
+        word = m.group(1).split("=")[0]
+        known = [o for a in parser._actions for o in a.option_strings]
+    else:
+        m = re.search(r"invalid choice: '([^']*)'", message)
+        if not m:
+            return ""
+        word = m.group(1)
+        known = [c for a in parser._actions if a.choices for c in map(str, a.choices)]
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def flag_message(error: BnasError) -> str:
+    """A library error in the command line's words: the arguments it names (`error.options`: `batch_size`,
+    `resume=True`, `on_nan='skip'`) become flags (`--batch-size`, `--resume`, `--on-nan skip`). Every `name=value`
+    is an argument; of a bare name only the first occurrence is ("device 'tpu' is not a device")."""
+    import re
+
+    msg = str(error)
+    for name in getattr(error, "options", ()):
+        flag = "--" + name.replace("_", "-")
+
+        def with_value(m: re.Match, flag: str = flag) -> str:
+            value = m.group(1).strip("'\"")
+            if value in ("True", "False"):
+                return flag if value == "True" else "--no-" + flag[2:]
+            return f"{flag} {value}"
+
+        msg = re.sub(rf"(?<![\w./-]){re.escape(name)}=('[^']*'|\"[^\"]*\"|[\w.+-]+)", with_value, msg)
+        msg = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/=-])", flag, msg, count=1)  # the name, not prose
+    return msg
 
 
 # the order of `bnas --help`: the main job first
@@ -27,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="bnas", description="BNAS-v2: broad neural architecture search")
     p.add_argument("--version", action="version", version=f"bnas {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     import importlib
     import pkgutil
@@ -118,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     except BnasError as e:
         if args.debug:
             raise
-        msg = str(e)
+        msg = flag_message(e)
         if len(msg) > 1 and msg[0].isupper() and msg[1].islower():  # "Image folder ..." but not "CIFAR-10 ..."
             msg = msg[0].lower() + msg[1:]
         print(f"bnas: error: {msg or 'failed'}", file=sys.stderr)

@@ -98,7 +98,10 @@ def trained_shape(
         values.update({k: v for k, v in DARTS_SPACE.items() if k in values})
     size = size or entry.size
     if not size:
-        raise ConfigError(f"the trained network's input size on {dataset} depends on its images: give image_size")
+        raise ConfigError(
+            f"the trained network's input size on {dataset} depends on its images: give image_size",
+            options=("image_size",),
+        )
     return NetworkShape(
         space, channels or values["init_channels"], layers or values["layers"], blocks,
         enhance or values["enhance_cells"], num_classes or entry.num_classes, in_channels or entry.in_channels,
@@ -255,10 +258,10 @@ def parse_count(text: str | int, name: str = "max_params") -> int:
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgG]?)\s*", str(text))
         if not m:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a count such as 3.5M, 600K or 2000000, got {text!r}")
+            raise ConfigError(f"{name} must be a count such as 3.5M, 600K or 2000000, got {text!r}", options=(name,))
         value = round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
     if value <= 0:
-        raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {text!r}")
+        raise ConfigError(f"{name} must be positive, got {text!r}", options=(name,))
     return int(value)
 
 
@@ -331,7 +334,9 @@ class CostPenalty:
         if resource not in RESOURCES:
             raise ConfigError(f"a penalty limits one of {', '.join(RESOURCES)}, got {resource!r}")
         if form not in PENALTIES:
-            raise ConfigError(f"--cost-penalty must be one of {', '.join(PENALTIES)}, got {form!r}")
+            raise ConfigError(
+                f"cost_penalty must be one of {', '.join(PENALTIES)}, got {form!r}", options=("cost_penalty",)
+            )
         self.model, self.resource, self.target, self.form = model, resource, int(target), form
         self.weight = PENALTIES[form] if weight is None else float(weight)
         self.fixed = float(model.fixed.get(resource))

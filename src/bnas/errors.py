@@ -4,7 +4,14 @@ from __future__ import annotations
 
 
 class BnasError(Exception):
-    """A mistake in the user's input or environment, reported as one clear sentence."""
+    """A mistake in the user's input or environment, reported as one clear sentence.
+
+    The sentence names the library's arguments (`batch_size`, `resume=True`); `options` lists those names so
+    that the command line can say its flags instead (`--batch-size`, `--resume`: `bnas.cli.flag_message`)."""
+
+    def __init__(self, message: str = "", *, options: tuple[str, ...] | list[str] = ()):
+        super().__init__(message)
+        self.options = tuple(options)
 
 
 class DataError(BnasError):
@@ -28,25 +35,34 @@ class NumericalError(BnasError):
 
 
 def non_finite(on_nan: str, command: str, which: str, epoch: int, step: int, out: str, lrs: str) -> int:
-    """--on-nan skip: 1 (a skipped step to count); stop (the default): raise, naming the checkpoint that is kept."""
+    """on_nan 'skip': 1 (a skipped step to count); 'stop' (the default): raise, naming the checkpoint that is kept.
+    `lrs` names the learning rates to lower ("lr/arch_lr"; leading dashes are dropped)."""
     if on_nan == "skip":
         return 1
+    rates = [r.lstrip("-").replace("-", "_") for r in lrs.split("/")]
     if epoch:
-        kept = f"the checkpoint of epoch {epoch} is kept in {out}: "
-        kept += f"continue with bnas {command} --resume {out} --on-nan skip"
+        run = {"train": "training"}.get(command, command)
+        kept = f"the checkpoint of epoch {epoch} is kept in {out}: continue the {run} with resume=True and "
+        kept += "on_nan='skip'"
     else:
-        kept = "no epoch had finished: rerun with --on-nan skip"
+        kept = "no epoch had finished: rerun with on_nan='skip'"
     raise NumericalError(
         f"the {which} loss or gradient became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
-        f"{kept}, or start again with a lower {lrs}"
+        f"{kept}, or start again with a lower {' or '.join(rates)}",
+        options=("resume", "on_nan", *rates),
     )
 
 
-# ---- checks of user input: each raises ConfigError with one sentence naming the option (`flag`)
+# ---- checks of user input: each raises ConfigError with one sentence naming the option by its field name
+# (`batch_size`; "arch_betas B2" names an item); a name given as a flag ("--output") is a command's own
 
 
-def _flag(name: str) -> str:
-    return name if name.startswith("-") else "--" + name.replace("_", "-")
+def _options(name: str) -> tuple[str, ...]:
+    return () if name.startswith("-") else (name.split()[0],)
+
+
+def _fail(name: str, message: str) -> ConfigError:
+    return ConfigError(message, options=_options(name))
 
 
 def _is_number(value: object) -> bool:
@@ -65,11 +81,11 @@ def check_int(name: str, value: object, low: int, optional: bool = False) -> Non
     if optional and value is None:
         return
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{_flag(name)} must be a whole number, got {value!r}")
+        raise _fail(name, f"{name} must be a whole number, got {value!r}")
     if value < low:
-        raise ConfigError(f"{_flag(name)} must be at least {low}, got {value}")
+        raise _fail(name, f"{name} must be at least {low}, got {value}")
     if value >= 2**63:  # beyond torch's int64 (and, as a float, beyond exact)
-        raise ConfigError(f"{_flag(name)} must be below 2^63, got {value}")
+        raise _fail(name, f"{name} must be below 2^63, got {value}")
 
 
 def check_float(name: str, value: object, low: float = 0.0, high: float | None = None, *, strict_low=False,
@@ -78,24 +94,24 @@ def check_float(name: str, value: object, low: float = 0.0, high: float | None =
     import math
 
     if not _is_number(value) or not math.isfinite(value if isinstance(value, float) else _as_float(value)):
-        raise ConfigError(f"{_flag(name)} must be a finite number, got {value!r}")
+        raise _fail(name, f"{name} must be a finite number, got {value!r}")
     if high is None:
         if strict_low and value <= low:
-            raise ConfigError(f"{_flag(name)} must be greater than {low:g}, got {value}")
+            raise _fail(name, f"{name} must be greater than {low:g}, got {value}")
         if value < low:
             rule = "must not be negative" if low == 0 else f"must be at least {low:g}"
-            raise ConfigError(f"{_flag(name)} {rule}, got {value}")
+            raise _fail(name, f"{name} {rule}, got {value}")
         return
     below = value < low or (strict_low and value == low)
     above = value > high or (strict_high and value == high)
     if below or above:
         interval = f"{'(' if strict_low else '['}{low:g}, {high:g}{')' if strict_high else ']'}"
-        raise ConfigError(f"{_flag(name)} must be in {interval}, got {value}")
+        raise _fail(name, f"{name} must be in {interval}, got {value}")
 
 
 def check_choice(name: str, value: object, choices) -> None:
     if value not in choices:
-        raise ConfigError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise _fail(name, f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def check_types(cfg) -> None:
@@ -114,29 +130,34 @@ def check_types(cfg) -> None:
                 continue
             hint = args[0]
         origin = typing.get_origin(hint)
+        if origin is typing.Literal:  # a choice: one of the values, of their type (True is not 1)
+            choices = typing.get_args(hint)
+            if not any(value == c and type(value) is type(c) for c in choices):
+                raise _fail(f.name, f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            continue
         if hint is bool and not isinstance(value, bool):
-            raise ConfigError(f"{_flag(f.name)} must be true or false, got {value!r}")
+            raise _fail(f.name, f"{f.name} must be true or false, got {value!r}")
         if hint is str and not isinstance(value, str):
-            raise ConfigError(f"{_flag(f.name)} must be a string, got {value!r}")
+            raise _fail(f.name, f"{f.name} must be a string, got {value!r}")
         if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"{_flag(f.name)} must be a whole number, got {value!r}")
+            raise _fail(f.name, f"{f.name} must be a whole number, got {value!r}")
         if hint is float and not _is_number(value):
-            raise ConfigError(f"{_flag(f.name)} must be a number, got {value!r}")
+            raise _fail(f.name, f"{f.name} must be a number, got {value!r}")
         if origin is tuple:
             n = len(typing.get_args(hint))
             if not (isinstance(value, tuple | list) and len(value) == n and all(_is_number(v) for v in value)):
-                raise ConfigError(f"{_flag(f.name)} must be {n} numbers, got {value!r}")
+                raise _fail(f.name, f"{f.name} must be {n} numbers, got {value!r}")
         if origin is dict and not isinstance(value, dict):
-            raise ConfigError(f"{_flag(f.name)} must be a JSON object, got {value!r}")
+            raise _fail(f.name, f"{f.name} must be a JSON object, got {value!r}")
 
 
 def check_seed(value: object) -> None:
     check_int("seed", value, 0)
     if value >= 2**32:
-        raise ConfigError(f"--seed must be below 2^32, got {value}")
+        raise _fail("seed", f"seed must be below 2^32, got {value}")
 
 
-def check_device(value: object, flag: str = "--device") -> None:
+def check_device(value: object, flag: str = "device") -> None:
     """auto, or a device that torch can parse and that exists on this machine."""
     if value == "auto":
         return
@@ -148,20 +169,21 @@ def check_device(value: object, flag: str = "--device") -> None:
             raise TypeError
         dev = torch.device(value)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"{flag} {value!r} is not a device; {hint}") from None
+        raise _fail(flag, f"{flag} {value!r} is not a device; {hint}") from None
     if dev.type == "cpu":
         return
     backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}
     module = backend.get(dev.type)
     if module is None:
-        raise ConfigError(f"{flag} {value} is not supported by bnas; {hint}")
+        raise _fail(flag, f"{flag} {value} is not supported by bnas; {hint}")
     if not module.is_available():
-        raise ConfigError(f"{flag} {value} was asked for but this machine has no {dev.type} device; use --device cpu")
+        raise _fail(flag, f"{flag} {value} was asked for but this machine has no {dev.type} device; use {flag} cpu")
     count = module.device_count() if hasattr(module, "device_count") else 1
     if dev.index is not None and dev.index >= count:
-        raise ConfigError(
+        raise _fail(
+            flag,
             f"{flag} {value} does not exist: this machine has {count} {dev.type} device(s), {dev.type}:0 to "
-            f"{dev.type}:{count - 1}"
+            f"{dev.type}:{count - 1}",
         )
 
 
@@ -170,7 +192,7 @@ def check_not_file(name: str, value: str, what: str) -> None:
     import os
 
     if os.path.exists(value) and not os.path.isdir(value):
-        raise ConfigError(f"{_flag(name)} {value} is a file, not a directory; give {what}")
+        raise _fail(name, f"{name} {value} is a file, not a directory; give {what}")
 
 
 def check_compile(value: str) -> None:
@@ -179,8 +201,8 @@ def check_compile(value: str) -> None:
     import torch._dynamo
 
     if not isinstance(value, str) or value not in torch._dynamo.list_backends(exclude_tags=()):
-        raise ConfigError(
-            f"--compile must be off or a torch.compile backend (inductor, or eager to debug), got {value!r}"
+        raise _fail(
+            "compile", f"compile must be off or a torch.compile backend (inductor, or eager to debug), got {value!r}"
         )
 
 
@@ -191,9 +213,9 @@ def check_output(name: str, path, directory: bool) -> None:
     path = Path(path)
     if path.exists() and path.is_dir() != directory:
         kind = "a directory" if path.is_dir() else "a file"
-        raise ConfigError(f"{_flag(name)} {path} is {kind}; give {'a directory' if directory else 'a file name'}")
+        raise _fail(name, f"{name} {path} is {kind}; give {'a directory' if directory else 'a file name'}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"{_flag(name)} {path}: {parent} is a file, not a directory")
+                raise _fail(name, f"{name} {path}: {parent} is a file, not a directory")
             return

@@ -258,21 +258,21 @@ def load_run(path: str | Path) -> RunData:
         config=config,
         epochs=[r for r in records if r.get("kind") == "epoch"],
         steps=[r for r in records if r.get("kind") == "step"],
-        alphas=sorted(run.records("alphas.jsonl"), key=lambda r: r.get("epoch", -1)),
+        alphas=sorted(run.records("alphas.jsonl"), key=lambda r: r.get("epoch", 0)),
         summary=summary,
         genotype=genotype,
     )
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """(x, y) of a key over epoch records; x = epochs completed (record epoch + 1); missing values skipped."""
+    """(x, y) of a key over epoch records; x = the record's epoch (from 1: epochs completed); missing values skipped."""
     xs, ys = [], []
     for r in records:
         v = r
         for part in key.split("/"):
             v = v.get(part) if isinstance(v, dict) else None
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            xs.append(r["epoch"] + 1)
+            xs.append(r["epoch"])
             ys.append(float(v))
     return xs, ys
 
@@ -288,7 +288,7 @@ def curves_figure(run: RunData):
         per_epoch: dict[int, int] = {}
         for r in run.steps:
             per_epoch[r["epoch"]] = max(per_epoch.get(r["epoch"], 0), r["step"])
-        xs = [r["epoch"] + r["step"] / per_epoch[r["epoch"]] for r in run.steps if "train_loss" in r]
+        xs = [r["epoch"] - 1 + r["step"] / per_epoch[r["epoch"]] for r in run.steps if "train_loss" in r]
         ys = [r["train_loss"] for r in run.steps if "train_loss" in r]
         ax_loss.plot(xs, ys, color="#1f77b4", alpha=0.25, lw=0.8, label="train (steps)")
     styles = {"train": ("#1f77b4", "o"), "arch": ("#ff7f0e", "s"), "valid": ("#2ca02c", "^")}
@@ -335,7 +335,7 @@ def alphas_figure(run: RunData, cell: str):
         raise BnasError(f"{run.path} has no alpha records for the {cell} cell (alphas.jsonl)")
     ops = recs[0].get("ops", list(PRIMITIVES))
     steps = _steps_from_rows(len(recs[0]["alphas"][cell]))
-    xs = [r["epoch"] + 1 for r in recs]
+    xs = [r["epoch"] for r in recs]
     values = [v for r in recs for row in r["alphas"][cell] for v in row]
     lo, hi = min(values), max(values)
     pad = max(1e-3, 0.08 * (hi - lo))  # zoom to the data: early in a search all weights sit near 1/8
@@ -419,7 +419,7 @@ def collapse_figure(run: RunData):
             ops = r.get("ops", list(PRIMITIVES))
             if rows:
                 free = [k for k, op in enumerate(ops) if op in COLLAPSE_OPS]
-                xs.append(r["epoch"] + 1)
+                xs.append(r["epoch"])
                 ys.append(sum(sum(row[k] for k in free) for row in rows) / len(rows))
         if xs:
             ax.plot(xs, ys, color=color, marker="o", ms=4, label=CELL_TITLES.get(c, c))

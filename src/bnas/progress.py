@@ -85,7 +85,7 @@ class Reporter:
     def epoch_done(self, rec: dict[str, Any], genotype) -> None:
         if self.quiet:
             return
-        parts = [f"epoch {rec['epoch'] + 1:>3}", f"train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"]
+        parts = [f"epoch {rec['epoch']:>3}", f"train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"]
         if rec.get("arch_loss") is not None:
             parts.append(f"arch loss {rec['arch_loss']:.3f}")
         if rec.get("valid_acc") is not None:
@@ -187,7 +187,7 @@ def print_results(results: dict[str, Any], print_fn=print) -> None:
     if "selected_on_val" in results:
         s = results["selected_on_val"]
         lines.append(
-            f"selected on the validation split: epoch {s['epoch'] + 1} (val top-1 {s['val_top1']:.4f}), "
+            f"selected on the validation split: epoch {s['epoch']} (val top-1 {s['val_top1']:.4f}), "
             f"test top-1 {s['test_top1']:.4f}"
         )
     lines.append(f"run directory: {results['run_dir']} (results.json, metrics.jsonl, checkpoint.pt)")

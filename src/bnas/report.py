@@ -135,7 +135,7 @@ def _epoch_table(epochs: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{k}</th>" for k in ["epoch", *keys, *(f"param-free {c}" for c in free), "seconds"])
     rows = []
     for r in epochs:
-        cells = [str(r["epoch"] + 1)]
+        cells = [str(r["epoch"])]
         cells += [f"{r[k]:.4g}" if isinstance(r.get(k), int | float) else "" for k in keys]
         cells += [str(r.get("parameter_free", {}).get(c, "")) for c in free]
         cells.append(f"{r.get('epoch_s', 0):.1f}")
@@ -150,7 +150,7 @@ def compare_row(run: RunData) -> dict[str, str]:
     """One run's line in `bnas compare`: final-epoch figures only (never a best epoch)."""
     cfg, last = run.config, (run.epochs[-1] if run.epochs else {})
     total = cfg.get("epochs", "?")
-    done = last.get("epoch", -1) + 1
+    done = last.get("epoch", 0)
     free = ""
     if run.genotype is not None:
         free = "/".join(str(v) for v in run.genotype.parameter_free().values())

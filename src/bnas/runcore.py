@@ -201,7 +201,7 @@ class RunLoop:
         """The checkpoint of a finished epoch: the job's parts, the random number generators, the budget."""
         return {
             "kind": self.job.kind,
-            "epoch": epoch,
+            "epoch": epoch + 1,  # the finished epoch, numbered from 1 as everywhere
             "config": self.cfg.to_json(),
             **self.job.state_dict(),
             "rng_cpu": torch.get_rng_state(),
@@ -216,7 +216,7 @@ class RunLoop:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         if self.clock is not None and state.get("budget"):
             self.clock.plan = BudgetPlan.from_state(state["budget"])
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = state["epoch"]  # epochs are numbered from 1: the next one's index
 
     def open(self) -> RunDir | NullRun:
         """Create the run directory, or resume it from its checkpoint (records after the checkpoint's epoch are
@@ -279,7 +279,7 @@ class RunLoop:
     def log_point(self, tally: Tally, epoch: int, step: int | None, last: dict[str, float]) -> dict[str, float]:
         """The one host read between log points, and --on-nan stop's check of the steps skipped as non-finite
         (the message names the first faulty step; at the same step, the one that runs first)."""
-        sums = read_log_point(tally, self.run, epoch, step, last)
+        sums = read_log_point(tally, self.run, epoch + 1, step, last)
         faults = [(sums.get(first, math.inf), which) for bad, first, which in self.job.step.FAULTS if sums[bad] > 0]
         if faults:
             first = min(f for f, _ in faults)
@@ -312,7 +312,7 @@ class RunLoop:
             with reporter.epoch(epoch, shown, per_epoch) as progress:
                 stats = self.train_epoch(epoch, progress)
             job.end_epoch(epoch, stats)
-            record = {"kind": "epoch", "epoch": epoch, **stats, "epoch_s": time.perf_counter() - t0}
+            record = {"kind": "epoch", "epoch": epoch + 1, **stats, "epoch_s": time.perf_counter() - t0}
             if clock is not None:
                 clock.plan.spent_s = clock.elapsed()  # what a resume from this checkpoint has spent
                 record.update(budget_progress=clock.plan.progress((epoch + 1) * per_epoch),

@@ -3,9 +3,10 @@
 Layout of a run directory:
   config.json        the fully resolved configuration (enough to rerun), with versions and hardware
   metrics.jsonl      one JSON object per line ("kind": "epoch" or "step")
-  alphas.jsonl       searches: the softmaxed op weights of every edge per epoch (epoch -1 = initial)
+  alphas.jsonl       searches: the softmaxed op weights of every edge per epoch (epoch 0 = initial)
   checkpoint.pt      the last complete epoch, written to a temp file, fsync'ed, then renamed
-  genotype.json      the current genotype (searches), genotypes/epoch_NNN.json per epoch
+  genotype.json      the current genotype (searches), genotypes/epoch_NNN.json per epoch (epochs are numbered
+                     from 1 in every file, record and message; alphas.jsonl's epoch 0 is the starting point)
   tb/                TensorBoard scalars of the epoch records, when tensorboard is installed
   summary.json       written when the run ends
 
@@ -75,7 +76,8 @@ class RunDir:
         p = Path(path)
         if (p / "checkpoint.pt").exists() and not overwrite:
             raise BnasError(
-                f"{p} already holds a run: resume it with --resume {p}, choose another --out, or pass --overwrite"
+                f"{p} already holds a run: resume it with resume=True, choose another out, or pass overwrite=True",
+                options=("resume", "out", "overwrite"),
             )
         try:
             p.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,9 @@ class RunDir:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise BnasError(f"cannot write to the output directory {p} ({e.strerror}); choose another --out") from None
+            raise BnasError(
+                f"cannot write to the output directory {p} ({e.strerror}); choose another out", options=("out",)
+            ) from None
         run = cls(p)
         if overwrite:
             for name in (*JSONL_FILES, "summary.json", "checkpoint.pt", "genotype.json"):

@@ -1,37 +1,24 @@
-"""Architecture search (SPEC §7): the search configuration, its method presets and the search loop.
-
-The three methods are presets over independent switches (DESIGN "methods are configuration"):
-edge kind and K, edge normalisation, architecture-lr schedule (CLR power), warm-up epochs, order.
-"""
+"""Architecture search (SPEC §7): the search step and the search's parts for the run core. The configuration and
+the method presets are in search_config.py (re-exported here: `from bnas.search import SearchConfig, METHODS`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from . import fast
+from . import fast, options
 from .architect import Architect, ArchitectOptions, clr_arch_lr
 from .constrained import cheapest_fit, derive_within, sample_within
 from .costs import Budget, BudgetPenalty, CostModel, trained_shape
-from .data.registry import find_entry, names, search_data
+from .data.registry import search_data
 from .diagnostics import alpha_entropy, alpha_hessian_eigenvalue, alpha_record
 from .errors import (
     ConfigError,
-    check_choice,
-    check_compile,
-    check_device,
-    check_float,
-    check_int,
-    check_not_file,
-    check_seed,
-    check_types,
 )
 from .genotype import Genotype
 from .random_search import candidates, epoch_paths, select
@@ -41,185 +28,10 @@ from .runtime import STEP_FIGURES, Tally, correct, upcast, weight_step
 from .runtime import (
     evaluate as evaluate_model,
 )
-from .space import SpaceConfig, SuperNet
+from .search_config import METHODS, SearchConfig
+from .space import SuperNet
 
-# SPEC §7 defaults by method (CIFAR-10). Everything else is shared.
-METHODS: dict[str, dict[str, Any]] = {
-    "bnas-d": dict(
-        batch_size=256, lr=0.025, lr_min=0.001, arch_lr=3e-4, enhance_cells=2, arch_start_epoch=0,
-        partial_k=1, edge_norm=False, clr_power=0.0, arch_search="gradient",
-    ),
-    "clr": dict(
-        batch_size=256, lr=0.1, lr_min=0.0, arch_lr=3e-4, enhance_cells=1, arch_start_epoch=0,
-        partial_k=1, edge_norm=False, clr_power=2.0, arch_search="gradient",
-    ),
-    "pc": dict(
-        batch_size=512, lr=0.2, lr_min=0.0, arch_lr=6e-4, enhance_cells=1, arch_start_epoch=15,
-        partial_k=4, edge_norm=True, clr_power=0.0, arch_search="gradient",
-    ),
-    # random search with weight sharing (random_search.py) on CLR's supernet: no architecture step at all
-    "random": dict(
-        batch_size=256, lr=0.025, lr_min=0.001, arch_lr=3e-4, enhance_cells=1, arch_start_epoch=0,
-        partial_k=1, edge_norm=False, clr_power=0.0, arch_search="random",
-    ),
-}  # fmt: skip
-
-
-@dataclass
-class SearchConfig:
-    """Every knob of a search; `resolve(method, overrides)` fills the method's defaults."""
-
-    method: str = "clr"
-    space: str = "bcnn"
-    dataset: str = "cifar10"
-    data_dir: str | None = None  # None: data, then the system's copies (data/registry.py); a named one only
-    download: bool = False  # fetch a missing data set with torchvision (where the network allows)
-    subset: int | None = None  # first N training images only (quick runs)
-    synthetic_size: int = 512
-    image_size: int = 224  # input resolution of image-folder data sets (imagenet-subset; folder: 0 = from the images)
-    test_split: float = 0.2  # folder without test/: share of each class held out (never searched on)
-    cache_dir: str | None = None  # folder: where the decoded images are cached (default: DIR/.bnas-cache)
-    skip_bad: bool = False  # folder: leave unreadable images out (counted in the run) instead of stopping
-    workers: int = 4  # decoding workers of image-folder data sets
-    decode: str = "pil"  # image-folder data sets: pil (in the workers) | gpu (nvJPEG; PIL without a GPU)
-    epochs: int = 50
-    batch_size: int = 256
-    init_channels: int = 16
-    blocks: int = 2  # L, convolution blocks (bcnn)
-    enhance_cells: int = 1  # E (bcnn)
-    layers: int = 8  # cells (darts)
-    partial_k: int = 1
-    edge_norm: bool = False
-    order: int = 1
-    hvp: str = "fd"  # fd (DARTS' finite differences) | exact (double backprop)
-    fd_eps: float = 0.01  # finite-difference step: eps = fd_eps / ||v|| (DARTS: 0.01)
-    lr: float = 0.1
-    lr_min: float = 0.0
-    lr_warmup_epochs: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4
-    arch_weight_decay: float = 1e-3
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_grad_clip: float = 0.0  # 0 = off (ImageNet search clips to 5)
-    clr_power: float = 2.0  # 0 = constant architecture learning rate (no CLR)
-    arch_start_epoch: int = 0  # warm-up: architecture updates start at this epoch
-    arch_search: str = "gradient"  # gradient (architecture steps) | random (random search with weight sharing)
-    random_candidates: int = 8  # random: sampled cells scored on the architecture split at each epoch's end
-    train_portion: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # auto | off | bf16 | fp16
-    channels_last: str = "auto"  # auto (= on) | on | off
-    # off, or a torch.compile backend for the network (inductor; eager to debug). Compiling uses the plain cells:
-    # the fast cells' backward asks the autograd engine at run time which gradients are wanted, an answer
-    # torch.compile would bake into the graph (measured: a different search).
-    compile: str = "off"
-    # per-source-state search cells (fast.cells): the same gradients, less time and memory on a CPU; None = auto:
-    # on the CPU, not on a GPU (its kernels are unmeasured there: benchmarks/gpu_check.py decides)
-    fast: bool | None = None
-    eval_every: int = 1  # evaluate the supernet on the architecture split every N epochs (0 = never)
-    log_every: int = 50  # steps between "step" records in metrics.jsonl
-    hessian_every: int = 0  # collapse diagnostic: dominant eigenvalue of the alpha Hessian every N epochs (0 = off)
-    hessian_iters: int = 20  # at most this many power-iteration steps (it stops once the estimate settles)
-    out: str = "runs/search"
-    quiet: bool = False
-    deterministic: bool = False  # GPU: deterministic kernels (slower); CPU runs are reproducible anyway
-    on_nan: str = "stop"  # stop: end the run keeping the last good checkpoint | skip: skip the step and count it
-    # a budget on the trained network (docs/hardware-aware.md): K/M/G counts, the penalty's form and weight, and
-    # the trained network's size (None: the training recipe's for the space and data set)
-    max_params: str | None = None
-    max_macs: str | None = None
-    cost_penalty: str = "two-sided"  # two-sided | mul-log | add-linear | none
-    cost_weight: float | None = None  # None: the form's published weight
-    cost_channels: int | None = None
-    cost_layers: int | None = None
-    cost_enhance: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def resolve(cls, method: str = "clr", **overrides: Any) -> SearchConfig:
-        if not isinstance(method, str) or method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown search option(s) {', '.join(unknown)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        entry = find_entry(given.get("dataset", cls.dataset))  # its defaults over the preset (SPEC §7: ImageNet)
-        values = {**METHODS[method], **(entry.search_defaults if entry else {}), **given, "method": method}
-        if entry:
-            entry.add_warmup(values)
-        if isinstance(values.get("arch_betas"), list):
-            values["arch_betas"] = tuple(values["arch_betas"])
-        cfg = cls(**values)
-        if entry:
-            entry.fit(cfg, given, "search")
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Every option once: its type, a finite value in its range, a known choice, a device and paths that
-        exist. Raises ConfigError with one sentence naming the option."""
-
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
-        check_types(self)
-        for name, choices in (
-            ("method", list(METHODS)), ("space", ["bcnn", "darts"]), ("dataset", names("search")),
-            ("order", [1, 2]), ("hvp", ["fd", "exact"]), ("decode", ["pil", "gpu"]),
-            ("amp", ["auto", "off", "bf16", "fp16"]), ("channels_last", ["auto", "on", "off"]),
-            ("on_nan", ["stop", "skip"]), ("arch_search", ["gradient", "random"]),
-        ):  # fmt: skip
-            check_choice(name, getattr(self, name), choices)
-        for name in ("epochs", "batch_size", "init_channels", "layers", "partial_k", "synthetic_size", "hessian_iters",
-                     "random_candidates"):  # fmt: skip
-            check_int(name, getattr(self, name), 1)
-        for name in ("workers", "lr_warmup_epochs", "arch_start_epoch", "eval_every", "log_every", "hessian_every"):
-            check_int(name, getattr(self, name), 0)
-        check_int("subset", self.subset, 1, optional=True)
-        check_int("blocks", self.blocks, 2 if self.space == "bcnn" else 1)
-        check_int("enhance_cells", self.enhance_cells, 1)
-        check_seed(self.seed)
-        for name in ("lr", "lr_min", "weight_decay", "arch_lr", "arch_weight_decay", "arch_grad_clip", "clr_power"):
-            check_float(name, getattr(self, name), 0.0)
-        check_float("fd_eps", self.fd_eps, 0.0, strict_low=True)
-        # the search always clips the weight gradients (0 would zero them: a silent run that learns nothing)
-        check_float("grad_clip", self.grad_clip, 0.0, strict_low=True)
-        check_float("momentum", self.momentum, 0.0, 1.0)
-        check_float("train_portion", self.train_portion, 0.0, 1.0, strict_low=True)
-        for i, beta in enumerate(self.arch_betas):
-            check_float(f"--arch-betas B{i + 1}", beta, 0.0, 1.0)
-        check_device(self.device)
-        check_compile(self.compile)
-        if self.data_dir is not None:
-            check_not_file("data_dir", self.data_dir, "the directory that holds the data set")
-        check_not_file("out", self.out, "a directory for the run")
-        if self.init_channels % self.partial_k:
-            bad(f"--partial-k {self.partial_k} must divide --init-channels {self.init_channels}")
-        if self.space == "bcnn" and self.init_channels % 2:  # FactorizedReduce halves the channels
-            bad(f"the broad network needs an even --init-channels, got {self.init_channels}")
-        if self.order == 2 and self.amp == "fp16":
-            bad("fp16 gives NaNs in the second-order double backward; use --amp bf16 or off with --order 2")
-        check_choice("cost_penalty", self.cost_penalty, ["two-sided", "mul-log", "add-linear", "none"])
-        Budget.parse(self.max_params, self.max_macs)
-        if self.cost_weight is not None:
-            check_float("cost_weight", self.cost_weight, 0.0)
-        for name in ("cost_channels", "cost_layers", "cost_enhance"):
-            check_int(name, getattr(self, name), 1, optional=True)
-        find_entry(self.dataset).check_options(self, "search")  # what the data set reads (data/registry.py)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def space_config(self, num_classes: int, in_channels: int, stem: str = "cifar") -> SpaceConfig:
-        return SpaceConfig(
-            space=self.space, channels=self.init_channels, blocks=self.blocks, enhance=self.enhance_cells,
-            layers=self.layers, num_classes=num_classes, in_channels=in_channels, stem=stem,
-            partial_k=self.partial_k, edge_norm=self.edge_norm,
-        )  # fmt: skip
+__all__ = ["METHODS", "SearchConfig", "SearchStep", "Searcher", "resume_config", "search"]
 
 
 class SearchStep:
@@ -275,7 +87,7 @@ class Searcher:
 
     def __init__(self, cfg: SearchConfig, resume: bool = False, overwrite: bool = False, load_data: bool = True):
         self.cfg = cfg
-        self.device = setup(cfg.seed, cfg.device, cfg.deterministic)
+        self.device = setup(cfg.seed, cfg.device, cfg.deterministic, cfg.threads)
         # every device-dependent switch, resolved once (bnas.profile; BNAS_PROFILE=cuda forces the GPU's on a CPU)
         parts = device_parts(self.device, cfg.amp, cfg.channels_last, cfg.deterministic, fast=cfg.fast,
                              compile=cfg.compile)  # fmt: skip
@@ -414,7 +226,7 @@ class Searcher:
                 "environment": environment(),
             },  # fmt: skip
         )
-        run.append("alphas.jsonl", alpha_record(self.model, -1))  # the starting point of the evolution plots
+        run.append("alphas.jsonl", alpha_record(self.model, 0))  # epoch 0: the starting point of the evolution plots
 
     # --- an epoch, as the run core runs it
     def train_epoch(self, epoch: int, progress) -> dict[str, Any]:
@@ -484,9 +296,9 @@ class Searcher:
             parameter_free=genotype.parameter_free(), alpha_entropy=alpha_entropy(self.model),
             genotype=genotype.to_json(), **self.cost_record(genotype),
         )  # fmt: skip
-        run.write_json(f"genotypes/epoch_{epoch:03d}.json", genotype.to_json())
+        run.write_json(f"genotypes/epoch_{epoch + 1:03d}.json", genotype.to_json())
         run.write_json("genotype.json", {**genotype.to_json(), **self.cost_record(genotype)})
-        run.append("alphas.jsonl", alpha_record(self.model, epoch))
+        run.append("alphas.jsonl", alpha_record(self.model, epoch + 1))
         return genotype
 
     def selected_path(self) -> dict[str, torch.Tensor] | None:
@@ -545,18 +357,18 @@ class Searcher:
 
 
 def search(cfg: SearchConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> Genotype:
-    """Run a search from Python: `bnas.search(method="pc", dataset="synthetic", epochs=2)`."""
-    if cfg is None:
+    """Run a search from Python: `bnas.search.search(method="pc", dataset="synthetic", epochs=2)`.
+
+    `resume=True` continues the run in `out` (or `cfg.out`) under the resume policy (options.resume_config):
+    options that would change its results are refused, the others are recorded."""
+    if resume:
+        given = cfg.to_json() if cfg is not None else dict(overrides)
+        cfg = resume_config(given.get("out") or SearchConfig.out, **given)
+    elif cfg is None:
         cfg = SearchConfig.resolve(overrides.pop("method", "clr"), **overrides)
     return Searcher(cfg, resume=resume, overwrite=overwrite).run_search()
 
 
-def resume_config(run_dir: str | Path) -> SearchConfig:
-    """The configuration a run directory was started with."""
-    saved = RunDir(run_dir).read_json("config.json")
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    values = {k: v for k, v in saved.items() if k in fields}
-    values["out"] = str(run_dir)
-    if isinstance(values.get("arch_betas"), list):
-        values["arch_betas"] = tuple(values["arch_betas"])
-    return SearchConfig(**values)
+def resume_config(run_dir: str | Path, **overrides: Any) -> SearchConfig:
+    """The configuration a run directory was started with, told `overrides` under the resume policy."""
+    return options.resume_config(run_dir, SearchConfig, overrides)

@@ -317,11 +317,15 @@ def execute(spec: StudySpec, run: PlannedRun) -> None:
     state = run.state()
     if state == "done":
         return
+    from .options import resume_config
+
     if run.command == "search":
         from .search import Searcher
 
         assert run.method is not None
         cfg = spec.search_config(run.method, run.seed, run.path)
+        if state == "resume":  # the policy of every resume: the study's options must be the run's own
+            cfg = resume_config(run.path, type(cfg), cfg.to_json())
         Searcher(cfg, resume=state == "resume", overwrite=state == "new").run_search()
         return
     from .train import Trainer
@@ -329,6 +333,9 @@ def execute(spec: StudySpec, run: PlannedRun) -> None:
     if run.kind == "random":
         write_random_cell(spec, run)
     cfg = spec.train_config(run.genotype, run.seed, run.path)
+    if state == "resume":  # under a budget the run's config.json holds the epochs the budget sized
+        given = {k: v for k, v in cfg.to_json().items() if not (k == "epochs" and cfg.budget is not None)}
+        cfg = resume_config(run.path, type(cfg), given)
     Trainer(cfg, resume=state == "resume", overwrite=state == "new").run_training()
 
 

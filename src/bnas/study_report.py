@@ -109,7 +109,7 @@ def collect(spec: StudySpec, out: Path, runs: list[PlannedRun]) -> StudyResults:
         if run.command == "search":
             epochs = RunDir(run.path).metrics("epoch")
             collapse.setdefault(run.group, {})[str(run.seed)] = [
-                {"epoch": r["epoch"] + 1, "parameter_free": r.get("parameter_free", {})} for r in epochs
+                {"epoch": r["epoch"], "parameter_free": r.get("parameter_free", {})} for r in epochs
             ]
     return StudyResults(rows, summarise(rows, spec.bootstrap_samples, spec.bootstrap_seed), collapse)
 

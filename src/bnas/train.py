@@ -10,7 +10,6 @@ test split; `val_split` holds out part of the training set, and only that split 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast
+from . import fast, options
 from .budget import BudgetClock, reserve_s
 from .data.loaders import Loader
 from .data.registry import open_source
@@ -43,14 +42,18 @@ def network_for(
     """The network a configuration trains (also what eval/export rebuild from a checkpoint, with the plain
     modules: `backend` is fast.TRAINED or None)."""
     if cfg.auxiliary and genotype.space != "darts":
-        raise ConfigError("--auxiliary exists only for DARTS-space genotypes; the broad network has no such head")
+        raise ConfigError("auxiliary exists only for DARTS-space genotypes; the broad network has no such head",
+                          options=("auxiliary",))  # fmt: skip
     if genotype.space == "bcnn" and cfg.layers % cfg.blocks:
-        raise ConfigError(f"--layers {cfg.layers} must be a multiple of the {cfg.blocks} convolution blocks")
+        raise ConfigError(f"layers {cfg.layers} must be a multiple of the {cfg.blocks} convolution blocks",
+                          options=("layers",))  # fmt: skip
     if genotype.space == "bcnn" and (cfg.blocks < 2 or cfg.enhance_cells < 1):
-        raise ConfigError("the broad network needs --blocks of at least 2 and --enhance-cells of at least 1")
+        raise ConfigError("the broad network needs blocks of at least 2 and enhance_cells of at least 1",
+                          options=("blocks", "enhance_cells"))  # fmt: skip
     if genotype.space == "bcnn" and cfg.init_channels % 2:
         raise ConfigError(
-            f"the broad network needs an even --init-channels (FactorizedReduce halves them), got {cfg.init_channels}"
+            f"the broad network needs an even init_channels (FactorizedReduce halves them), got {cfg.init_channels}",
+            options=("init_channels",),
         )
     return build_network(
         genotype,
@@ -300,8 +303,8 @@ class Trainer:
             val = self.evaluate("val")
             stats.update(valid_loss=val["loss"], valid_acc=val["top1"], valid_top5=val["top5"])
             if self.best_val is None or val["top1"] > self.best_val["top1"]:
-                self.best_val = {"epoch": epoch, **val}
-                self._save_weights(self.run.path / "best.pt", epoch)
+                self.best_val = {"epoch": epoch + 1, **val}
+                self._save_weights(self.run.path / "best.pt", epoch + 1)
 
     def epoch_records(self, run: RunDir, epoch: int, record: dict[str, Any]) -> None:
         return None  # a training's epoch is its metrics line
@@ -378,15 +381,30 @@ class Trainer:
         return out
 
 
-def train(cfg: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
-    """Train from Python: `bnas.train.train(genotype="BNASv2_CLR_v1", dataset="synthetic", epochs=2)`."""
+def train(
+    cfg: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    extend_epochs: int = 0,
+    **overrides,
+) -> dict:
+    """Train from Python: `bnas.train.train(genotype="BNASv2_CLR_v1", dataset="synthetic", epochs=2)`.
+
+    `resume=True` continues the run in `out` (or `cfg.out`) under the resume policy (options.resume_config):
+    options that would change its results are refused; `extend_epochs=N` trains a run N epochs longer."""
+    if resume:
+        given = cfg.to_json() if cfg is not None else dict(overrides)
+        given.pop("extensions", None)
+        cfg = resume_config(given.get("out") or TrainConfig.out, extend_epochs=extend_epochs, **given)
+    elif extend_epochs:
+        raise ConfigError(
+            "extend_epochs continues a run: give it with resume=True", options=("extend_epochs", "resume")
+        )
     cfg = cfg or TrainConfig.resolve(**overrides)
     return Trainer(cfg, resume=resume, overwrite=overwrite).run_training()
 
 
-def resume_config(run_dir: str | Path) -> TrainConfig:
-    saved = RunDir(run_dir).read_json("config.json")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in saved.items() if k in fields}
-    values["out"] = str(run_dir)
-    return TrainConfig(**values)
+def resume_config(run_dir: str | Path, extend_epochs: int = 0, **overrides: Any) -> TrainConfig:
+    """The configuration a run directory was started with, told `overrides` under the resume policy."""
+    return options.resume_config(run_dir, TrainConfig, overrides, extend_epochs)

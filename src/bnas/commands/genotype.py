@@ -98,7 +98,7 @@ def zoo_table() -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("genotype", help="show or list genotypes")
-    gsub = g.add_subparsers(dest="genotype_cmd", required=True)
+    gsub = g.add_subparsers(dest="genotype_cmd", required=True, metavar="SUBCOMMAND")
     show = gsub.add_parser("show", help="print a genotype's cells as text")
     show.add_argument("name", help="bundled genotype name or genotype.json / run directory")
     show.add_argument("--json", action="store_true", help="also print the JSON form")
@@ -106,14 +106,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     plot = gsub.add_parser("plot", help="draw both cells as graphs (graphviz's dot if installed, else matplotlib)")
     plot.add_argument("name", help="bundled genotype name or genotype.json / run directory")
     plot.add_argument("-o", "--output", type=Path, help="file to write: .svg, .png or .pdf (default: NAME.svg here)")
-    plot.add_argument("--engine", choices=["auto", "dot", "matplotlib"], default="auto", help="drawing program")
+    plot.add_argument(
+        "--engine",
+        choices=["auto", "dot", "matplotlib"],
+        default="auto",
+        help="drawing program: auto = dot if installed, else matplotlib (default: auto)",
+    )
     sample = gsub.add_parser(
         "sample", help="draw a random cell pair of a search space (the baseline a search has to beat)",
         description="Draw both cells uniformly from what derivation can produce: per node two distinct inputs, "
         "each with an operation other than none. The same --seed gives the same cells.",
     )  # fmt: skip
-    sample.add_argument("--space", choices=["bcnn", "darts"], default="bcnn", help="search space (default bcnn)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--space", choices=["bcnn", "darts"], default="bcnn", help="search space (default: bcnn)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sample.add_argument("-o", "--output", type=Path, help="write the genotype as JSON to this file")
     g.set_defaults(func=cmd_genotype)
     _budget_flags(sample)

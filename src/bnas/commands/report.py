@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(pip install 'bnas[report]'); cells are drawn by graphviz's dot when it is installed.",
     )
     r.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory of bnas search or bnas train")
-    r.add_argument("-o", "--output", type=Path, help="directory for index.html and the PNGs (default RUN_DIR/report)")
+    r.add_argument("-o", "--output", type=Path, help="directory for index.html and the PNGs (default: RUN_DIR/report)")
     r.add_argument("--embed", action="store_true", help="inline the PNGs so that index.html alone holds everything")
     r.set_defaults(func=cmd_report)
 
