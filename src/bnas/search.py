@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import fast, options
 from .architect import Architect, ArchitectOptions, clr_arch_lr
-from .constrained import cheapest_fit, derive_within, sample_within
+from .constrained import BudgetError, cheapest_fit, derive_within, sample_within
 from .costs import Budget, BudgetPenalty, CostModel, trained_shape
 from .data.registry import search_data
 from .diagnostics import alpha_entropy, alpha_hessian_eigenvalue, alpha_record
@@ -128,7 +128,11 @@ class Searcher:
             blocks=cfg.blocks,
         )  # fmt: skip
         model = CostModel.build(shape)
-        cheapest_fit(model, budget)  # BudgetError: nothing fits
+        try:
+            cheapest_fit(model, budget)
+        except BudgetError as e:  # nothing fits: say it before the search starts, in the search's options
+            msg = str(e).replace("(channels, layers)", "(cost_channels, cost_layers)")
+            raise BudgetError(msg, options=("cost_channels", "cost_layers")) from None
         use = cfg.cost_penalty != "none" and cfg.arch_search == "gradient"
         return model, budget, BudgetPenalty(model, budget, cfg.cost_penalty, cfg.cost_weight) if use else None
 
