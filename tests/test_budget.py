@@ -26,8 +26,11 @@ def test_durations(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "ten minutes", "5x", "-3m", "0s", "nan", True, None, "1h-2m"])
 def test_bad_durations_are_one_sentence(text):
-    with pytest.raises(ConfigError, match="--budget must be a"):
+    from bnas.cli import flag_message
+
+    with pytest.raises(ConfigError, match="^budget must be a") as e:  # the library names its argument ...
         parse_duration(text)
+    assert flag_message(e.value).startswith("--budget must be a")  # ... the command line its flag
 
 
 REPLANS = st.lists(st.tuples(st.integers(1, 399), st.floats(0.5, 2.0)), max_size=4)

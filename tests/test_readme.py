@@ -6,7 +6,8 @@ How the README's examples are run, in document order, in one empty directory tha
 - ```bash blocks, one command per line (`#` starts a comment):
   - `bnas ...` runs in this process (`bnas.cli.main`) and must exit 0, after these changes, which make it
     take seconds on synthetic data: a data set other than `synthetic` or `folder` becomes `synthetic` (its
-    `--data-dir` and `--download` are dropped); `search` gets `--epochs 1` and tiny sizes appended; `train`
+    `--data-dir` and `--download` are dropped); `search` gets `--epochs 1` (`--budget 2s` in place of its
+    budget) and tiny sizes appended; `train`
     gets `--budget 2s` in place of its budget (else `--epochs 1` appended) and tiny sizes appended; `study`
     gets `--dry-run` appended (the ```json block that follows it in the README is its `--config` file);
     `bench` gets one tiny step appended. Appended options override the README's (argparse keeps the last).
@@ -82,7 +83,9 @@ def shrink(argv: list[str]) -> list[str]:
         if dataset not in ("synthetic", "folder"):
             argv = without(without(without(argv, "--dataset"), "--data-dir"), "--download", takes_value=False)
             argv = [*argv, "--dataset", "synthetic"]
-    if command == "search":
+    if command == "search":  # a budget: 2 s in place of it (--epochs and --budget exclude each other)
+        if "--budget" in argv:
+            return [*without(argv, "--budget"), *TINY_SEARCH[2:], "--budget", "2s"]
         return [*argv, *TINY_SEARCH]
     if command == "train":
         length = ["--budget", "2s"] if "--budget" in argv else ["--epochs", "1"]

@@ -277,7 +277,9 @@ def test_report_html_references_existing_pngs_with_data(search_run, tmp_path, ca
     assert "wrote" in capsys.readouterr().out
     page = (out / "index.html").read_text()
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert sorted(srcs) == sorted(["curves.png", "collapse.png", "alphas_conv.png", "alphas_enh.png", "cells.png"])
+    assert sorted(srcs) == sorted(
+        ["curves.png", "collapse.png", "decision.png", "alphas_conv.png", "alphas_enh.png", "cells.png"]
+    )
     for src in srcs:
         _nonblank_png(out / src)
     assert "http" not in page.replace("http-equiv", "")  # self-contained: no external style sheets or scripts

@@ -8,6 +8,7 @@ configuration chose them. The collapse diagnostics (alpha entropy, the alpha Hes
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,42 @@ def clr_arch_lr(base: float, epoch: int, epochs: int, power: float) -> float:
     return base * ((epoch + 1) / epochs) ** power if power else base
 
 
+# --- the summed architecture learning rate: how far a search can move an alpha
+#
+# Adam moves one alpha by at most its learning rate per step, so a search moves an alpha at most by the sum of
+# its steps' rates (CLR's confidence included). `--arch-lr auto` gives a search the sum of its method's paper
+# search on CIFAR-10: 50 epochs of ceil(25,000 / batch) steps, the method's warm-up and CLR power.
+
+PAPER_EPOCHS = 50
+PAPER_IMAGES = 25_000  # the architecture's half of CIFAR-10's 50,000 training images
+
+
+def confidence_sum(epochs: int, steps_per_epoch: int, start_epoch: int, power: float) -> float:
+    """The summed CLR confidence of a search by epochs: steps_per_epoch x ((e + 1) / epochs) ** power over the
+    epochs e from `start_epoch` (the warm-up has no architecture steps)."""
+    return steps_per_epoch * sum(clr_arch_lr(1.0, e, epochs, power) for e in range(start_epoch, epochs))
+
+
+def step_confidence_sum(total_steps: int, start_step: int, power: float) -> float:
+    """The summed CLR confidence of a search by steps (a budget's): ((s + 1) / total) ** power over the steps s
+    from `start_step`."""
+    return sum(((s + 1) / total_steps) ** power if power else 1.0 for s in range(start_step, total_steps))
+
+
+def paper_arch_lr_sum(arch_lr: float, batch_size: int, start_epoch: int, power: float) -> float:
+    """The summed architecture learning rate of a method's paper search on CIFAR-10 (CLR: 0.505)."""
+    steps = math.ceil(PAPER_IMAGES / batch_size)
+    return arch_lr * confidence_sum(PAPER_EPOCHS, steps, start_epoch, power)
+
+
+def auto_arch_lr(target_sum: float, confidence: float) -> float:
+    """The base architecture learning rate whose summed rate over a search of summed `confidence` is
+    `target_sum` (`--arch-lr auto`)."""
+    if confidence <= 0:
+        raise ConfigError("arch_lr auto needs architecture steps: the search has none (arch_start_epoch too late?)")
+    return target_sum / confidence
+
+
 @dataclass(frozen=True)
 class ArchitectOptions:
     """What the architecture step needs to know (SPEC §7 defaults); a search builds it with `from_config`."""
@@ -44,8 +81,9 @@ class ArchitectOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> ArchitectOptions:
         """The architecture options of a search configuration (its arch_* fields, order, hvp, fd_eps)."""
+        lr = cfg.arch_lr if not isinstance(cfg.arch_lr, str) else cls.lr  # "auto": the search sets it
         return cls(
-            lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay, betas=tuple(cfg.arch_betas),
+            lr=lr, weight_decay=cfg.arch_weight_decay, betas=tuple(cfg.arch_betas),
             grad_clip=cfg.arch_grad_clip, clr_power=cfg.clr_power, order=cfg.order, hvp=cfg.hvp, fd_eps=cfg.fd_eps,
         )  # fmt: skip
 

@@ -25,8 +25,10 @@ from .errors import ConfigError
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(text: object, flag: str = "--budget") -> float:
-    """'90s', '20m', '1h', '1h30m' or a number of seconds -> seconds; anything else is one sentence."""
+def parse_duration(text: object, flag: str = "budget") -> float:
+    """'90s', '20m', '1h', '1h30m' or a number of seconds -> seconds; anything else is one sentence naming the
+    argument `flag` (the command line says it as a flag)."""
+    named = (flag,) if flag.isidentifier() else ()
     if isinstance(text, int | float) and not isinstance(text, bool):
         seconds = float(text)
     elif isinstance(text, str) and re.fullmatch(r"\s*(\d+(\.\d+)?\s*[smh]\s*)+", text.lower()):
@@ -34,9 +36,9 @@ def parse_duration(text: object, flag: str = "--budget") -> float:
     elif isinstance(text, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", text):
         seconds = float(text)
     else:
-        raise ConfigError(f"{flag} must be a duration such as 90s, 20m, 1h or 1h30m, got {text!r}")
+        raise ConfigError(f"{flag} must be a duration such as 90s, 20m, 1h or 1h30m, got {text!r}", options=named)
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{flag} must be a positive duration, got {text!r}")
+        raise ConfigError(f"{flag} must be a positive duration, got {text!r}", options=named)
     return seconds
 
 

@@ -128,6 +128,8 @@ def check_types(cfg) -> None:
             args = [a for a in typing.get_args(hint) if a is not type(None)]
             if value is None and len(args) < len(typing.get_args(hint)):
                 continue
+            if str in args[1:] and isinstance(value, str):  # `float | str`: a number or a word (--arch-lr auto)
+                continue
             hint = args[0]
         origin = typing.get_origin(hint)
         if origin is typing.Literal:  # a choice: one of the values, of their type (True is not 1)

@@ -454,3 +454,36 @@ def collapse_figure(run: RunData):
     fig.suptitle(f"{run.name}: collapse diagnostics", fontsize=13)
     _integer_epochs(fig)
     return fig
+
+
+def decision_figure(run: RunData):
+    """How decided the architecture is per epoch (decision.py): the mean op margin (chosen op over the
+    runner-up) and edge margin (weakest kept edge over the strongest dropped one) per cell type, and the share
+    of the last fifth of the search so far whose genotype is the epoch's, each with the `settled` rule's line."""
+    from .decision import OP_MARGIN, STABLE_SHARE
+
+    cells = list(run.epochs[-1].get("decision", {}).get("op_margin", {})) if run.epochs else []
+    fig = _figure(13, 4.2)
+    ax_m, ax_s = fig.subplots(1, 2)
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for c, color in zip(cells, colors, strict=False):
+        for what, ls, label in (("op_margin", "-", "op margin"), ("edge_margin", "--", "edge margin")):
+            xs, ys = _series(run.epochs, f"decision/{what}/{c}")
+            if xs:
+                ax_m.plot(xs, ys, color=color, ls=ls, marker="o", ms=4, label=f"{CELL_TITLES.get(c, c)}: {label}")
+    ax_m.axhline(OP_MARGIN, color="#888888", ls=":", label=f"settled: op margin {OP_MARGIN}")
+    ax_m.set(title="margins of the derived cell (softmax weight)", xlabel="epoch", ylabel="margin")
+    xs, ys = _series(run.epochs, "decision/stable")
+    if xs:
+        ax_s.plot(xs, ys, color="#000000", marker="o", ms=4, label="genotype as now")
+    ax_s.axhline(STABLE_SHARE, color="#888888", ls=":", label=f"settled: {STABLE_SHARE:.0%}")
+    ax_s.set(title="share of the last fifth with this genotype", xlabel="epoch", ylabel="share")
+    ax_s.set_ylim(-0.05, 1.05)
+    for ax in (ax_m, ax_s):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    verdict = (run.summary or {}).get("decision", {}).get("settled")
+    state = "" if verdict is None else (": settled" if verdict else ": not settled")
+    fig.suptitle(f"{run.name}: how decided the architecture is{state}", fontsize=13)
+    _integer_epochs(fig)
+    return fig

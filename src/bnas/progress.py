@@ -119,6 +119,24 @@ class Reporter:
             lines.append(_cost_line(summary))
         if genotype is not None:
             lines.append(genotype.describe())
+        if "budget" in summary:
+            b = summary["budget"]
+            lines.append(f"budget {b['budget_s']:.0f} s: {b['epochs']:.2f} epochs ({b['total_steps']} steps) planned "
+                         f"from {b['step_s'] * 1000:.0f} ms/step, {b['wall_s']:.0f} s used")  # fmt: skip
+        if "arch_lr_auto" in summary:
+            a = summary["arch_lr_auto"]
+            lines.append(
+                f"--arch-lr auto: {a['arch_lr']:.3g} (summed architecture lr {a['sum']:.3g}, the paper search's)"
+            )
+        decision = summary.get("decision")
+        if decision:
+            margins = ", ".join(f"{k} {v['op_margin']:.3f}" for k, v in decision["cells"].items())
+            lines.append(
+                f"architecture {'settled' if decision['settled'] else 'NOT settled'}: mean op margin {margins}; "
+                f"genotype stable over {decision['stable']:.0%} of the last fifth"
+            )
+            if not decision["settled"]:
+                lines.append(decision["advice"])
         run_dir = summary.get("run_dir")
         lines.append(f"run directory: {run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
         self.print("\n".join(lines))  # the next commands are the command line's (commands/_hints.py)

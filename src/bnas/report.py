@@ -17,6 +17,7 @@ from .plots import (
     alphas_figure,
     collapse_figure,
     curves_figure,
+    decision_figure,
     draw_genotype,
     load_run,
 )  # fmt: skip
@@ -49,6 +50,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, embed: bool
     figures: list[tuple[str, str, Any]] = [("curves", "Training curves", curves_figure(run))]
     if run.alphas:
         figures.append(("collapse", "Collapse diagnostics", collapse_figure(run)))
+    if any("decision" in r for r in run.epochs):
+        figures.append(("decision", "How decided the architecture is", decision_figure(run)))
         for cell in run.alphas[-1].get("alphas", {}):
             title = f"Alpha evolution: {CELL_TITLES.get(cell, cell)}"
             figures.append((f"alphas_{cell}", title, alphas_figure(run, cell)))
@@ -109,6 +112,9 @@ def _overview(run: RunData) -> dict[str, Any]:
         if run.genotype
         else "",
     }
+    decision = (run.summary or {}).get("decision")
+    if decision:
+        out["architecture"] = "settled" if decision["settled"] else decision.get("advice", "not settled")
     env = cfg.get("environment", {})
     if env:
         out["environment"] = ", ".join(f"{k} {v}" for k, v in env.items() if k in ("torch", "gpu", "processor", "host"))
@@ -157,6 +163,7 @@ def compare_row(run: RunData) -> dict[str, str]:
     seconds = (run.summary or {}).get("search_s") or (run.summary or {}).get("train_s")
     seconds = seconds if seconds is not None else sum(r.get("epoch_s", 0.0) for r in run.epochs)
     final = (run.summary or {}).get("final_epoch", {})
+    decision = (run.summary or {}).get("decision")
 
     def pct(v: Any) -> str:
         return f"{100 * v:.2f}" if isinstance(v, int | float) else ""
@@ -168,6 +175,7 @@ def compare_row(run: RunData) -> dict[str, str]:
         "dataset": str(cfg.get("dataset", "")),
         "epochs": f"{done}/{total}" + ("" if run.summary else " (running or stopped)"),
         "param_free": free,
+        "settled": "" if not decision else ("yes" if decision["settled"] else "no"),
         "train_acc": pct(last.get("train_acc")),
         "valid_acc": pct(last.get("valid_acc")),
         "test_acc": pct(final.get("test_top1")),
@@ -190,6 +198,7 @@ COMPARE_COLUMNS = {
     "dataset": "data set",
     "epochs": "epochs",
     "param_free": "param-free ops/cell",
+    "settled": "settled",
     "train_acc": "train acc %",
     "valid_acc": "valid acc %",
     "test_acc": "test acc %",

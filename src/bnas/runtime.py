@@ -44,7 +44,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise ConfigError(
+            "device='cuda' was asked for but no CUDA GPU is available; use device='cpu'", options=("device",)
+        )
     return torch.device(name)
 
 

@@ -3,6 +3,8 @@ the method presets are in search_config.py (re-exported here: `from bnas.search 
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import time
 from pathlib import Path
@@ -11,8 +13,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import fast, options
-from .architect import Architect, ArchitectOptions, clr_arch_lr
+from . import decision, fast, options
+from .architect import (
+    Architect,
+    ArchitectOptions,
+    auto_arch_lr,
+    clr_arch_lr,
+    confidence_sum,
+    paper_arch_lr_sum,
+    step_confidence_sum,
+)
+from .budget import BudgetClock, reserve_s
 from .constrained import BudgetError, cheapest_fit, derive_within, sample_within
 from .costs import Budget, BudgetPenalty, CostModel, trained_shape
 from .data.registry import search_data
@@ -22,9 +33,9 @@ from .errors import (
 )
 from .genotype import Genotype
 from .random_search import candidates, epoch_paths, select
-from .runcore import DeviceParts, Feed, RunLoop, device_parts, setup
+from .runcore import DeviceParts, Feed, RunLoop, budget_clock, device_parts, setup
 from .runs import RunDir, environment
-from .runtime import STEP_FIGURES, Tally, correct, upcast, weight_step
+from .runtime import STEP_FIGURES, Tally, correct, synchronize, upcast, weight_step
 from .runtime import (
     evaluate as evaluate_model,
 )
@@ -113,7 +124,44 @@ class Searcher:
                                 for i in range(cfg.random_candidates)]  # fmt: skip
         self._selected: Genotype | None = None
         self._arch_on = False
-        self.loop = RunLoop(self, cfg, self.device, self.w_optimizer, resume=resume, overwrite=overwrite)
+        # how decided the architecture is (decision.py): (global step, genotype key) at each decision point
+        self._trail: list[tuple[int, str]] = []
+        self._steps_done = 0
+        # a budget's warm-up: the share of the search that arch_start_epoch is of the configured epochs
+        self._warm_share = cfg.arch_start_epoch / cfg.epochs
+        self._auto: dict[str, Any] | None = None  # --arch-lr auto: the base rate, its sum and the paper's
+        if cfg.arch_lr == "auto" and cfg.budget is None:
+            self._auto = self._auto_arch_lr(confidence_sum(cfg.epochs, len(self.train_loader), cfg.arch_start_epoch,
+                                                           cfg.clr_power))  # fmt: skip
+        clock = None  # --budget: the search's length is sized by its measured step time (budget.py)
+        if cfg.budget is not None and load_data:
+            reserve = functools.partial(reserve_s, self.model, self.eval_loader, self.autocast,
+                                        self._split_sizes[1] if cfg.eval_every else 0,
+                                        functools.partial(synchronize, self.device))  # fmt: skip
+            clock = budget_clock(cfg.budget, len(self.train_loader), 0, self.device, reserve)
+        self.loop = RunLoop(self, cfg, self.device, self.w_optimizer, resume=resume, overwrite=overwrite, clock=clock)
+
+    def _auto_arch_lr(self, confidence: float) -> dict[str, Any]:
+        """--arch-lr auto: the base rate whose summed rate over this search's `confidence` (its architecture
+        steps' summed CLR confidence) equals its method's paper search on CIFAR-10 (architect.py)."""
+        cfg, paper = self.cfg, METHODS[self.cfg.method]
+        target = paper_arch_lr_sum(paper["arch_lr"], paper["batch_size"], paper["arch_start_epoch"], paper["clr_power"])
+        base = auto_arch_lr(target, confidence)
+        self.architect.set_lr(base)
+        return {"arch_lr": base, "sum": target, "confidence_sum": confidence, "paper_arch_lr": paper["arch_lr"],
+                "clr_power": cfg.clr_power}  # fmt: skip
+
+    @property
+    def arch_base(self) -> float:
+        """The base architecture learning rate: the configured one, or --arch-lr auto's (before a budget's plan
+        sizes it: the method's paper rate)."""
+        if self._auto is not None:
+            return self._auto["arch_lr"]
+        return METHODS[self.cfg.method]["arch_lr"] if self.cfg.arch_lr == "auto" else self.cfg.arch_lr
+
+    @property
+    def clock(self) -> BudgetClock | None:
+        return self.loop.clock
 
     def _cost_budget(self, data) -> tuple[CostModel | None, Budget, BudgetPenalty | None]:
         """max_params/max_macs: the cost model of the network `bnas train` will build (docs/hardware-aware.md),
@@ -175,6 +223,8 @@ class Searcher:
             "val_loader": self.val_loader.state_dict(),
             "genotype": self.genotype().to_json(),
             "path_rng": self.path_rng.getstate(),  # random search: the architectures of the next epochs
+            "decision_trail": [list(t) for t in self._trail],
+            "arch_lr_auto": self._auto,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -190,6 +240,10 @@ class Searcher:
             version, internal, gauss = state["path_rng"]
             self.path_rng.setstate((version, tuple(internal), gauss))
             self._selected = Genotype.from_json(state["genotype"])
+        self._trail = [(int(step), str(key)) for step, key in state.get("decision_trail", [])]
+        self._steps_done = self._trail[-1][0] if self._trail else 0
+        if state.get("arch_lr_auto"):
+            self._auto = state["arch_lr_auto"]
 
     def genotype(self) -> Genotype:
         """The run's current genotype: derived from the alphas, or (random search) the best scored candidate."""
@@ -206,9 +260,10 @@ class Searcher:
         n = min(self._split_sizes)
         if n < self.cfg.batch_size:
             raise ConfigError(
-                f"--batch-size {self.cfg.batch_size} is larger than the {n} images of a search split "
+                f"batch_size {self.cfg.batch_size} is larger than the {n} images of a search split "
                 f"({sum(self._split_sizes)} training images x train portion {self.cfg.train_portion}); "
-                "lower --batch-size or use more data"
+                "lower it or use more data",
+                options=("batch_size",),
             )
 
     def open_run(self) -> RunDir:
@@ -226,6 +281,7 @@ class Searcher:
                 **cfg.to_json(),
                 "counts": self.counts(),
                 "runtime": self.switches,
+                **({"arch_lr_auto": self._auto} if self._auto else {}),
                 **({"data": self.data_info} if self.data_info else {}),
                 "environment": environment(),
             },  # fmt: skip
@@ -241,16 +297,23 @@ class Searcher:
         """The epoch's architecture learning rate and warm-up, and what feeds each step its batches: a
         validation batch for the architecture step (one persistent iterator, restarted when it ends) and, in a
         random search, the architecture the step trains."""
-        cfg, model = self.cfg, self.model
-        self._arch_on = arch_on = epoch >= cfg.arch_start_epoch and cfg.arch_search == "gradient"
-        paths = epoch_paths(model, self.path_rng, len(self.train_loader)) if cfg.arch_search == "random" else None
-        self.architect.set_lr(clr_arch_lr(cfg.arch_lr, epoch, cfg.epochs, cfg.clr_power))
+        cfg, model, clock = self.cfg, self.model, self.clock
+        gradient = cfg.arch_search == "gradient"
+        per_epoch = len(self.train_loader)
+        self._arch_on = epoch >= cfg.arch_start_epoch and gradient
+        paths = epoch_paths(model, self.path_rng, per_epoch) if cfg.arch_search == "random" else None
+        if clock is None:
+            self.architect.set_lr(clr_arch_lr(self.arch_base, epoch, cfg.epochs, cfg.clr_power))
         model.train()
         val = {"it": iter(self.val_loader)}
+        every = max(1, min(cfg.log_every or per_epoch, math.ceil(per_epoch / 10)))  # decision points
 
         def feed(i: int, x, y, lr: float, tally: Tally) -> None:
+            step = epoch * per_epoch + i
+            if clock is not None:  # a budget: warm-up and CLR confidence follow the plan's progress per step
+                self._budget_step(step)
             xv = yv = None
-            if arch_on:
+            if self._arch_on:
                 try:
                     xv, yv = next(val["it"])
                 except StopIteration:
@@ -258,15 +321,42 @@ class Searcher:
                     xv, yv = next(val["it"])
             # random search: this step trains one uniformly drawn architecture
             self.step(x, y, xv, yv, lr, tally, i, path=paths[i] if paths is not None else None)
+            self._steps_done = step + 1
+            if (i + 1) % every == 0:
+                self._decision_point()
 
         return feed
+
+    def _budget_step(self, step: int) -> None:
+        """A budgeted search's step: architecture updates once the plan's progress passes the warm-up's share,
+        at base x progress ** clr_power (confidence 1 at the last step); --arch-lr auto is sized by the first
+        plan (until then: the method's paper rate)."""
+        cfg, plan = self.cfg, self.clock.plan
+        if cfg.arch_lr == "auto" and self._auto is None and plan.total_steps:
+            start = math.ceil(self._warm_share * plan.total_steps)
+            self._auto = self._auto_arch_lr(step_confidence_sum(plan.total_steps, start, cfg.clr_power))
+        self._arch_on = cfg.arch_search == "gradient" and plan.progress(step) >= self._warm_share
+        confidence = plan.progress(step + 1) ** cfg.clr_power if cfg.clr_power else 1.0
+        self.architect.set_lr(self.arch_base * confidence)
+
+    def _decision_point(self) -> None:
+        """The derived genotype after the steps done so far, for the decision figures (decision.py)."""
+        if not self._trail or self._trail[-1][0] != self._steps_done:
+            self._trail.append((self._steps_done, decision.genotype_key(self.genotype())))
+
+    def _last_epoch(self, epoch: int) -> bool:
+        """Whether `epoch` is the search's last (under a budget: its plan ends within it)."""
+        if self.clock is not None:
+            return self.clock.plan.done((epoch + 1) * len(self.train_loader))
+        return epoch + 1 == self.cfg.epochs
 
     def at_progress(self, progress: float) -> None:
         pass  # the search's schedules are by epoch (a budget's per-step schedule sets the weights' lr only)
 
     def epoch_stats(self, sums: dict[str, float], lr: float, images_per_s: float) -> dict[str, Any]:
         """The epoch's figures from its tally's sums (a record's order of keys)."""
-        steps, arch_on = max(sums["steps"], 1), self._arch_on
+        steps = max(sums["steps"], 1)
+        arch_on = self._arch_on or (self.clock is not None and sums["arch_steps"] > 0)
         out = {"train_loss": sums["train_loss"] / steps, "train_acc": sums["train_correct"] / max(sums["images"], 1)}
         out["arch_loss"] = sums["arch_loss"] / sums["arch_steps"] if arch_on and sums["arch_steps"] else None
         overflows = sums["overflow"] + sums["arch_overflow"]
@@ -283,21 +373,24 @@ class Searcher:
         """The supernet's evaluation, the collapse diagnostic and (random search) the candidates' scores."""
         cfg = self.cfg
         if cfg.arch_search == "random":  # the candidates on the architecture split (all of it at the end)
-            last = epoch + 1 == cfg.epochs  # first: the evaluation and the Hessian read the selected one
+            last = self._last_epoch(epoch)  # first: the evaluation and the Hessian read the selected one
             self._selected, scores = select(self.model, self.val_loader, self._candidates, self.autocast,
                                             None if last else 4)  # fmt: skip
             stats["candidate_acc"] = scores
-        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        last = self._last_epoch(epoch)
+        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or last):
             stats.update(self.evaluate())
-        if cfg.hessian_every and ((epoch + 1) % cfg.hessian_every == 0 or epoch + 1 == cfg.epochs):
+        if cfg.hessian_every and ((epoch + 1) % cfg.hessian_every == 0 or last):
             t1 = time.perf_counter()
             stats.update(hessian_eig=self.hessian_eigenvalue(epoch), hessian_s=time.perf_counter() - t1)
 
     def epoch_records(self, run: RunDir, epoch: int, record: dict[str, Any]) -> Genotype:
         """The record's genotype fields, and the epoch's genotype files and alphas (before its metrics line)."""
         genotype = self.genotype()
+        self._decision_point()
         record.update(
             parameter_free=genotype.parameter_free(), alpha_entropy=alpha_entropy(self.model),
+            decision=decision.epoch_figures(self.model, self._trail, decision.genotype_key(genotype)),
             genotype=genotype.to_json(), **self.cost_record(genotype),
         )  # fmt: skip
         run.write_json(f"genotypes/epoch_{epoch + 1:03d}.json", genotype.to_json())
@@ -330,6 +423,8 @@ class Searcher:
         genotype = self.genotype()
         run.write_json("genotype.json", {**genotype.to_json(), **self.cost_record(genotype)})
         last = self.history[-1] if self.history else {}
+        key = decision.genotype_key(genotype)
+        stable = decision.stable_share(self._trail, key, self._steps_done or None)
         summary = {
             "command": "search",
             "method": cfg.method,
@@ -340,11 +435,18 @@ class Searcher:
             **self.counts(),
             "final": {k: last.get(k) for k in ("train_loss", "train_acc", "arch_loss", "valid_loss", "valid_acc")},
             "parameter_free": genotype.parameter_free(),
+            "decision": decision.summarise(decision.model_margins(self.model), stable, cfg.arch_lr == "auto"),
             "search_s": sum(r.get("epoch_s", 0.0) for r in self.history),
             "genotype": genotype.to_json(),
             **self.cost_record(genotype),
             "run_dir": str(run.path),
         }
+        if self._auto is not None:
+            summary["arch_lr_auto"] = self._auto
+            run.update_config({"arch_lr_auto": self._auto})
+        if self.clock is not None:
+            plan = self.clock.plan
+            summary["budget"] = {**plan.state(), "epochs": plan.epochs(), "wall_s": self.clock.elapsed()}
         run.write_json("summary.json", summary)
         reporter.summary(summary, genotype)
         return genotype

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from .budget import parse_duration
 from .data.registry import find_entry, names
 from .errors import ConfigError, check_float, check_int
 from .options import DataOptions, NetworkOptions, OptimOptions, Options, OutputOptions, RuntimeOptions, again, option
@@ -80,6 +81,12 @@ class SearchNetwork(NetworkOptions):
 @dataclass
 class SearchOptim(OptimOptions):
     epochs: int = again(OptimOptions, "epochs", 50, help="search epochs")
+    budget: str | None = option(
+        None, "search for this long instead of --epochs: a bare number is seconds, or 90s, 20m, 1h, 1h30m; the step "
+        "time of the first steps sizes the search (fractional epochs); the weights' cosine, CLR's confidence and the "
+        "warm-up (arch_start_epoch's share of epochs) follow its progress per step", default_text="default: none, "
+        "--epochs decides",
+    )  # fmt: skip
     batch_size: int = again(OptimOptions, "batch_size", 256, help="batch size of both the weight and the "
                             "architecture step")  # fmt: skip
 
@@ -87,6 +94,11 @@ class SearchOptim(OptimOptions):
         OptimOptions.check(self)
         # the search always clips the weight gradients (0 would zero them: a silent run that learns nothing)
         check_float("grad_clip", self.grad_clip, 0.0, strict_low=True)
+        if self.budget is not None:
+            try:
+                parse_duration(self.budget, "budget")
+            except ConfigError as e:  # budget.py names the flag it is given; here it is the option
+                raise ConfigError(str(e), options=("budget",)) from None
 
 
 @dataclass
@@ -100,7 +112,11 @@ class ArchOptions:
     hvp: Literal["fd", "exact"] = option("fd", "second-order Hessian-vector product: fd (finite differences) or "
                                          "exact (double backprop)")  # fmt: skip
     fd_eps: float = option(0.01, "finite-difference step of the second order: eps = fd_eps / ||v|| (DARTS: 0.01)")
-    arch_lr: float = option(3e-4, "architecture learning rate (Adam)")
+    arch_lr: float | str = option(
+        3e-4,
+        "architecture learning rate (Adam), or auto: the base rate whose sum over the planned architecture "
+        "steps (CLR's confidence included) equals the method's paper search on CIFAR-10 (architect.py)",
+    )
     arch_weight_decay: float = option(1e-3, "architecture weight decay")
     arch_betas: tuple[float, float] = option((0.5, 0.999), "Adam betas of the architecture optimiser")
     arch_grad_clip: float = option(0.0, "architecture gradient norm clip (0 = off; the ImageNet search clips to 5)")
@@ -123,8 +139,12 @@ class ArchOptions:
             check_int(name, getattr(self, name), 1)
         for name in ("arch_start_epoch", "eval_every", "hessian_every"):
             check_int(name, getattr(self, name), 0)
-        for name in ("arch_lr", "arch_weight_decay", "arch_grad_clip", "clr_power"):
+        for name in ("arch_weight_decay", "arch_grad_clip", "clr_power"):
             check_float(name, getattr(self, name), 0.0)
+        if isinstance(self.arch_lr, str) and self.arch_lr != "auto":
+            raise ConfigError(f"arch_lr must be a number or auto, got {self.arch_lr!r}", options=("arch_lr",))
+        if self.arch_lr != "auto":
+            check_float("arch_lr", self.arch_lr, 0.0)
         check_float("fd_eps", self.fd_eps, 0.0, strict_low=True)
         for i, beta in enumerate(self.arch_betas):
             check_float(f"arch_betas B{i + 1}", beta, 0.0, 1.0)
@@ -199,6 +219,9 @@ class SearchConfig(
         if not isinstance(method, str) or method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}", options=("method",))
         given = cls.given(overrides)
+        if "budget" in given and "epochs" in given:
+            raise ConfigError("budget and epochs cannot be given together: a budget sizes the epochs itself",
+                              options=("budget", "epochs"))  # fmt: skip
         entry = find_entry(given.get("dataset", cls.dataset))  # its defaults over the preset (SPEC §7: ImageNet)
         values = {**METHODS[method], **(entry.search_defaults if entry else {}), **given, "method": method}
         if entry:

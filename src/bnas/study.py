@@ -87,7 +87,7 @@ class StudySpec:
         path = Path(path)
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
-            raise ConfigError(f"--config {path} {what}; give a study JSON file")
+            raise ConfigError(f"study file {path} {what}; give a study JSON file")
         try:
             obj = json.loads(path.read_text())
         except OSError as e:
@@ -290,23 +290,26 @@ def open_study(spec: StudySpec, out: Path, create: bool = True) -> None:
     from . import __version__
 
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a directory for the study")
+        raise ConfigError(f"out {out} is a file; give a directory for the study", options=("out",))
     saved_path = out / "study.json"
     if saved_path.exists():
         try:
             saved = json.loads(saved_path.read_text()).get("config")
         except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise BnasError(f"{saved_path} is malformed; choose another --out") from None
+            raise BnasError(f"{saved_path} is malformed; choose another out directory", options=("out",)) from None
         mine = json.loads(dumps(spec.to_json()))
         if saved != mine:
             diff = [k for k in mine if not isinstance(saved, dict) or saved.get(k) != mine[k]]
             raise ConfigError(
                 f"{out} holds a study with a different config ({', '.join(diff) or 'the form'} differ); rerun it with "
-                "its own config (study.json) or choose another --out"
+                "its own config (study.json) or choose another out directory",
+                options=("out",),
             )
         return
     if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"--out {out} is not empty and holds no study (no study.json); choose another --out")
+        raise ConfigError(
+            f"out {out} is not empty and holds no study (no study.json); choose another directory", options=("out",)
+        )
     if create:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved_path, dumps({"command": "study", "bnas": __version__, "config": spec.to_json()}, 1))

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from .study import PlannedRun, StudySpec
 
 RANDOM = "random-cells"
-COLUMNS = ("candidate", "group", "kind", "seed", "space", "parameters", "macs", "param_free", "search_s", "train_s",
-           "epochs", "test_acc", "run_dir")  # fmt: skip
+COLUMNS = ("candidate", "group", "kind", "seed", "space", "parameters", "macs", "param_free", "settled", "search_s",
+           "train_s", "epochs", "test_acc", "run_dir")  # fmt: skip
 KIND_COLORS = {"searched": "#1f77b4", "random": "#7f7f7f", "published": "#ff7f0e"}
 
 
@@ -40,13 +40,13 @@ class StudyResults:
         return {"rows": self.rows, "summary": self.summary, "collapse": self.collapse}
 
     def markdown(self) -> str:
-        head = ["candidate", "group", "seed", "parameters", "MACs", "param-free ops/cell", "search time",
+        head = ["candidate", "group", "seed", "parameters", "MACs", "param-free ops/cell", "settled", "search time",
                 "training time", "test acc %"]  # fmt: skip
         lines = [_md_row(head), _md_row(["---"] * len(head))]
         for r in self.rows:
             lines.append(_md_row([
                 r["candidate"], r["group"], str(r["seed"]), f"{r['parameters']:,}", f"{r['macs']:,}", r["param_free"],
-                _duration(r["search_s"]), _duration(r["train_s"]), _pct(r["test_acc"]),
+                _yes_no(r["settled"]), _duration(r["search_s"]), _duration(r["train_s"]), _pct(r["test_acc"]),
             ]))  # fmt: skip
         head = ["method", "kind", "n", "mean %", "std", "min %", "max %", "mean - random cells (95% CI)"]
         lines += ["", _md_row(head), _md_row(["---"] * len(head))]
@@ -62,7 +62,17 @@ class StudyResults:
                 s["group"], s["kind"], str(s["n"]), _pct(s["mean"]), _pct(s["std"]), _pct(s["min"]), _pct(s["max"]),
                 diff,
             ]))  # fmt: skip
+        unsettled = [r["candidate"] for r in self.rows if r.get("settled") is False]
+        if unsettled:  # decision.py's rule: such a cell is close to a random cell of the space
+            lines += ["", f"architecture not settled (close to a random cell of the space): {', '.join(unsettled)}; "
+                      "give the searches more steps (--budget) or --arch-lr auto"]  # fmt: skip
+        elif any(r.get("settled") for r in self.rows):
+            lines += ["", "every search's architecture settled"]
         return "\n".join(lines)
+
+
+def _yes_no(v: Any) -> str:
+    return {True: "yes", False: "no"}.get(v, "") if isinstance(v, bool) else ""
 
 
 def _md_row(cells: list[str]) -> str:
@@ -94,13 +104,14 @@ def collect(spec: StudySpec, out: Path, runs: list[PlannedRun]) -> StudyResults:
         res, cfg = d.read_json("results.json"), d.read_json("config.json")
         g = Genotype.from_json(cfg["genotype_json"])
         free = g.parameter_free()
-        search_s = None
-        if run.search:
-            search_s = RunDir(out / "search" / run.search).read_json("summary.json").get("search_s")
+        search_s = settled = None
+        if run.search:  # the search's time, and whether its architecture settled (decision.py)
+            summary = RunDir(out / "search" / run.search).read_json("summary.json")
+            search_s, settled = summary.get("search_s"), summary.get("decision", {}).get("settled")
         rows.append({
             "candidate": run.name, "group": run.group, "kind": run.kind, "seed": run.seed, "space": g.space,
             "parameters": res["parameters"], "macs": res["macs_per_image"],
-            "param_free": "/".join(str(free[c]) for c in g.names), "param_free_cells": free,
+            "param_free": "/".join(str(free[c]) for c in g.names), "param_free_cells": free, "settled": settled,
             "search_s": search_s, "train_s": res["train_s"], "epochs": res["epochs"],
             "test_acc": res["final_epoch"]["test_top1"], "run_dir": str(run.path),
         })  # fmt: skip
@@ -109,7 +120,8 @@ def collect(spec: StudySpec, out: Path, runs: list[PlannedRun]) -> StudyResults:
         if run.command == "search":
             epochs = RunDir(run.path).metrics("epoch")
             collapse.setdefault(run.group, {})[str(run.seed)] = [
-                {"epoch": r["epoch"], "parameter_free": r.get("parameter_free", {})} for r in epochs
+                {"epoch": r["epoch"], "parameter_free": r.get("parameter_free", {}), "decision": r.get("decision")}
+                for r in epochs
             ]
     return StudyResults(rows, summarise(rows, spec.bootstrap_samples, spec.bootstrap_seed), collapse)
 
@@ -321,7 +333,8 @@ def write_html(spec: StudySpec, out: Path, results: StudyResults, images: dict[s
 _ROW_COLS = {
     "candidate": ("candidate", str), "group": ("group", str), "seed": ("seed", str),
     "parameters": ("parameters", lambda v: f"{v:,}"), "macs": ("MACs", lambda v: f"{v:,}"),
-    "param_free": ("param-free ops/cell", str), "search_s": ("search time", _duration),
+    "param_free": ("param-free ops/cell", str), "settled": ("settled", lambda v: _yes_no(v)),
+    "search_s": ("search time", _duration),
     "train_s": ("training time", _duration), "test_acc": ("test acc %", _pct),
 }  # fmt: skip
 _SUMMARY_COLS = {

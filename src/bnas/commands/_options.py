@@ -20,7 +20,7 @@ from ..errors import ConfigError
 # what a run's config.json records besides its options: a run's config.json can be given to --config as it is
 RECORDS = (
     "command", "counts", "runtime", "budget_plan", "environment", "genotype_json", "parameters", "macs", "data",
-    "extensions",
+    "extensions", "arch_lr_auto",
 )  # fmt: skip
 
 
@@ -33,9 +33,19 @@ def _unwrap_optional(hint: Any) -> Any:
     return hint
 
 
+def number_or_word(text: str) -> float | str:
+    """A `float | str` option's value: a number where it reads as one, else the word (the library checks it)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def option_kwargs(hint: Any) -> dict[str, Any]:
     """argparse keywords for a field of this type, or {} for a type the command line cannot give."""
     hint = _unwrap_optional(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and set(typing.get_args(hint)) == {float, str}:
+        return {"type": number_or_word}  # --arch-lr 3e-4 or --arch-lr auto
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
     if hint in (int, float, str):
