@@ -218,10 +218,12 @@ def test_the_fast_backend_touches_no_plain_module_by_position(monkeypatch):
     for name in ("__getitem__", "__iter__"):
         spy(nn.Sequential, name)
         spy(nn.ModuleList, name, only=mixed_ops)
+    alive = []  # the networks stay alive: a freed edge list's id() could be reused by another list
     # every way through the fast cells: edges batched, one by one, and under autocast (the unfused edges)
     for k, backend, bf16 in ((1, fast.BACKEND, False), (4, fast.BACKEND, False), (1, fast.FastBackend(False), False),
                              (4, fast.FastBackend(False), False), (1, fast.BACKEND, True)):  # fmt: skip
         net = SuperNet(SpaceConfig(channels=8, partial_k=k, edge_norm=k > 1), backend)
+        alive.append(net)
         mixed_ops |= {id(m.ops) for m in net.modules() if isinstance(m, MixedEdge)}
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), fast.backward_once():
             out = net(torch.randn(2, 3, 16, 16))

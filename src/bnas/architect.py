@@ -98,8 +98,12 @@ class Architect:
     `options`: an ArchitectOptions (anything else is read with `ArchitectOptions.from_config`, e.g. a
     SearchConfig)."""
 
-    def __init__(self, model: SuperNet, options: ArchitectOptions | Any, w_optimizer: SGD, autocast=None, scaler=None):
+    def __init__(
+        self, model: SuperNet, options: ArchitectOptions | Any, w_optimizer: SGD, autocast=None, scaler=None,
+        penalty: Any = None,
+    ):  # fmt: skip
         self.model = model
+        self.penalty = penalty  # costs.CostPenalty: a budget's cost term in the architecture loss; or None
         opts = options if isinstance(options, ArchitectOptions) else ArchitectOptions.from_config(options)
         self.options = opts
         self.w_optimizer = w_optimizer
@@ -135,10 +139,26 @@ class Architect:
         arch = self.model.arch_parameters()
         if self.options.order == 1:
             loss = self._loss(x_val, y_val)
+            total = self._penalised(loss)
             # alpha gradients only: autograd never computes the weights' gradients here
-            target = self.scaler.scale(loss) if scaled else loss
+            target = self.scaler.scale(total) if scaled else total
             return list(torch.autograd.grad(target, arch)), loss.detach()
-        return self._unrolled(x_train, y_train, x_val, y_val, eta)
+        grads, loss = self._unrolled(x_train, y_train, x_val, y_val, eta)
+        if self.penalty is None:
+            return grads, loss
+        # chain rule through the penalty: d total/d a = d total/d L * (unrolled dL/da) + its own d/da
+        ce = loss.detach().requires_grad_()
+        d_ce, *d_own = torch.autograd.grad(self._penalised(ce), [ce, *arch], allow_unused=True)
+        return [g * d_ce + (0 if d is None else d) for g, d in zip(grads, d_own, strict=True)], loss
+
+    def _penalised(self, loss: torch.Tensor) -> torch.Tensor:
+        """The validation loss with the budget's penalty (the loss itself without a budget)."""
+        if self.penalty is None:
+            return loss
+        kinds = self.model.cell_types
+        alphas = [self.model.arch[f"alpha_{k}"] for k in kinds]
+        betas = [self.model.arch[f"beta_{k}"] for k in kinds] if self.model.cfg.edge_norm else None
+        return self.penalty(loss, alphas, betas)
 
     def _unrolled(self, x_train, y_train, x_val, y_val, eta: float) -> tuple[list[torch.Tensor], torch.Tensor]:
         """DARTS' second order: grad_a L_val(w', a) - eta * H v, with w' one SGD step ahead of w.

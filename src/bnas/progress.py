@@ -115,6 +115,8 @@ class Reporter:
             lines.append(
                 "final epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, int | float))
             )
+        if "cost" in summary:  # a search under a budget (docs/hardware-aware.md)
+            lines.append(_cost_line(summary))
         if genotype is not None:
             lines.append(genotype.describe())
         if "budget" in summary:
@@ -138,6 +140,23 @@ class Reporter:
         run_dir = summary.get("run_dir")
         lines.append(f"run directory: {run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
         self.print("\n".join(lines))  # the next commands are the command line's (commands/_hints.py)
+
+
+def _cost_line(summary: dict[str, Any]) -> str:
+    """The genotype's trained network against the search's budget."""
+
+    def count(n: float) -> str:
+        for suffix, unit in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if n >= unit:
+                return f"{n / unit:.3g}{suffix}"
+        return f"{n:.0f}"
+
+    cost, net = summary["cost"], summary.get("cost_network", {})
+    limits = [f"{count(v)} {k}" for k, v in summary.get("cost_budget", {}).items() if v is not None]
+    return (
+        f"trained network (C={net.get('channels')}, {net.get('layers')} cells): {count(cost['params'])} parameters, "
+        f"{count(cost['macs'])} MACs; budget {' and '.join(limits)}"
+    )
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -118,6 +118,12 @@ def _overview(run: RunData) -> dict[str, Any]:
     env = cfg.get("environment", {})
     if env:
         out["environment"] = ", ".join(f"{k} {v}" for k, v in env.items() if k in ("torch", "gpu", "processor", "host"))
+    cost = (run.summary or {}).get("cost")
+    if cost:  # a search under a budget: the trained network's predicted cost (docs/hardware-aware.md)
+        limits = {k: v for k, v in run.summary.get("cost_budget", {}).items() if v is not None}
+        out["trained network cost (budget)"] = ", ".join(
+            f"{k} {cost[k]:,}" + (f" (at most {limits[k]:,})" if k in limits else "") for k in ("params", "macs")
+        )
     return out
 
 

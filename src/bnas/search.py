@@ -24,6 +24,8 @@ from .architect import (
     step_confidence_sum,
 )
 from .budget import BudgetClock, reserve_s
+from .constrained import BudgetError, cheapest_fit, derive_within, sample_within
+from .costs import Budget, BudgetPenalty, CostModel, trained_shape
 from .data.registry import search_data
 from .diagnostics import alpha_entropy, alpha_hessian_eigenvalue, alpha_record
 from .errors import (
@@ -59,11 +61,13 @@ class SearchStep:
         self.weights = model.weight_parameters()
 
     @classmethod
-    def build(cls, cfg: SearchConfig, model: SuperNet, parts: DeviceParts) -> SearchStep:
-        """The step of a search with `cfg`'s optimizers (what `Searcher` runs and `bnas bench search` times)."""
+    def build(cls, cfg: SearchConfig, model: SuperNet, parts: DeviceParts, penalty=None) -> SearchStep:
+        """The step of a search with `cfg`'s optimizers (what `Searcher` runs and `bnas bench search` times);
+        `penalty` (costs.BudgetPenalty): a cost budget's term in the architecture loss."""
         w_optimizer = parts.sgd(model.weight_parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         scaler = parts.scaler()  # fp16 only: the weight loss's scale
-        architect = Architect(model, ArchitectOptions.from_config(cfg), w_optimizer, parts.autocast, parts.scaler())
+        architect = Architect(model, ArchitectOptions.from_config(cfg), w_optimizer, parts.autocast, parts.scaler(),
+                              penalty=penalty)  # fmt: skip
         return cls(model, architect, w_optimizer, scaler, parts.autocast, cfg.grad_clip)
 
     def __call__(self, x, y, xv, yv, lr: float, tally: Tally, index: int = 0, path=None) -> None:
@@ -108,12 +112,16 @@ class Searcher:
         supernet = SuperNet(space, fast.BACKEND if self.profile.cells == "fast" else None)
         self.model = parts.place(supernet, cfg.compile, supernet.net)  # compiled: each cell, not the supernet
         self.autocast, self.amp_mode = parts.autocast, parts.amp_mode
-        self.step = SearchStep.build(cfg, self.model, parts)
+        self.costs, self.cost_budget, penalty = self._cost_budget(data)
+        self.step = SearchStep.build(cfg, self.model, parts, penalty)
         self.w_optimizer, self.scaler, self.architect = self.step.w_optimizer, self.step.scaler, self.step.architect
         # what this run resolved its device-dependent switches to (config.json "runtime")
         self.switches = self.profile.record()
         self.path_rng = random.Random(f"bnas-paths-{cfg.seed}")  # random search: one architecture per step
         self._candidates = candidates(cfg.space, cfg.seed, cfg.random_candidates)
+        if self.cost_budget:  # random search under a budget: candidates that fit (the same draws where they fit)
+            self._candidates = [sample_within(self.costs, self.cost_budget, cfg.seed * 100_003 + i)
+                                for i in range(cfg.random_candidates)]  # fmt: skip
         self._selected: Genotype | None = None
         self._arch_on = False
         self._epoch_path_rng = self.path_rng.getstate()
@@ -155,6 +163,34 @@ class Searcher:
     @property
     def clock(self) -> BudgetClock | None:
         return self.loop.clock
+
+    def _cost_budget(self, data) -> tuple[CostModel | None, Budget, BudgetPenalty | None]:
+        """max_params/max_macs: the cost model of the network `bnas train` will build (docs/hardware-aware.md),
+        the budget (refused at once when no genotype fits) and the architecture loss's penalty."""
+        cfg = self.cfg
+        budget = Budget.parse(cfg.max_params, cfg.max_macs)
+        if not budget:
+            return None, budget, None
+        shape = trained_shape(
+            cfg.space, cfg.dataset, num_classes=data.num_classes, in_channels=data.in_channels, size=data.size,
+            stem=data.stem, channels=cfg.cost_channels, layers=cfg.cost_layers, enhance=cfg.cost_enhance,
+            blocks=cfg.blocks,
+        )  # fmt: skip
+        model = CostModel.build(shape)
+        try:
+            cheapest_fit(model, budget)
+        except BudgetError as e:  # nothing fits: say it before the search starts, in the search's options
+            msg = str(e).replace("(channels, layers)", "(cost_channels, cost_layers)")
+            raise BudgetError(msg, options=("cost_channels", "cost_layers")) from None
+        use = cfg.cost_penalty != "none" and cfg.arch_search == "gradient"
+        return model, budget, BudgetPenalty(model, budget, cfg.cost_penalty, cfg.cost_weight) if use else None
+
+    def cost_record(self, genotype: Genotype) -> dict[str, Any]:
+        """A budgeted search's genotype cost, budget and the network they are of (records, summary, genotype)."""
+        if not self.cost_budget:
+            return {}
+        return {"cost": self.costs.cost(genotype).to_json(), "cost_budget": self.cost_budget.to_json(),
+                "cost_network": self.costs.shape.to_json()}  # fmt: skip
 
     # --- what the run core keeps (resume, records)
     @property
@@ -212,7 +248,14 @@ class Searcher:
 
     def genotype(self) -> Genotype:
         """The run's current genotype: derived from the alphas, or (random search) the best scored candidate."""
-        return self._selected if self.cfg.arch_search == "random" and self._selected else self.model.genotype()
+        if self.cfg.arch_search == "random" and self._selected:
+            return self._selected
+        if self.cost_budget:  # the best-scoring genotype that fits (constrained.py)
+            kinds, model = self.model.cell_types, self.model
+            alphas = [model.arch[f"alpha_{k}"] for k in kinds]
+            betas = [model.arch[f"beta_{k}"] for k in kinds] if model.cfg.edge_norm else None
+            return derive_within(alphas, betas, self.costs, self.cost_budget)
+        return self.model.genotype()
 
     def check_data(self) -> None:
         n = min(self._split_sizes)
@@ -361,10 +404,10 @@ class Searcher:
         record.update(
             parameter_free=genotype.parameter_free(), alpha_entropy=alpha_entropy(self.model),
             decision=decision.epoch_figures(self.model, self._trail, decision.genotype_key(genotype)),
-            genotype=genotype.to_json(),
+            genotype=genotype.to_json(), **self.cost_record(genotype),
         )  # fmt: skip
         run.write_json(f"genotypes/epoch_{epoch + 1:03d}.json", genotype.to_json())
-        run.write_json("genotype.json", genotype.to_json())
+        run.write_json("genotype.json", {**genotype.to_json(), **self.cost_record(genotype)})
         run.append("alphas.jsonl", alpha_record(self.model, epoch + 1))
         return genotype
 
@@ -391,7 +434,7 @@ class Searcher:
         """The run's end: genotype.json and summary.json, and the summary on the console."""
         cfg = self.cfg
         genotype = self.genotype()
-        genotype.save(run.path / "genotype.json")
+        run.write_json("genotype.json", {**genotype.to_json(), **self.cost_record(genotype)})
         last = self.history[-1] if self.history else {}
         key = decision.genotype_key(genotype)
         stable = decision.stable_share(self._trail, key, self._steps_done or None)
@@ -408,6 +451,7 @@ class Searcher:
             "decision": decision.summarise(decision.model_margins(self.model), stable, cfg.arch_lr == "auto"),
             "search_s": sum(r.get("epoch_s", 0.0) for r in self.history),
             "genotype": genotype.to_json(),
+            **self.cost_record(genotype),
             "run_dir": str(run.path),
         }
         if self._auto is not None:

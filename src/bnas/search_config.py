@@ -151,6 +151,46 @@ class ArchOptions:
 
 
 @dataclass
+class CostOptions:
+    """A budget on the trained network the search's genotype gives (issue 26, docs/hardware-aware.md): the
+    architecture loss gets the expected cost as a penalty, and the genotype is the best-scoring one that fits."""
+
+    TITLE: ClassVar[str] = "cost budget"
+
+    max_params: str | None = option(None, "at most this many parameters in the trained network (K/M suffixes: 2.5M)",
+                                    default_text="default: no limit")  # fmt: skip
+    max_macs: str | None = option(None, "at most this many multiply-accumulates per image in the trained network "
+                                  "(K/M/G suffixes: 400M)", default_text="default: no limit")  # fmt: skip
+    cost_penalty: Literal["two-sided", "mul-log", "add-linear", "none"] = option(
+        "two-sided", "the budget's term in the architecture loss: two-sided (TF-NAS), mul-log or add-linear "
+        "(ProxylessNAS); none: the budget only constrains the derivation",
+    )  # fmt: skip
+    cost_weight: float | None = option(None, "weight of the budget's term",
+                                       default_text="default: the form's published one: 0.1, mul-log 0.6")  # fmt: skip
+    cost_channels: int | None = option(None, "C of the trained network the budget is for",
+                                       default_text="default: the training recipe's: bcnn 48, darts 36")  # fmt: skip
+    cost_layers: int | None = option(None, "cells of the trained network the budget is for",
+                                     default_text="default: the training recipe's: bcnn 6, darts 20")  # fmt: skip
+    cost_enhance: int | None = option(None, "E of the trained network the budget is for (bcnn)",
+                                      default_text="default: the training recipe's: 2")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for name in ("max_params", "max_macs"):  # a count given as a number from Python: its text
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, str(value))
+
+    def check(self) -> None:
+        from .costs import Budget
+
+        Budget.parse(self.max_params, self.max_macs)
+        if self.cost_weight is not None:
+            check_float("cost_weight", self.cost_weight, 0.0)
+        for name in ("cost_channels", "cost_layers", "cost_enhance"):
+            check_int(name, getattr(self, name), 1, optional=True)
+
+
+@dataclass
 class SearchRuntime(RuntimeOptions):
     fast: bool | None = again(
         RuntimeOptions, "fast", None,
@@ -165,7 +205,9 @@ class SearchOutput(OutputOptions):
 
 
 @dataclass
-class SearchConfig(SearchOutput, SearchRuntime, ArchOptions, SearchOptim, SearchNetwork, SearchData, Options):
+class SearchConfig(
+    SearchOutput, SearchRuntime, CostOptions, ArchOptions, SearchOptim, SearchNetwork, SearchData, Options
+):
     """Every knob of a search; `resolve(method, overrides)` fills the method's defaults."""
 
     KIND: ClassVar[str] = "search"
@@ -196,7 +238,7 @@ class SearchConfig(SearchOutput, SearchRuntime, ArchOptions, SearchOptim, Search
         """Every option once: its type, a finite value in its range, a known choice, a device and paths that
         exist. Raises ConfigError with one sentence naming the option."""
         self.check_choices()
-        for group in (SearchData, SearchNetwork, SearchOptim, ArchOptions, SearchRuntime, SearchOutput):
+        for group in (SearchData, SearchNetwork, SearchOptim, ArchOptions, CostOptions, SearchRuntime, SearchOutput):
             group.check(self)
         if self.order == 2 and self.amp == "fp16":
             raise ConfigError("fp16 gives NaNs in the second-order double backward; use bf16 or off for amp with "

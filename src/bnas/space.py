@@ -190,7 +190,7 @@ def count_macs(model: nn.Module, in_channels: int, size: int) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     was_training = model.training
     model.eval()  # no auxiliary head, no drop-path
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # pools: no parameters
     try:
         with torch.no_grad():
             model(torch.zeros(1, in_channels, size, size, device=device))

@@ -19,8 +19,12 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         from ..genotype import sample_genotype
 
         check_int("seed", args.seed, 0)
-        g = sample_genotype(args.space, args.seed)
-        print(f"random {g.space} cells, seed {args.seed}")
+        if args.max_params is None and args.max_macs is None:
+            g = sample_genotype(args.space, args.seed)
+            print(f"random {g.space} cells, seed {args.seed}")
+        else:
+            g, line = _sample_within(args)
+            print(line)
         print(g.describe())
         if args.output is not None:
             check_output("--output", args.output, directory=False)
@@ -42,6 +46,23 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         out = draw_genotype(g, output, engine=args.engine, title=Path(str(args.name)).name)
         print(f"wrote {out.resolve()}" + ("" if args.output else " (-o FILE.svg|png|pdf chooses the file)"))
     return 0
+
+
+def _sample_within(args: argparse.Namespace):
+    """Random cells that fit --max-params/--max-macs on the trained network of --dataset (and its shape flags)."""
+    from ..constrained import sample_within
+    from ..costs import Budget, CostModel, format_count, trained_shape
+
+    budget = Budget.parse(args.max_params, args.max_macs)
+    shape = trained_shape(args.space, args.dataset, channels=args.init_channels, layers=args.layers,
+                          enhance=args.enhance_cells)  # fmt: skip
+    model = CostModel.build(shape)
+    g = sample_within(model, budget, args.seed)
+    cost = model.cost(g)
+    return g, (
+        f"random {g.space} cells that fit {budget.describe()}, seed {args.seed}: {format_count(cost.params)} "
+        f"parameters, {format_count(cost.macs)} MACs on {args.dataset} (C={shape.channels}, {shape.layers} cells)"
+    )
 
 
 def zoo_table() -> str:
@@ -100,3 +121,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sample.add_argument("-o", "--output", type=Path, help="write the genotype as JSON to this file")
     g.set_defaults(func=cmd_genotype)
+    _budget_flags(sample)
+
+
+def _budget_flags(sample: argparse.ArgumentParser) -> None:
+    b = sample.add_argument_group(
+        "budget options", "draw uniformly among the genotypes whose trained network fits (docs/hardware-aware.md)"
+    )
+    b.add_argument("--max-params", help="at most this many parameters (K/M suffixes: 2.5M)")
+    b.add_argument("--max-macs", help="at most this many multiply-accumulates per image (K/M/G suffixes: 400M)")
+    b.add_argument("--dataset", default="cifar10", help="data set of the trained network (default: cifar10)")
+    b.add_argument("--init-channels", type=int, help="C of the trained network (default: its training recipe's)")
+    b.add_argument("--layers", type=int, help="cells of the trained network (default: its training recipe's)")
+    b.add_argument("--enhance-cells", type=int, help="E of the trained network (default: its training recipe's)")

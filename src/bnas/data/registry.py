@@ -352,7 +352,8 @@ def search_data(cfg, device: torch.device, channels_last: bool, load: bool = Tru
     supernet needs, read without the images."""
     source = open_source(cfg, device)
     if not load:
-        return SearchData(None, None, None, source.num_classes, source.in_channels, source.stem, (0, 0), source.info)
+        return SearchData(None, None, None, source.num_classes, source.in_channels, source.stem, (0, 0), source.info,
+                          source.size)  # fmt: skip
     rank, world = dist_rank_world()
     return source.search_loaders(cfg, device, channels_last, rank, world)
 

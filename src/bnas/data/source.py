@@ -117,6 +117,7 @@ class SearchData:
     stem: str
     split_sizes: tuple[int, int]
     info: dict[str, Any] | None = None  # config.json "data": the source's record of what it read
+    size: int = 0  # the network's input resolution (a budget's cost model of the trained network reads it)
 
 
 @dataclass
@@ -230,6 +231,7 @@ class DataSource:
             arch.loader(cfg.batch_size, aug, train=True, shuffle=True, drop_last=True, seed=cfg.seed + 1, **kw),
             arch.loader(cfg.batch_size, self.eval_augment, train=False, shuffle=False, drop_last=False, seed=0, **kw),
             self.num_classes, self.in_channels, self.stem, (len(train) // world, len(arch) // world), self.info,
+            self.size,
         )  # fmt: skip
 
     def eval_loader(self, cfg, split: str, device: torch.device, batch_size: int, subset: int | None,

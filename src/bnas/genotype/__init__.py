@@ -5,7 +5,16 @@ notation), and the bundled published genotypes (zoo.py). Import from here: `from
 from __future__ import annotations
 
 from .io import CELL_NAMES
-from .types import CellGenotype, Genotype, derive, derive_cell, from_darts_text, sample_cell, sample_genotype
+from .types import (
+    CellGenotype,
+    Genotype,
+    derive,
+    derive_cell,
+    edge_op_scores,
+    from_darts_text,
+    sample_cell,
+    sample_genotype,
+)
 from .zoo import ZOO, ZooEntry, get_genotype, list_genotypes
 
 __all__ = [
@@ -16,6 +25,7 @@ __all__ = [
     "ZooEntry",
     "derive",
     "derive_cell",
+    "edge_op_scores",
     "from_darts_text",
     "get_genotype",
     "list_genotypes",

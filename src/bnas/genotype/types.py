@@ -165,21 +165,31 @@ def from_darts_text(text: str, space: str | None = None) -> Genotype:
     return Genotype.from_json(parse_darts_text(text, space))
 
 
+def edge_op_scores(alphas: torch.Tensor, betas: torch.Tensor | None = None, steps: int = 4) -> torch.Tensor:
+    """What derivation scores each (edge, op) by: softmax(alphas) per row, times (PC) the softmax of the betas over
+    the node's incoming edges. Rows are the alphas'; the `none` column is left as is (derivation skips it)."""
+    weights = torch.softmax(alphas.detach().float(), dim=-1)
+    if betas is None:
+        return weights
+    b = betas.detach().float()
+    starts = [node * (node + 3) // 2 for node in range(steps)]
+    edge = torch.cat([torch.softmax(b[s : s + node + 2], dim=-1) for node, s in enumerate(starts)])
+    return weights * edge[:, None]
+
+
 def derive_cell(alphas: torch.Tensor, betas: torch.Tensor | None = None, steps: int = 4) -> CellGenotype:
     """Per node keep the 2 incoming edges with the largest non-`none` weight, each with its best op.
 
     `alphas` are raw (rows are softmaxed here); with `betas` (PC edge normalisation) each edge's op
     weights are scaled by the softmax of the betas over the node's incoming edges (SPEC §6).
     """
-    weights = torch.softmax(alphas.detach().float(), dim=-1)
+    weights = edge_op_scores(alphas, betas, steps)
     none = PRIMITIVES.index("none")
     edges: list[tuple[str, int]] = []
     start = 0
     for node in range(steps):
         n = node + 2
         w = weights[start : start + n].clone()
-        if betas is not None:
-            w = w * torch.softmax(betas.detach().float()[start : start + n], dim=-1)[:, None]
         w[:, none] = -1.0
         best_op_w, best_op = w.max(dim=1)
         # stable order: ties keep the lower input index, as Python's sorted does in DARTS

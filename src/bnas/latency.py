@@ -1,0 +1,176 @@
+"""Latency on the user's device (issue 26 item 2): a table of measured forward times whose sum predicts a
+genotype's forward latency, the way ProxylessNAS, FBNet and TF-NAS predict theirs.
+
+The table holds, for the trained network of a `NetworkShape`, the forward time of every candidate operation at
+every place the network has (its channels, stride and input resolution: costs.CellSite). An operation times
+differently alone than inside a network (caches, the allocator), so the table is calibrated on four whole
+networks of different operation mixes: a genotype's predicted latency is fixed + scale x the sum of its
+operations' times over every cell of their type, fixed (stem, preprocessing, node sums, concatenations, taps,
+head) and scale fitted by least squares on the four, as costs.CostModel sums parameters and MACs. Times are
+medians of repeats after a warm-up, in milliseconds; the table records the device, batch, threads, hardware and
+library versions it was measured with. `benchmarks/latency_check.py` measures how well it predicts networks.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .costs import CostModel, NetworkShape
+from .errors import ConfigError
+from .genotype import Genotype
+from .jsonio import dumps
+from .ops import PRIMITIVES, make_op
+
+FORMAT = "bnas-latency-table/1"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward(fn: Callable[[], Any], device: torch.device, warmup: int = 5, repeats: int = 15,
+                 min_s: float = 2e-3) -> float:  # fmt: skip
+    """The median time of one call of `fn` in milliseconds: `warmup` untimed calls, then `repeats` timings, each
+    of as many calls as fill `min_s` (short operations are timed in loops, not one call at a time)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        once = max(time.perf_counter() - t0, 1e-7)
+        n = max(1, int(min_s / once))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            _sync(device)
+            times.append((time.perf_counter() - t0) / n)
+    return 1e3 * statistics.median(times)
+
+
+def measure_network(net: torch.nn.Module, shape: NetworkShape, device: torch.device, batch: int = 1, **kw) -> float:
+    """The forward latency of a whole network in milliseconds (eval mode, no gradients)."""
+    net = net.to(device).eval()
+    x = torch.randn(batch, shape.in_channels, shape.size, shape.size, device=device)
+    return time_forward(lambda: net(x), device, **kw)
+
+
+def _key(op: str, channels: int, stride: int, size: int) -> str:
+    return f"{op}/c{channels}/s{stride}/r{size}"
+
+
+@dataclass
+class LatencyTable:
+    """Measured times (ms) of each operation at each place of a network, and the fixed part."""
+
+    shape: NetworkShape
+    device: str
+    batch: int
+    fixed_ms: float
+    ops: dict[str, float]  # _key(op, channels, stride, size) -> ms
+    environment: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0  # operations time differently alone than inside a network: fitted on whole networks
+    calibration: list[dict[str, float]] = field(default_factory=list)  # the networks the fit saw
+    model: CostModel | None = field(default=None, repr=False, compare=False)
+
+    def _model(self) -> CostModel:
+        if self.model is None:
+            self.model = CostModel.build(self.shape)
+        return self.model
+
+    def op_sum(self, genotype: Genotype) -> float:
+        """The sum of the genotype's operations' times (ms) over every cell of the network."""
+        model = self._model()
+        model._check(genotype)
+        total = 0.0
+        for site in model.sites:
+            for op, src in genotype.cell(site.kind).edges:
+                total += self.ops[_key(op, site.channels, site.stride(src), site.input_size(src))]
+        return total
+
+    def predict(self, genotype: Genotype) -> float:
+        """The predicted forward latency (ms) of the genotype's network: fixed + scale x its operations' times."""
+        return self.fixed_ms + self.scale * self.op_sum(genotype)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "shape": self.shape.to_json(), "device": self.device, "batch": self.batch,
+                "unit": "ms", "fixed_ms": self.fixed_ms, "scale": self.scale, "ops": self.ops,
+                "calibration": self.calibration, "environment": self.environment}  # fmt: skip
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """A table written by `save` (`bnas latency-table`); one sentence naming the file when it is not one."""
+        try:
+            obj = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read latency table {path}: {e.strerror}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"latency table {path} is not valid JSON ({e})") from None
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ConfigError(f"{path} is not a latency table (written by bnas latency-table)")
+        shape = NetworkShape(**obj["shape"])
+        return cls(
+            shape, obj["device"], obj["batch"], float(obj["fixed_ms"]), dict(obj["ops"]), obj.get("environment", {}),
+            float(obj.get("scale", 1.0)), list(obj.get("calibration", [])),
+        )  # fmt: skip
+
+
+def measure(shape: NetworkShape, device: str | torch.device = "cpu", batch: int = 1, **kw) -> LatencyTable:
+    """Measure the latency table of `shape`'s trained network on `device` (`kw`: time_forward's warm-up, repeats)."""
+    from .runs import environment
+
+    dev = torch.device(device)
+    model = CostModel.build(shape)
+    ops: dict[str, float] = {}
+    for site in model.sites:
+        for src in range(model.steps + 1):  # the places of this cell: inputs (stride may be 2) and nodes
+            c, s, r = site.channels, site.stride(src), site.input_size(src)
+            for op in PRIMITIVES[1:]:
+                k = _key(op, c, s, r)
+                if k not in ops:
+                    module = make_op(op, c, s, affine=True).to(dev).eval()
+                    x = torch.randn(batch, c, r, r, device=dev)
+                    ops[k] = time_forward(lambda m=module, x=x: m(x), dev, **kw)
+    table = LatencyTable(shape, str(dev), batch, 0.0, ops, {**environment(), "torch_threads": torch.get_num_threads()})
+    table.model = model
+    # calibration: whole networks of different operation mixes; fixed part and scale by least squares
+    sums, times = [], []
+    for g in _calibration(shape.space, model.steps):
+        sums.append(table.predict(g))
+        times.append(measure_network(shape.build(g), shape, dev, batch, **kw))
+    n = len(sums)
+    mx, my = sum(sums) / n, sum(times) / n
+    var = sum((x - mx) ** 2 for x in sums)
+    scale = sum((x - mx) * (y - my) for x, y in zip(sums, times, strict=True)) / var if var > 0 else 1.0
+    if not scale > 0:
+        scale = 1.0
+    table.scale, table.fixed_ms = scale, my - scale * mx
+    table.calibration = [{"sum_ms": x, "measured_ms": y} for x, y in zip(sums, times, strict=True)]
+    return table
+
+
+def _calibration(space: str, steps: int) -> list[Genotype]:
+    """Networks of different operation mixes (convolutions, pools, identities) that calibrate the table."""
+    from .genotype import CellGenotype
+
+    def cell(op: str) -> CellGenotype:
+        return CellGenotype(tuple((op, src) for _ in range(steps) for src in (0, 1)))
+
+    mixes = [("sep_conv_3x3", "dil_conv_5x5"), ("max_pool_3x3", "skip_connect"), ("skip_connect", "avg_pool_3x3"),
+             ("dil_conv_3x3", "sep_conv_5x5")]  # fmt: skip
+    return [Genotype(cell(a), cell(b), space) for a, b in mixes]
