@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = flag_message(e)
         if len(msg) > 1 and msg[0].isupper() and msg[1].islower():  # "Image folder ..." but not "CIFAR-10 ..."
             msg = msg[0].lower() + msg[1:]
-        print(f"bnas: error: {msg or 'failed'}", file=sys.stderr)
-        return 2
+        code = getattr(e, "exit_code", 2)  # preempt.Preempted: 75, the run is saved and resumes
+        print(f"bnas: {'error: ' if code == 2 else ''}{msg or 'failed'}", file=sys.stderr)
+        return code
     except OSError as e:  # the file system refused (full disk, permissions, a file where a directory must be)
         if args.debug:
             raise

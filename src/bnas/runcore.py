@@ -12,6 +12,10 @@ The order of an epoch's writes is the same for every run: its records (metrics.j
 files) first, the atomic checkpoint last. A kill between the two leaves records of an epoch the checkpoint
 does not hold; a resume drops them (`RunDir.truncate_metrics`) and computes that epoch again, so a kill at
 any moment loses no finished epoch and never writes one twice.
+
+SIGTERM or SIGUSR1 (preempt.py) stops a run at its next step boundary instead: the checkpoint then holds that
+point of the epoch ("mid_epoch": the step, the train loader's pass, the tally's partial sums, the job's own
+per-epoch state), and a resume continues the epoch from there, computing what an uninterrupted run computes.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from torch import nn
 
 from .budget import BudgetClock, BudgetPlan, parse_duration
 from .cells import Cell
-from .dist import NullRun, is_main
+from .dist import NullRun, is_main, rank_world
 from .errors import non_finite
+from .preempt import Preempted, StopSignal, preempted_message
 from .profile import RuntimeProfile, resolve_profile
-from .runs import RunDir
+from .runs import RunDir, RunLock
 from .runtime import (
     Tally,
     compile_regions,
@@ -173,6 +178,9 @@ class Job(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def finish(self, run: RunDir, reporter) -> Any: ...
+    # preemption mid-epoch: what begin_epoch drew and the job's own streams (e.g. a search's validation batches)
+    def mid_epoch_state(self) -> dict[str, Any]: ...
+    def resume_mid_epoch(self, state: dict[str, Any]) -> None: ...  # before begin_epoch of the resumed epoch
 
 
 class RunLoop:
@@ -189,6 +197,9 @@ class RunLoop:
         self.run: RunDir | NullRun | None = None
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
+        self.stop = StopSignal()  # SIGTERM/SIGUSR1 while the epochs run (preempt.py)
+        self.lock: RunLock | None = None  # rank 0's hold on the run directory (runs.RunLock)
+        self.mid_epoch: dict[str, Any] | None = None  # a preempted epoch that the resumed run continues
 
     @property
     def schedule(self) -> Schedule:
@@ -217,6 +228,7 @@ class RunLoop:
         if self.clock is not None and state.get("budget"):
             self.clock.plan = BudgetPlan.from_state(state["budget"])
         self.start_epoch = state["epoch"]  # epochs are numbered from 1: the next one's index
+        self.mid_epoch = state.get("mid_epoch")
 
     def open(self) -> RunDir | NullRun:
         """Create the run directory, or resume it from its checkpoint (records after the checkpoint's epoch are
@@ -224,19 +236,22 @@ class RunLoop:
         job, cfg = self.job, self.cfg
         job.check_data()
         if self.resume:
+            if is_main() and Path(cfg.out).is_dir():  # one writer: a live holder is refused before any read
+                self.lock = RunLock(cfg.out).acquire()
             state = RunDir(cfg.out).load_checkpoint(job.kind, cfg.to_json())
             self.load_state_dict(state)
             if not is_main():
                 self.run = NullRun()
                 return self.run
             self.run = RunDir(cfg.out)
-            self.run.truncate_metrics(state["epoch"])
+            self.run.truncate_metrics(state["epoch"], steps_kept=self.mid_epoch["step"] if self.mid_epoch else 0)
             self.history = self.run.metrics("epoch")
             self.run.update_config(cfg.to_json())
         elif not is_main():
             self.run = NullRun()
         else:
-            self.run = RunDir.create(cfg.out, overwrite=self.overwrite)
+            self.lock = RunLock(cfg.out)  # taken by create, before an --overwrite removes anything
+            self.run = RunDir.create(cfg.out, overwrite=self.overwrite, lock=self.lock)
             job.start_run(self.run)
         return self.run
 
@@ -251,10 +266,15 @@ class RunLoop:
         schedule = self.schedule
         lr = schedule.epoch_lr(epoch)
         set_lr(self.optimizer, lr)
+        mid = self._continue_epoch(epoch)  # a preempted epoch: the job's streams where they stopped
         feed = job.begin_epoch(epoch)
         tally = Tally(self.device, job.step.FIGURES)
         images, done, t0, last = 0, 0, time.perf_counter(), {}
-        for i, (x, y) in enumerate(loader):
+        if mid is not None:  # ... and the loader, the partial sums and the last log point's
+            loader.resume_pass(mid["train_loader"])
+            tally.sums = {k: v.to(self.device) for k, v in mid["tally"].items()}
+            images, done, last = mid["images"], mid["step"], dict(mid["last"])
+        for i, (x, y) in enumerate(loader, start=done):
             step = epoch * per_epoch + i  # steps of the run before this one
             if clock is not None:  # a budget: the schedule is per step, by progress
                 lr = schedule.step_lr(clock.plan, step)
@@ -271,6 +291,8 @@ class RunLoop:
                             rate=images / (time.perf_counter() - t0))  # fmt: skip
             if clock is not None and clock.step_done(step + 1):
                 break  # the budget's last step: a partial epoch
+            if i + 1 < per_epoch and self.stop.requested(self.device, sync_point=log):
+                self._preempt(epoch, i + 1, tally, last, images)
         sums = self.log_point(tally, epoch, None, last)
         if clock is not None:  # the epoch's end is a log point too (and holds its overheads: evaluation...)
             clock.log_point(epoch * per_epoch + done)
@@ -295,7 +317,16 @@ class RunLoop:
         return epoch < self.cfg.epochs
 
     def run_epochs(self, reporter=None) -> Any:
-        """Open (or resume) the run, run its epochs, and end it: the job's `finish` gives the result."""
+        """Open (or resume) the run, run its epochs, and end it: the job's `finish` gives the result. SIGTERM
+        and SIGUSR1 stop it at the next step boundary with its checkpoint saved (raising `Preempted`)."""
+        try:
+            with self.stop:
+                return self._epochs(reporter)
+        finally:
+            if self.lock is not None:  # the run directory is free again (whatever ended the run)
+                self.lock.release()
+
+    def _epochs(self, reporter=None) -> Any:
         from .progress import Reporter
 
         job, cfg, clock = self.job, self.cfg, self.clock
@@ -303,7 +334,7 @@ class RunLoop:
         run = self.run or self.open()
         per_epoch = len(job.train_loader)
         if clock is not None:
-            clock.start(self.start_epoch * per_epoch)
+            clock.start(self.start_epoch * per_epoch + (self.mid_epoch["step"] if self.mid_epoch else 0))
         epoch = self.start_epoch
         while self._more(epoch):
             t0 = time.perf_counter()
@@ -323,12 +354,50 @@ class RunLoop:
             self.history.append(record)
             reporter.epoch_done(record, shown_genotype)
             epoch += 1
+            if self._more(epoch) and self.stop.requested(self.device, sync_point=True):
+                self._stopped(epoch - 1, None)
         if clock is not None:  # the epochs the budget resolved to, in config.json as in the results
             cfg.epochs = epoch
             run.update_config({"epochs": epoch, "budget_plan": clock.plan.state()})
         result = job.finish(run, reporter)
         run.close()
         return result
+
+    # --- preemption (preempt.py): a checkpoint between two steps of an epoch, and the resume from it
+    def _preempt(self, epoch: int, done: int, tally: Tally, last: dict[str, float], images: int) -> None:
+        """Save the run as it stands after `done` steps of `epoch`, then stop (raises `Preempted`)."""
+        if self.clock is not None:
+            self.clock.plan.spent_s = self.clock.elapsed()
+        state = self.state_dict(epoch - 1)  # "epoch" stays the last finished one (readers of checkpoints)
+        state["mid_epoch"] = {
+            "epoch": epoch,
+            "step": done,
+            "train_loader": self.job.train_loader.pass_state(),
+            "tally": {k: v.detach().cpu() for k, v in tally.sums.items()},  # the host read of this stop only
+            "last": dict(last),
+            "images": images,
+            "job": self.job.mid_epoch_state(),
+        }
+        self.run.save_checkpoint(state)
+        self._stopped(epoch, done)
+
+    def _stopped(self, epoch: int, done: int | None) -> None:
+        """Every rank waits for rank 0's checkpoint (torchrun ends the others once one exits), then stops."""
+        if rank_world()[1] > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        steps = len(self.job.train_loader)
+        raise Preempted(preempted_message(self.job.kind, self.cfg.out, self.stop.signal, epoch, done, steps))
+
+    def _continue_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """The preempted state of `epoch` (None for an epoch that starts afresh); the job's own part is restored
+        at once, before its `begin_epoch` draws what the epoch draws."""
+        mid, self.mid_epoch = self.mid_epoch, None
+        if mid is None or mid["epoch"] != epoch:
+            return None
+        self.job.resume_mid_epoch(mid["job"])
+        return mid
 
 
 def interrupted_message(command: str, out: str | Path) -> str:

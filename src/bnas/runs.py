@@ -9,6 +9,7 @@ Layout of a run directory:
                      from 1 in every file, record and message; alphas.jsonl's epoch 0 is the starting point)
   tb/                TensorBoard scalars of the epoch records, when tensorboard is installed
   summary.json       written when the run ends
+  run.lock           while a process writes the run: its pid, host, command and start (`RunLock`)
 
 An epoch's records are written before its checkpoint; a resumed run drops the records of epochs after
 its checkpoint (`truncate_metrics`) and recomputes them, so a kill at any moment loses no complete epoch
@@ -17,11 +18,17 @@ and never leaves a record twice.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import math
 import os
 import platform
+import secrets
 import shutil
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,13 +79,12 @@ class RunDir:
         self._tb_purge: int | None = None  # first epoch a resumed run rewrites (older events are kept)
 
     @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
+    def create(cls, path: str | Path, overwrite: bool = False, lock: RunLock | None = None) -> RunDir:
+        """A new run in `path` (`overwrite`: the files of an earlier run there go). With `lock` (not yet
+        acquired), it is taken before anything is checked or removed: a live writer is refused by name."""
         p = Path(path)
-        if (p / "checkpoint.pt").exists() and not overwrite:
-            raise BnasError(
-                f"{p} already holds a run: resume it with resume=True, choose another out, or pass overwrite=True",
-                options=("resume", "out", "overwrite"),
-            )
+        if (p / "checkpoint.pt").exists() and not overwrite and lock is None:
+            raise _holds_a_run(p)
         try:
             p.mkdir(parents=True, exist_ok=True)
             probe = p / ".write_test"
@@ -88,6 +94,11 @@ class RunDir:
             raise BnasError(
                 f"cannot write to the output directory {p} ({e.strerror}); choose another out", options=("out",)
             ) from None
+        if lock is not None:
+            lock.acquire()
+            if (p / "checkpoint.pt").exists() and not overwrite:
+                lock.release()
+                raise _holds_a_run(p)
         run = cls(p)
         if overwrite:
             for name in (*JSONL_FILES, "summary.json", "checkpoint.pt", "genotype.json"):
@@ -152,9 +163,17 @@ class RunDir:
     def metrics(self, kind: str | None = "epoch") -> list[dict[str, Any]]:
         return [r for r in self.records("metrics.jsonl") if kind is None or r.get("kind") == kind]
 
-    def truncate_metrics(self, after_epoch: int) -> None:
+    def truncate_metrics(self, after_epoch: int, steps_kept: int = 0) -> None:
         """Prepare a resume: drop records of epochs after the checkpoint (they are recomputed, not logged
-        twice), remove temp files a kill left behind, and have TensorBoard purge those epochs too."""
+        twice), remove temp files a kill left behind, and have TensorBoard purge those epochs too. A checkpoint
+        taken mid-epoch (preemption) keeps the step records of the next epoch up to its step, `steps_kept`."""
+
+        def kept(rec: dict[str, Any]) -> bool:
+            epoch = rec.get("epoch", -1)
+            if epoch == after_epoch + 1 and rec.get("kind") == "step":
+                return rec.get("step", math.inf) <= steps_kept
+            return epoch <= after_epoch
+
         for name in JSONL_FILES:
             path = self.path / name
             if not path.exists():
@@ -165,7 +184,7 @@ class RunDir:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(rec, dict) and rec.get("epoch", -1) <= after_epoch:
+                if isinstance(rec, dict) and kept(rec):
                     keep.append(line)
             atomic_write_text(path, "".join(k + "\n" for k in keep))
         for tmp in self.path.glob(".*.tmp"):
@@ -197,6 +216,192 @@ class RunDir:
 
     def load_checkpoint(self, kind: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint_path, kind, config)
+
+
+def _holds_a_run(p: Path) -> BnasError:
+    return BnasError(
+        f"{p} already holds a run: resume it with resume=True, choose another out, or pass overwrite=True",
+        options=("resume", "out", "overwrite"),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- the lock
+
+LOCK_FILE = "run.lock"
+_HELD: dict[str, RunLock] = {}  # the locks this process holds, by file: taking one again is not a conflict
+
+
+class RunLocked(BnasError):
+    """Another live process writes this run directory."""
+
+
+def _proc_state(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of a process from /proc (Linux), None where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _command_line() -> str:
+    words = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    if words[0] in ("cli.py", "__main__.py", "-m"):
+        words[0] = "bnas"
+    text = " ".join(words)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class RunLock:
+    """One writer per run directory: `run.lock`, created exclusively (O_CREAT|O_EXCL, atomic on local and
+    network file systems alike), holds the writer's pid, host, command and start; a thread touches it every
+    `HEARTBEAT_S` seconds, and it is removed when the run ends (at exit at the latest).
+
+    A lock is stale, and taken over, when its process is gone: on this host, no such pid (or a zombie, or a
+    later process that reuses the pid: its start time differs; or the lock was copied along with its run
+    directory from elsewhere); on another host, no heartbeat for `STALE_S` seconds (the lock's modification
+    time, as the shared file system reports it). Taking over renames the stale file aside and checks it is
+    the one judged stale, so two processes that both find it stale never both win."""
+
+    HEARTBEAT_S = 30.0
+    STALE_S = 180.0
+
+    def __init__(self, path: str | Path, command: str | None = None, name: str = LOCK_FILE):
+        self.file = Path(path) / name
+        self.command = command or _command_line()
+        self.token: str | None = None  # ours while we hold it; None when not held (or held by an outer holder)
+        self._beat = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- reading a lock
+    def holder(self) -> tuple[dict | None, float] | None:
+        """(the lock's content, or None while it is being written; its age in seconds), or None: no lock."""
+        try:
+            age = time.time() - self.file.stat().st_mtime
+            text = self.file.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return None, 0.0  # unreadable: held by an unknown process until its age says otherwise
+        try:
+            info = json.loads(text) if text else None
+        except ValueError:
+            info = None
+        return (info if isinstance(info, dict) else None), age
+
+    def alive(self, info: dict | None, age: float) -> bool:
+        """Whether the process that wrote `info` (the lock `age` seconds after its last heartbeat) still runs."""
+        if not info or info.get("host") != socket.gethostname():
+            return age < self.STALE_S
+        pid = info.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return age < self.STALE_S
+        if pid == os.getpid() or info.get("dir", str(self.file.parent.resolve())) != str(self.file.parent.resolve()):
+            return False  # a copy of a run directory with its lock (this process knows the locks it holds)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # another user's process: it exists
+        state = _proc_state(pid)
+        if state is None:
+            return True
+        return state[0] not in ("Z", "X") and (info.get("pid_start") in (None, state[1]))
+
+    def describe(self, info: dict | None) -> str:
+        if not info:
+            return "another process (its lock file is being written or unreadable)"
+        started = info.get("started")
+        when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(started)) if started else ""
+        return f"process {info.get('pid')} on {info.get('host')} ({info.get('command')}){when}"
+
+    # --- taking and giving back
+    def acquire(self) -> RunLock:
+        """Take the lock, taking over a stale one; a live holder is refused in one sentence naming it."""
+        key = str(self.file.resolve())
+        if key in _HELD:  # this process already writes the run (a study worker that runs it)
+            return self
+        for _attempt in range(50):
+            if self._create():
+                _HELD[key] = self
+                self._start_heartbeat()
+                atexit.register(self.release)
+                return self
+            found = self.holder()
+            if found is None:
+                continue  # gone meanwhile: try again
+            info, age = found
+            if info is None and age < 2.0:
+                time.sleep(0.05)  # created a moment ago, its content not written yet
+                continue
+            if self.alive(info, age):
+                raise RunLocked(
+                    f"{self.file.parent} is being written by {self.describe(info)}; wait for it to end or stop "
+                    f"it (a killed process's lock is taken over by the next run), or choose another out",
+                    options=("out",),
+                )
+            self._take_over(info)
+        raise RunLocked(f"cannot take the lock {self.file}: other processes keep taking it; try again")
+
+    def _create(self) -> bool:
+        token = secrets.token_hex(8)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "started": round(time.time(), 3),
+            "pid_start": (_proc_state(os.getpid()) or (None, None))[1],
+            "dir": str(self.file.parent.resolve()),
+            "token": token,
+        }
+        try:
+            fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(info))
+        self.token = token
+        return True
+
+    def _take_over(self, stale: dict | None) -> None:
+        """Remove a stale lock, unless another process replaced it meanwhile (that one is put back)."""
+        aside = self.file.with_name(f"{self.file.name}.{os.getpid()}.{secrets.token_hex(4)}.stale")
+        try:
+            os.rename(self.file, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text() or "null")
+        except (OSError, ValueError):
+            moved = {}
+        if (moved or {}).get("token") != (stale or {}).get("token"):
+            with contextlib.suppress(OSError):  # a fresh lock was moved: back where it was (unless another came)
+                os.link(aside, self.file)
+        aside.unlink(missing_ok=True)
+
+    def _start_heartbeat(self) -> None:
+        self._beat.clear()
+
+        def beat() -> None:
+            while not self._beat.wait(self.HEARTBEAT_S):
+                with contextlib.suppress(OSError):
+                    os.utime(self.file)
+
+        self._thread = threading.Thread(target=beat, name="bnas-run-lock", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        """Give the lock back (removing the file if it is still ours); safe to call twice."""
+        if self.token is None:
+            return
+        self._beat.set()
+        atexit.unregister(self.release)
+        _HELD.pop(str(self.file.resolve()), None)
+        found = self.holder()
+        if found is not None and (found[0] or {}).get("token") == self.token:
+            self.file.unlink(missing_ok=True)
+        self.token = None
 
 
 def tensorboard_writer(logdir: Path, purge_step: int | None = None) -> Any:

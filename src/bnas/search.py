@@ -124,6 +124,7 @@ class Searcher:
                                 for i in range(cfg.random_candidates)]  # fmt: skip
         self._selected: Genotype | None = None
         self._arch_on = False
+        self._epoch_path_rng = self.path_rng.getstate()
         # how decided the architecture is (decision.py): (global step, genotype key) at each decision point
         self._trail: list[tuple[int, str]] = []
         self._steps_done = 0
@@ -301,6 +302,7 @@ class Searcher:
         gradient = cfg.arch_search == "gradient"
         per_epoch = len(self.train_loader)
         self._arch_on = epoch >= cfg.arch_start_epoch and gradient
+        self._epoch_path_rng = self.path_rng.getstate()  # a preempted epoch draws its paths again from here
         paths = epoch_paths(model, self.path_rng, per_epoch) if cfg.arch_search == "random" else None
         if clock is None:
             self.architect.set_lr(clr_arch_lr(self.arch_base, epoch, cfg.epochs, cfg.clr_power))
@@ -326,6 +328,17 @@ class Searcher:
                 self._decision_point()
 
         return feed
+
+    def mid_epoch_state(self) -> dict[str, Any]:
+        """Preempted mid-epoch: random search's generator as the epoch began (its paths are drawn again), and
+        where the validation batches of the architecture steps stand."""
+        return {"path_rng": self._epoch_path_rng, "val": self.val_loader.pass_state() if self._arch_on else None}
+
+    def resume_mid_epoch(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["path_rng"]
+        self.path_rng.setstate((version, tuple(internal), gauss))
+        if state["val"] is not None:
+            self.val_loader.resume_pass(state["val"])
 
     def _budget_step(self, step: int) -> None:
         """A budgeted search's step: architecture updates once the plan's progress passes the warm-up's share,

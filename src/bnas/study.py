@@ -20,6 +20,10 @@ epoch's test accuracy is reported.
 
 Resume: rerunning the same command keeps finished runs (summary.json / results.json present), resumes a
 half-finished one from its checkpoint and starts the missing ones.
+
+Failures and workers (study_work.py): a run that fails is recorded with its sentence and retried up to
+`retries` times, and the study goes on; several workers (`bnas study --workers N`, `bnas study --worker DIR`)
+share a study directory, each run claimed by one of them through its run-directory lock.
 """
 
 from __future__ import annotations
@@ -351,10 +355,14 @@ def write_random_cell(spec: StudySpec, run: PlannedRun) -> None:
     atomic_write_text(path, dumps(sample_genotype(spec.space, RANDOM_CELL_SEEDS + index).to_json(), 1) + "\n")
 
 
-def run_study(spec: StudySpec, out: str | Path, *, dry_run: bool = False, print_fn=print, after_run=None):
-    """Run every search and training of the study (resuming), then write the tables and the report.
+def run_study(spec: StudySpec, out: str | Path, *, dry_run: bool = False, print_fn=print, after_run=None,
+              retries: int = 0):  # fmt: skip
+    """Run every search and training of the study (resuming), then write the tables and the report. A run that
+    fails is retried up to `retries` times, then recorded as failed (`results.failed`) while the others go on.
     `after_run(run)` is called after each run (tests stop a study there). Returns the StudyResults, or None
     for a dry run."""
+    from .study_work import work
+
     out = Path(out)
     runs = plan(spec, out)
     open_study(spec, out, create=not dry_run)
@@ -362,20 +370,61 @@ def run_study(spec: StudySpec, out: str | Path, *, dry_run: bool = False, print_
         for i, run in enumerate(runs):
             print_fn(f"[{i + 1}/{len(runs)}] {describe(run)} -> {run.path} ({run.state()})")
         return None
-    for i, run in enumerate(runs):
-        state = run.state()
-        verb = {"done": "finished, kept", "resume": "resuming from its checkpoint", "new": "starting"}[state]
-        print_fn(f"[{i + 1}/{len(runs)}] {describe(run)}: {verb}")
-        execute(spec, run)
-        if after_run is not None:
-            after_run(run)
-    return finish(spec, out, runs, print_fn)
+    results, _ = work(spec, out, runs, retries=retries, print_fn=print_fn, after_run=after_run, execute=execute,
+                      finish=lambda failed: finish(spec, out, runs, print_fn, failed), describe=describe,
+                      always=True)  # fmt: skip
+    return results
 
 
-def finish(spec: StudySpec, out: Path, runs: list[PlannedRun], print_fn=print):
+def load_study(out: str | Path) -> StudySpec:
+    """The study a directory holds (its study.json), for workers and --report."""
+    out = Path(out)
+    saved = out / "study.json"
+    if not saved.is_file():
+        raise ConfigError(f"{out} holds no study (no study.json); start one with bnas study --config F --out {out}")
+    try:
+        config = json.loads(saved.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BnasError(f"{saved} is malformed; start the study again in another directory") from None
+    return StudySpec.from_json(config, str(saved))
+
+
+def work_on(out: str | Path, *, retries: int = 0, print_fn=print) -> int:
+    """One worker on a study directory (`bnas study --worker DIR`): claims runs until none is left; writes the
+    results if it ends last. The exit code: 0 every run finished, 1 some failed for good (study_work)."""
+    from .study_work import EXIT_FAILED, work
+
+    out = Path(out)
+    spec = load_study(out)
+    runs = plan(spec, out)
+    _, failed = work(spec, out, runs, retries=retries, print_fn=print_fn, execute=execute,
+                     finish=lambda f: finish(spec, out, runs, print_fn, f), describe=describe)  # fmt: skip
+    return EXIT_FAILED if failed else 0
+
+
+def report_study(out: str | Path, print_fn=print) -> int:
+    """`bnas study DIR --report`: the results of a study whose runs have all ended (finished or failed)."""
+    from .study_work import EXIT_FAILED, failed_runs, status
+
+    out = Path(out)
+    spec = load_study(out)
+    runs = plan(spec, out)
+    by_path = {r.path: r for r in runs}
+    left = [r for r in runs if status(r, by_path, None)[0] not in ("done", "failed")]
+    if left:
+        raise BnasError(
+            f"{len(left)} of the study's {len(runs)} runs have not ended (the first: {left[0].command} "
+            f"{left[0].name}); run bnas study --worker {out} until they have"
+        )
+    failed = failed_runs(runs)
+    finish(spec, out, runs, print_fn, failed)
+    return EXIT_FAILED if failed else 0
+
+
+def finish(spec: StudySpec, out: Path, runs: list[PlannedRun], print_fn=print, failed: list | None = None):
     from .study_report import StudyResults, collect, write_outputs
 
-    results: StudyResults = collect(spec, out, runs)
+    results: StudyResults = collect(spec, out, runs, failed)
     written = write_outputs(spec, out, results)
     print_fn("")
     print_fn(results.markdown())

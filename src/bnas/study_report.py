@@ -35,9 +35,10 @@ class StudyResults:
     rows: list[dict[str, Any]]  # one per trained candidate, in the plan's order
     summary: list[dict[str, Any]]  # one per group (method, random-cells, published genotype)
     collapse: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # method -> seed -> epochs
+    failed: list[dict[str, Any]] = field(default_factory=list)  # runs that failed after their retries: run, error
 
     def to_json(self) -> dict[str, Any]:
-        return {"rows": self.rows, "summary": self.summary, "collapse": self.collapse}
+        return {"rows": self.rows, "summary": self.summary, "collapse": self.collapse, "failed": self.failed}
 
     def markdown(self) -> str:
         head = ["candidate", "group", "seed", "parameters", "MACs", "param-free ops/cell", "settled", "search time",
@@ -68,6 +69,9 @@ class StudyResults:
                       "give the searches more steps (--budget) or --arch-lr auto"]  # fmt: skip
         elif any(r.get("settled") for r in self.rows):
             lines += ["", "every search's architecture settled"]
+        if self.failed:  # not in the tables above: they have no result
+            lines += ["", _md_row(["failed run", "attempts", "error"]), _md_row(["---"] * 3)]
+            lines += [_md_row([f["run"], str(f["attempts"]), f["error"].replace("|", "/")]) for f in self.failed]
         return "\n".join(lines)
 
 
@@ -94,11 +98,15 @@ def _duration(seconds: Any) -> str:
 # --- reading the runs -----------------------------------------------------------------------------------
 
 
-def collect(spec: StudySpec, out: Path, runs: list[PlannedRun]) -> StudyResults:
-    """The rows, the summary and the parameter-free ops per search epoch, from the finished run directories."""
+def collect(
+    spec: StudySpec, out: Path, runs: list[PlannedRun], failed: list[dict[str, Any]] | None = None
+) -> StudyResults:
+    """The rows, the summary and the parameter-free ops per search epoch, from the finished run directories;
+    the `failed` runs (run, attempts, error) have no row."""
     rows = []
+    gone = {f["run"] for f in failed or []}
     for run in runs:
-        if run.command != "train":
+        if run.command != "train" or f"{run.command}/{run.name}" in gone:
             continue
         d = RunDir(run.path)
         res, cfg = d.read_json("results.json"), d.read_json("config.json")
@@ -123,7 +131,7 @@ def collect(spec: StudySpec, out: Path, runs: list[PlannedRun]) -> StudyResults:
                 {"epoch": r["epoch"], "parameter_free": r.get("parameter_free", {}), "decision": r.get("decision")}
                 for r in epochs
             ]
-    return StudyResults(rows, summarise(rows, spec.bootstrap_samples, spec.bootstrap_seed), collapse)
+    return StudyResults(rows, summarise(rows, spec.bootstrap_samples, spec.bootstrap_seed), collapse, failed or [])
 
 
 def summarise(rows: list[dict[str, Any]], samples: int = 10_000, seed: int = 0) -> list[dict[str, Any]]:
@@ -320,6 +328,8 @@ def write_html(spec: StudySpec, out: Path, results: StudyResults, images: dict[s
         "<h2>Per method</h2>", _html_table(results.summary, _SUMMARY_COLS),
         "<h2>Candidates</h2>", _html_table(results.rows, _ROW_COLS),
     ]  # fmt: skip
+    if results.failed:
+        parts += ["<h2>Failed runs</h2>", _html_table(results.failed, _FAILED_COLS)]
     if note:
         parts.append(f"<p class='note'>{e(note)}</p>")
     for title, path in images.values():
@@ -337,6 +347,7 @@ _ROW_COLS = {
     "search_s": ("search time", _duration),
     "train_s": ("training time", _duration), "test_acc": ("test acc %", _pct),
 }  # fmt: skip
+_FAILED_COLS = {"run": ("run", str), "attempts": ("attempts", str), "error": ("error", str)}
 _SUMMARY_COLS = {
     "group": ("method", str), "kind": ("kind", str), "n": ("n", str), "mean": ("mean %", _pct),
     "std": ("std", _pct), "min": ("min %", _pct), "max": ("max %", _pct), "diff": ("mean - random cells %", _pct),

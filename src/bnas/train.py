@@ -279,6 +279,12 @@ class Trainer:
         step = self.step
         return lambda i, x, y, lr, tally: step(x, y, tally, i)
 
+    def mid_epoch_state(self) -> dict[str, Any]:
+        return {}  # begin_epoch draws nothing: the run core's state (loader, tally, generators) is all
+
+    def resume_mid_epoch(self, state: dict[str, Any]) -> None:
+        pass
+
     def at_progress(self, progress: float) -> None:
         self.model.drop_prob = self.cfg.drop_path * progress  # a budget: drop-path ramps with the schedule
 

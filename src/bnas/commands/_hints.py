@@ -63,3 +63,12 @@ def train_next_steps(run_dir: Any) -> str:
 
 def _join(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# the --help epilog of bnas search and bnas train (preempt.py: EXIT_PREEMPTED)
+RUN_EXITS = (
+    "Exit codes: 0 the run finished; 2 a usage, configuration or data error (one sentence on stderr); 75 stopped "
+    "by SIGTERM or SIGUSR1 at a step boundary, with a checkpoint of that step (continue it mid-epoch with "
+    "--resume OUT); 130 Ctrl-C (finished epochs are kept). One process writes a run directory at a time: "
+    "another one's --out, --resume or --overwrite of it is refused while it runs."
+)

@@ -96,11 +96,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ._hints import RUN_EXITS
+
     s = sub.add_parser(
         "search",
         help="architecture search (BNAS-D, BNAS-v2-CLR, BNAS-v2-PC)",
         description="Search cells of the broad (or DARTS) network. Options default to the --method preset "
         "(SPEC §7 table); a --config JSON file overrides the preset, the command line overrides both.",
+        epilog=RUN_EXITS,
     )
     _add_search_args(s)
     s.set_defaults(func=cmd_search)

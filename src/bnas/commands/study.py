@@ -12,22 +12,75 @@ _FORM = (
     '"search": {"epochs": 1, "init_channels": 4}, "train": {"epochs": 1, "init_channels": 4}}'
 )
 
+_EXITS = (
+    "Exit codes: 0 every run finished; 1 some runs failed after their --retries (each with its sentence in "
+    "results.md and report.html); 75 stopped by SIGTERM or SIGUSR1 with the running runs saved mid-epoch (run "
+    "the same command again to resume); 130 Ctrl-C; 2 a usage or configuration error."
+)
+
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ..errors import check_output
-    from ..study import StudySpec, run_study
+    from ..errors import ConfigError, check_output
+    from ..study import StudySpec, open_study, report_study, run_study, work_on
 
+    if args.retries < 0:
+        raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
+    if args.worker is not None:
+        _only(args, "--worker", ("config", "out", "report", "dry_run", "workers", "dir"))
+        return _interruptible(lambda: work_on(args.worker, retries=args.retries), f"bnas study --worker {args.worker}")
+    if args.report:
+        _only(args, "--report", ("config", "out", "dry_run", "workers"))
+        target = args.dir or args.out
+        if target is None:
+            raise ConfigError("--report needs the study directory: bnas study DIR --report")
+        return report_study(target)
+    if args.dir is not None:
+        raise ConfigError(
+            f"a study directory alone ({args.dir}) goes with --report; run a study with --config F --out DIR"
+        )
+    if args.config is None or args.out is None:
+        raise ConfigError("bnas study needs --config STUDY.json and --out DIR (or --worker DIR, or DIR --report)")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     spec = StudySpec.load(args.config)
     check_output("--out", args.out, directory=True)
+    again = f"bnas study --config {args.config} --out {args.out}"
+    if args.workers is not None and not args.dry_run:
+        from ..study_work import run_workers
+
+        open_study(spec, args.out)
+        if args.workers == 0:
+            print(f"planned the study in {args.out}; start workers with bnas study --worker {args.out}")
+            return 0
+        return _interruptible(lambda: run_workers(args.out, args.workers, args.retries), again)
+
+    def sequential() -> int:
+        results = run_study(spec, args.out, dry_run=args.dry_run, retries=args.retries)
+        return 1 if results is not None and results.failed else 0
+
+    return _interruptible(sequential, again)
+
+
+def _interruptible(call, again: str) -> int:
+    from ..preempt import Preempted
+
     try:
-        run_study(spec, args.out, dry_run=args.dry_run)
+        return call()
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: finished runs are kept; continue with bnas study --config {args.config} --out {args.out}",
-            file=sys.stderr,
-        )
+        print(f"\ninterrupted: finished runs are kept; continue with {again}", file=sys.stderr)
         return 130
-    return 0
+    except Preempted as e:  # the run in progress saved itself mid-epoch: the same command resumes the study
+        print(f"bnas: {str(e).split(', which is saved')[0]}, saved; continue with {again}", file=sys.stderr)
+        return e.exit_code
+
+
+def _only(args: argparse.Namespace, flag: str, others: tuple[str, ...]) -> None:
+    from ..errors import ConfigError
+
+    given = [o for o in others if getattr(args, o, None) not in (None, False)]
+    if given:
+        other = "DIR" if given[0] == "dir" else "--" + given[0].replace("_", "-")
+        raise ConfigError(f"{flag} takes no {other}: the study directory holds the study's config")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +91,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         "random cells and the published genotypes with the same options, and write results.csv, results.md, "
         "summary.csv, plots and report.html into --out. Rerunning the same command resumes: finished runs are "
         f"kept, a half-finished one continues from its checkpoint. The file's form: {_FORM} (method options and "
-        "search/train options are the fields of SearchConfig and TrainConfig, as in bnas search/train --config).",
+        "search/train options are the fields of SearchConfig and TrainConfig, as in bnas search/train --config). "
+        "Several workers share a study directory: --workers N runs N at once on this machine (a GPU each where "
+        "there are GPUs, the CPU cores divided among them), and bnas study --worker DIR is one worker that any "
+        "scheduler can start (each claims runs through their directory's lock; a killed worker's run is taken "
+        "over and resumed); the worker that ends last writes the results, as bnas study DIR --report does.",
+        epilog=_EXITS,
     )
-    s.add_argument("--config", type=Path, required=True, metavar="STUDY.json", help="the study file")
-    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="the study directory (resumed if it exists)")
+    s.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="a study directory, with --report")
+    s.add_argument("--config", type=Path, metavar="STUDY.json", help="the study file")
+    s.add_argument("--out", type=Path, metavar="DIR", help="the study directory (resumed if it exists)")
     s.add_argument("--dry-run", action="store_true", help="check the study file and print the planned runs")
+    s.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N worker processes on this machine (0: only plan the study for --worker processes)",
+    )
+    s.add_argument(
+        "--worker",
+        type=Path,
+        metavar="DIR",
+        help="be one worker of the study in DIR (planned by a bnas study --config F --out DIR)",
+    )
+    s.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="R",
+        help="retry a failed run up to R times, from its checkpoint, before recording it as failed",
+    )
+    s.add_argument(
+        "--report",
+        action="store_true",
+        help="write the results of a study whose runs have all ended (bnas study DIR --report)",
+    )
     s.set_defaults(func=cmd_study)

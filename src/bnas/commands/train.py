@@ -149,12 +149,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ._hints import RUN_EXITS
+
     t = sub.add_parser(
         "train",
         help="train a genotype from scratch and test it (SPEC §9 recipes)",
         description="Train a found (or bundled) genotype from scratch with the published recipe of the data set, "
         "then report the final epoch's test accuracy in results.json. A --config JSON file overrides the "
         "recipe, the command line overrides both.",
+        epilog=RUN_EXITS,
     )
     _add_train_args(t)
     t.set_defaults(func=cmd_train)

@@ -34,7 +34,11 @@ class Augment:
 
 class Loader(Protocol):
     """What every loader of a run is (TensorLoader here, FolderLoader and StreamLoader in streamed.py): one pass
-    is one epoch of device batches, and `state_dict` is enough to resume the order where it stopped."""
+    is one epoch of device batches, and `state_dict` is enough to resume the order where it stopped.
+
+    A preempted run stops mid-pass: `pass_state` is where the latest pass stands (which pass, how many batches
+    it has handed out, its augmentation generator), and `resume_pass` makes the next pass continue it there,
+    with the batches the interrupted pass would have yielded next (no batch is decoded or augmented twice)."""
 
     def __len__(self) -> int: ...
 
@@ -43,6 +47,10 @@ class Loader(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def pass_state(self) -> dict | None: ...
+
+    def resume_pass(self, state: dict) -> None: ...
 
 
 @functools.lru_cache(maxsize=32)
@@ -113,6 +121,8 @@ class TensorLoader:
         self.rank, self.world = rank, world  # torchrun: every rank takes a disjoint shard of each pass
         self.seed, self.passes = seed, 0  # the state: the next pass draws from (seed, passes) alone
         self.gen = torch.Generator(device=images.device)
+        self._pass: dict | None = None  # the latest pass: its number and the batches it has handed out
+        self._resume: dict | None = None  # a preempted pass that the next one continues (`resume_pass`)
 
     def _shard_size(self) -> int:
         n = self.images.shape[0]
@@ -125,17 +135,25 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.images.shape[0]
         dev = self.gen.device
+        resume, self._resume = self._resume, None
+        if resume is not None:  # the interrupted pass: its order, then its generator where it stopped
+            self.passes = int(resume["passes"])
+        current = self._pass = {"passes": self.passes, "position": 0}
         self.gen.manual_seed(self.seed * 100_003 + self.passes)  # (as data/streamed.py's passes)
         self.passes += 1
         order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
         if self.world > 1:
             order = order[self.rank :: self.world][: self._shard_size()]
         order = order.to(self.images.device)
-        for i in range(len(self)):
+        if resume is not None:
+            self.gen.set_state(resume["gen"])
+            current["position"] = int(resume["position"])
+        for i in range(current["position"], len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = augment_batch(self.images[idx], self.augment, self.gen, self.train)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            current["position"] = i + 1
             yield x, self.labels[idx]
 
     def state_dict(self) -> dict:
@@ -146,3 +164,11 @@ class TensorLoader:
     def load_state_dict(self, state: dict) -> None:
         # (an older checkpoint holds a generator's state instead: its passes are unknown, the next starts at 0)
         self.seed, self.passes = int(state.get("seed", self.seed)), int(state.get("passes", 0))
+        self._resume = None
+
+    def pass_state(self) -> dict | None:
+        """(The generator's state is the device's: a pass continues on the kind of device it began on.)"""
+        return {**self._pass, "gen": self.gen.get_state()} if self._pass is not None else None
+
+    def resume_pass(self, state: dict) -> None:
+        self._resume = state

@@ -162,6 +162,7 @@ class _EpochSampler(torch.utils.data.Sampler):
         self.rank, self.world = rank, world
         self.batch_size, self.drop_last = batch_size, drop_last
         self.passes = 0
+        self.skip = 0  # indices the next pass leaves out at its start (a preempted pass continued)
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -176,10 +177,21 @@ class _EpochSampler(torch.utils.data.Sampler):
         return shard
 
     def __iter__(self):
-        return iter(self.indices())
+        skip, self.skip = self.skip, 0
+        return iter(self.indices()[skip:])
 
     def __len__(self) -> int:
         return len(self.indices())
+
+
+def _pass_start(sampler: _EpochSampler, resume: dict | None) -> dict:
+    """The latest pass of a streamed loader: its pass number and batches handed out; a resumed pass skips the
+    batches the interrupted one had handed out (their files are not read again)."""
+    if resume is None:
+        return {"passes": sampler.passes, "position": 0}
+    sampler.passes, position = int(resume["passes"]), int(resume["position"])
+    sampler.skip = position * sampler.batch_size
+    return {"passes": sampler.passes, "position": position}
 
 
 class FolderLoader:
@@ -217,11 +229,15 @@ class FolderLoader:
             persistent_workers=workers > 0,
             collate_fn=collate,
         )
+        self._pass: dict | None = None
+        self._resume: dict | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        current = self._pass = _pass_start(self.sampler, self._resume)
+        self._resume = None
         try:
             for batch in self.loader:
                 if self.decode_device is None:
@@ -232,6 +248,7 @@ class FolderLoader:
                 x = x.to(self.device, non_blocking=True)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                current["position"] += 1
                 yield x, y.to(self.device, non_blocking=True)
         finally:
             self.sampler.passes += 1
@@ -241,6 +258,13 @@ class FolderLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.passes = int(state["passes"])
+        self._resume = None
+
+    def pass_state(self) -> dict | None:
+        return dict(self._pass) if self._pass is not None else None
+
+    def resume_pass(self, state: dict) -> None:
+        self._resume = state
 
 
 class _Files(Dataset):
@@ -269,16 +293,23 @@ class StreamLoader:
             _Files(samples, decode), batch_size=batch_size, sampler=self.sampler, num_workers=workers,
             drop_last=drop_last, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
         )  # fmt: skip
+        self._pass: dict | None = None
+        self._resume: dict | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._resume is not None:
+            self.gen.set_state(self._resume["gen"])
+        current = self._pass = _pass_start(self.sampler, self._resume)
+        self._resume = None
         try:
             for x, y in self.loader:
                 x = augment_batch(x.to(self.device, non_blocking=True), self.augment, self.gen, self.train)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                current["position"] += 1
                 yield x, y.to(self.device, non_blocking=True)
         finally:
             self.sampler.passes += 1
@@ -289,3 +320,10 @@ class StreamLoader:
     def load_state_dict(self, state: dict) -> None:
         self.sampler.passes = int(state["passes"])
         self.gen.set_state(state["gen"])
+        self._resume = None
+
+    def pass_state(self) -> dict | None:
+        return {**self._pass, "gen": self.gen.get_state()} if self._pass is not None else None
+
+    def resume_pass(self, state: dict) -> None:
+        self._resume = state
