@@ -31,7 +31,7 @@ from .diagnostics import alpha_entropy, alpha_hessian_eigenvalue, alpha_record
 from .errors import (
     ConfigError,
 )
-from .genotype import Genotype
+from .genotype import Genotype, derive
 from .random_search import candidates, epoch_paths, select
 from .runcore import DeviceParts, Feed, RunLoop, budget_clock, device_parts, setup
 from .runs import RunDir, environment
@@ -127,6 +127,7 @@ class Searcher:
         self._epoch_path_rng = self.path_rng.getstate()
         # how decided the architecture is (decision.py): (global step, genotype key) at each decision point
         self._trail: list[tuple[int, str]] = []
+        self._pending: list[tuple[int, list[torch.Tensor], list[torch.Tensor] | None]] = []  # device snapshots
         self._steps_done = 0
         # a budget's warm-up: the share of the search that arch_start_epoch is of the configured epochs
         self._warm_share = cfg.arch_start_epoch / cfg.epochs
@@ -214,6 +215,7 @@ class Searcher:
 
     def state_dict(self) -> dict[str, Any]:
         """The search's parts in a checkpoint (the run core adds the epoch, config, generators and budget)."""
+        self._flush_snapshots()  # a checkpoint is a host moment anyway: the trail it saves is complete
         return {
             "model": self.model.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
@@ -325,7 +327,7 @@ class Searcher:
             self.step(x, y, xv, yv, lr, tally, i, path=paths[i] if paths is not None else None)
             self._steps_done = step + 1
             if (i + 1) % every == 0:
-                self._decision_point()
+                self._snapshot()
 
         return feed
 
@@ -352,8 +354,26 @@ class Searcher:
         confidence = plan.progress(step + 1) ** cfg.clr_power if cfg.clr_power else 1.0
         self.architect.set_lr(self.arch_base * confidence)
 
+    def _snapshot(self) -> None:
+        """A decision point between log points: the alphas (and betas) copied on the device, derived into a
+        genotype at the next host moment (`_flush_snapshots`), so the step never waits for the device. Random
+        search's genotype is the selected candidate, which changes only at epoch ends."""
+        if self.cfg.arch_search != "gradient":
+            return
+        m = self.model
+        alphas = [m.arch[f"alpha_{k}"].detach().clone() for k in m.cell_types]
+        betas = [m.arch[f"beta_{k}"].detach().clone() for k in m.cell_types] if m.cfg.edge_norm else None
+        self._pending.append((self._steps_done, alphas, betas))
+
+    def _flush_snapshots(self) -> None:
+        pending, self._pending = self._pending, []
+        for step, alphas, betas in pending:
+            if not self._trail or self._trail[-1][0] != step:
+                self._trail.append((step, decision.genotype_key(derive(alphas, betas, self.cfg.space))))
+
     def _decision_point(self) -> None:
         """The derived genotype after the steps done so far, for the decision figures (decision.py)."""
+        self._flush_snapshots()
         if not self._trail or self._trail[-1][0] != self._steps_done:
             self._trail.append((self._steps_done, decision.genotype_key(self.genotype())))
 
