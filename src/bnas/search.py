@@ -115,6 +115,8 @@ class Searcher:
         self.costs, self.cost_budget, penalty = self._cost_budget(data)
         self.step = SearchStep.build(cfg, self.model, parts, penalty)
         self.w_optimizer, self.scaler, self.architect = self.step.w_optimizer, self.step.scaler, self.step.architect
+        # how consistent the architecture gradient is from batch to batch (decision.py), per epoch
+        self.grad_stats = self.architect.grad_stats = decision.GradConsistency(dict(supernet.arch.items()))
         # what this run resolved its device-dependent switches to (config.json "runtime")
         self.switches = self.profile.record()
         self.path_rng = random.Random(f"bnas-paths-{cfg.seed}")  # random search: one architecture per step
@@ -334,9 +336,12 @@ class Searcher:
     def mid_epoch_state(self) -> dict[str, Any]:
         """Preempted mid-epoch: random search's generator as the epoch began (its paths are drawn again), and
         where the validation batches of the architecture steps stand."""
-        return {"path_rng": self._epoch_path_rng, "val": self.val_loader.pass_state() if self._arch_on else None}
+        return {"path_rng": self._epoch_path_rng, "val": self.val_loader.pass_state() if self._arch_on else None,
+                "grad_stats": self.grad_stats.state_dict()}  # fmt: skip
 
     def resume_mid_epoch(self, state: dict[str, Any]) -> None:
+        if "grad_stats" in state:
+            self.grad_stats.load_state_dict(state["grad_stats"])
         version, internal, gauss = state["path_rng"]
         self.path_rng.setstate((version, tuple(internal), gauss))
         if state["val"] is not None:
@@ -400,6 +405,8 @@ class Searcher:
                 arch_loss_scale=self.architect.scaler.get_scale(),
             )  # fmt: skip
         out.update(lr=lr, arch_lr=self.architect.lr if arch_on else 0.0, images_per_s=images_per_s)
+        out["arch_grad_consistency"] = self.grad_stats.read() if arch_on else None
+        self.grad_stats.reset()  # (not at the epoch's start: a resumed epoch brings its sums so far)
         return out
 
     def end_epoch(self, epoch: int, stats: dict[str, Any]) -> None:
