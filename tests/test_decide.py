@@ -123,6 +123,18 @@ def test_arch_lr_auto_in_an_epoch_search(tmp_path):
         _cfg(tmp_path, arch_lr="fast")
 
 
+def test_arch_lr_sum_sizes_auto_for_another_sum(tmp_path):
+    s = Searcher(_cfg(tmp_path, epochs=2, arch_lr="auto", arch_lr_sum=2.0, arch_start_epoch=1))
+    confidence = confidence_sum(2, 4, 1, 2.0)  # the second epoch's 4 steps at confidence 1
+    assert confidence == 4.0 and s.arch_base == pytest.approx(2.0 / 4.0)
+    s.run_search()
+    assert s.history[1]["arch_lr"] == pytest.approx(0.5)
+    auto = json.loads((tmp_path / "s" / "config.json").read_text())["arch_lr_auto"]
+    assert auto["sum"] == 2.0 and auto["paper_sum"] == pytest.approx(paper_arch_lr_sum(3e-4, 256, 0, 2.0))
+    with pytest.raises(ConfigError, match="arch.lr.sum needs arch.lr auto"):
+        _cfg(tmp_path, arch_lr=1e-3, arch_lr_sum=2.0)
+
+
 def test_gradient_consistency_tells_drift_from_noise():
     params = {"alpha_conv": torch.zeros(3, 2), "alpha_enh": torch.zeros(3, 2)}
     stats = decision.GradConsistency(params)

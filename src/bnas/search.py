@@ -147,13 +147,16 @@ class Searcher:
 
     def _auto_arch_lr(self, confidence: float) -> dict[str, Any]:
         """--arch-lr auto: the base rate whose summed rate over this search's `confidence` (its architecture
-        steps' summed CLR confidence) equals its method's paper search on CIFAR-10 (architect.py)."""
+        steps' summed CLR confidence) equals its method's paper search on CIFAR-10 (architect.py), or
+        arch_lr_sum."""
         cfg, paper = self.cfg, METHODS[self.cfg.method]
-        target = paper_arch_lr_sum(paper["arch_lr"], paper["batch_size"], paper["arch_start_epoch"], paper["clr_power"])
+        paper_sum = paper_arch_lr_sum(paper["arch_lr"], paper["batch_size"], paper["arch_start_epoch"],
+                                      paper["clr_power"])  # fmt: skip
+        target = cfg.arch_lr_sum or paper_sum
         base = auto_arch_lr(target, confidence)
         self.architect.set_lr(base)
-        return {"arch_lr": base, "sum": target, "confidence_sum": confidence, "paper_arch_lr": paper["arch_lr"],
-                "clr_power": cfg.clr_power}  # fmt: skip
+        return {"arch_lr": base, "sum": target, "paper_sum": paper_sum, "confidence_sum": confidence,
+                "paper_arch_lr": paper["arch_lr"], "clr_power": cfg.clr_power}  # fmt: skip
 
     @property
     def arch_base(self) -> float:

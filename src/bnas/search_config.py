@@ -117,6 +117,12 @@ class ArchOptions:
         "architecture learning rate (Adam), or auto: the base rate whose sum over the planned architecture "
         "steps (CLR's confidence included) equals the method's paper search on CIFAR-10 (architect.py)",
     )
+    arch_lr_sum: float = option(
+        0.0,
+        "with --arch-lr auto: the summed architecture learning rate to size the base rate for (0 = the method's "
+        "paper search on CIFAR-10, about 0.5 for CLR; a short search on noisy batches needs more: "
+        "docs/study-budget.md)",
+    )
     arch_weight_decay: float = option(1e-3, "architecture weight decay")
     arch_betas: tuple[float, float] = option((0.5, 0.999), "Adam betas of the architecture optimiser")
     arch_grad_clip: float = option(0.0, "architecture gradient norm clip (0 = off; the ImageNet search clips to 5)")
@@ -139,12 +145,14 @@ class ArchOptions:
             check_int(name, getattr(self, name), 1)
         for name in ("arch_start_epoch", "eval_every", "hessian_every"):
             check_int(name, getattr(self, name), 0)
-        for name in ("arch_weight_decay", "arch_grad_clip", "clr_power"):
+        for name in ("arch_weight_decay", "arch_grad_clip", "clr_power", "arch_lr_sum"):
             check_float(name, getattr(self, name), 0.0)
         if isinstance(self.arch_lr, str) and self.arch_lr != "auto":
             raise ConfigError(f"arch_lr must be a number or auto, got {self.arch_lr!r}", options=("arch_lr",))
         if self.arch_lr != "auto":
             check_float("arch_lr", self.arch_lr, 0.0)
+            if self.arch_lr_sum:
+                raise ConfigError("arch_lr_sum needs arch_lr auto", options=("arch_lr_sum", "arch_lr"))
         check_float("fd_eps", self.fd_eps, 0.0, strict_low=True)
         for i, beta in enumerate(self.arch_betas):
             check_float(f"arch_betas B{i + 1}", beta, 0.0, 1.0)
