@@ -23,7 +23,7 @@ from .architect import (
     paper_arch_lr_sum,
     step_confidence_sum,
 )
-from .budget import BudgetClock, reserve_s
+from .budget import reserve_s
 from .constrained import BudgetError, cheapest_fit, derive_within, sample_within
 from .costs import Budget, BudgetPenalty, CostModel, trained_shape
 from .data.registry import search_data
@@ -33,7 +33,7 @@ from .errors import (
 )
 from .genotype import Genotype, derive
 from .random_search import candidates, epoch_paths, select
-from .runcore import DeviceParts, Feed, RunLoop, budget_clock, device_parts, setup
+from .runcore import DeviceParts, Feed, LoopBuilder, RunLoop, budget_clock, device_parts, setup
 from .runs import RunDir, environment
 from .runtime import STEP_FIGURES, Tally, correct, synchronize, upcast, weight_step
 from .runtime import (
@@ -90,7 +90,7 @@ class SearchStep:
         tally.first("first_bad", w_bad, index + 1)
 
 
-class Searcher:
+class Searcher(LoopBuilder):
     """Builds a search's parts (data, supernet, step, state, end-of-epoch work) for the run core
     (`runcore.RunLoop`), which runs them in a run directory and resumes them."""
 
@@ -166,10 +166,6 @@ class Searcher:
             return self._auto["arch_lr"]
         return METHODS[self.cfg.method]["arch_lr"] if self.cfg.arch_lr == "auto" else self.cfg.arch_lr
 
-    @property
-    def clock(self) -> BudgetClock | None:
-        return self.loop.clock
-
     def _cost_budget(self, data) -> tuple[CostModel | None, Budget, BudgetPenalty | None]:
         """max_params/max_macs: the cost model of the network `bnas train` will build (docs/hardware-aware.md),
         the budget (refused at once when no genotype fits) and the architecture loss's penalty."""
@@ -197,19 +193,6 @@ class Searcher:
             return {}
         return {"cost": self.costs.cost(genotype).to_json(), "cost_budget": self.cost_budget.to_json(),
                 "cost_network": self.costs.shape.to_json()}  # fmt: skip
-
-    # --- what the run core keeps (resume, records)
-    @property
-    def run(self) -> RunDir | None:
-        return self.loop.run
-
-    @property
-    def start_epoch(self) -> int:
-        return self.loop.start_epoch
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.loop.history
 
     # --- counts shown before a search starts (and by --dry-run)
     def counts(self) -> dict[str, int]:

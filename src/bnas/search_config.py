@@ -11,10 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .budget import parse_duration
 from .data.registry import find_entry, names
 from .errors import ConfigError, check_float, check_int
-from .options import DataOptions, NetworkOptions, OptimOptions, Options, OutputOptions, RuntimeOptions, again, option
+from .options import (
+    DataOptions,
+    NetworkOptions,
+    OptimOptions,
+    Options,
+    OutputOptions,
+    RuntimeOptions,
+    again,
+    check_budget,
+    option,
+)
 from .space import SpaceConfig
 
 Method = Literal["bnas-d", "clr", "pc", "random"]
@@ -94,11 +103,7 @@ class SearchOptim(OptimOptions):
         OptimOptions.check(self)
         # the search always clips the weight gradients (0 would zero them: a silent run that learns nothing)
         check_float("grad_clip", self.grad_clip, 0.0, strict_low=True)
-        if self.budget is not None:
-            try:
-                parse_duration(self.budget, "budget")
-            except ConfigError as e:  # budget.py names the flag it is given; here it is the option
-                raise ConfigError(str(e), options=("budget",)) from None
+        check_budget(self.budget)
 
 
 @dataclass
