@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .costs import Budget, CostModel, format_count
+from .costs import Budget, CostModel, format_cost
 from .errors import BnasError
 from .genotype import CellGenotype, Genotype, derive, edge_op_scores, sample_cell
 from .genotype.io import CELL_NAMES
@@ -165,11 +165,12 @@ def best_within(scores: dict[str, torch.Tensor], model: CostModel, budget: Budge
     if picks is None:
         least = [model.fixed.get(r) + sum(int(g.costs[:, k].min()) for g in groups if len(g.scores))
                  for k, r in enumerate(resources)]  # fmt: skip
-        got = " and ".join(f"{format_count(v)} {r}" for v, r in zip(least, resources, strict=True))
+        got = " and ".join(format_cost(r, v) for v, r in zip(least, resources, strict=True))
+        fixed = " and ".join(format_cost(r, model.fixed.get(r)) for r in resources)
         raise BudgetError(
             f"no genotype fits the budget of {budget.describe()}: the cheapest network of this space costs {got} "
-            f"(of which {format_count(model.fixed.params)} parameters and {format_count(model.fixed.macs)} MACs do "
-            "not depend on the cells); raise the budget or make the network smaller (channels, layers)"
+            f"(of which {fixed} do not depend on the cells); raise the budget or make the network smaller "
+            "(channels, layers)"
         )
     cells = []
     for kind in model.kinds:

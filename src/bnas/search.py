@@ -32,6 +32,7 @@ from .errors import (
     ConfigError,
 )
 from .genotype import Genotype, derive
+from .latency import cost_model
 from .random_search import candidates, epoch_paths, select
 from .runcore import DeviceParts, Feed, RunLoop, budget_clock, device_parts, setup
 from .runs import RunDir, environment
@@ -166,10 +167,11 @@ class Searcher:
         return self.loop.clock
 
     def _cost_budget(self, data) -> tuple[CostModel | None, Budget, BudgetPenalty | None]:
-        """max_params/max_macs: the cost model of the network `bnas train` will build (docs/hardware-aware.md),
-        the budget (refused at once when no genotype fits) and the architecture loss's penalty."""
+        """max_params/max_macs/max_latency: the cost model of the network `bnas train` will build
+        (docs/hardware-aware.md), the budget (refused at once when no genotype fits) and the architecture loss's
+        penalty."""
         cfg = self.cfg
-        budget = Budget.parse(cfg.max_params, cfg.max_macs)
+        budget = Budget.parse(cfg.max_params, cfg.max_macs, cfg.max_latency)
         if not budget:
             return None, budget, None
         shape = trained_shape(
@@ -177,7 +179,7 @@ class Searcher:
             stem=data.stem, channels=cfg.cost_channels, layers=cfg.cost_layers, enhance=cfg.cost_enhance,
             blocks=cfg.blocks,
         )  # fmt: skip
-        model = CostModel.build(shape)
+        model = cost_model(shape, cfg.latency_table)  # with the table's predicted latency where one is given
         try:
             cheapest_fit(model, budget)
         except BudgetError as e:  # nothing fits: say it before the search starts, in the search's options
@@ -191,7 +193,8 @@ class Searcher:
         if not self.cost_budget:
             return {}
         return {"cost": self.costs.cost(genotype).to_json(), "cost_budget": self.cost_budget.to_json(),
-                "cost_network": self.costs.shape.to_json()}  # fmt: skip
+                "cost_network": self.costs.shape.to_json(),
+                **({"cost_latency_table": self.costs.latency_source} if self.costs.latency_source else {})}  # fmt: skip
 
     # --- what the run core keeps (resume, records)
     @property
