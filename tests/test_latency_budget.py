@@ -308,3 +308,18 @@ def test_the_hardware_study_plans_budgeted_searches_and_random_cells_of_each_bud
     cfg = spec.search_config(spec.methods[1], 0, tmp_path)
     assert (cfg.max_macs, cfg.cost_channels, cfg.cost_layers) == ("22M", 16, 2)
     assert spec.group("random-22M").budget["max_macs"] == "22M"
+
+
+def test_the_next_step_after_a_budgeted_search_trains_the_network_the_budget_is_on():
+    from bnas.commands._hints import train_command
+    from bnas.search import SearchConfig
+
+    cfg = SearchConfig.resolve("clr", dataset="synthetic", max_params="300K", cost_channels=16, cost_layers=2,
+                               out="runs/s")  # fmt: skip
+    assert train_command(cfg, "cpu").endswith(
+        "--recipe fast --budget 10m --init-channels 16 --layers 2 --enhance-cells 2 --out runs/s-train"
+    )
+    plain = SearchConfig.resolve("clr", dataset="synthetic", out="runs/s")
+    assert "--init-channels" not in train_command(plain, "cpu")
+    darts = SearchConfig.resolve("clr", dataset="fashion-mnist", space="darts", max_macs="400M", out="runs/d")
+    assert "--init-channels 36 --layers 20 --out" in train_command(darts, "cpu")
