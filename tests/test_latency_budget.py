@@ -148,6 +148,8 @@ def test_the_derivation_equals_brute_force_under_a_latency_budget(model):
         Budget(latency=(low.latency + top.latency) // 2),
         Budget(latency=low.latency + (top.latency - low.latency) // 5),
         Budget(params=(low.params + 2 * top.params) // 3, latency=(2 * low.latency + top.latency) // 3),
+        Budget((low.params + 2 * top.params) // 3, (low.macs + 2 * top.macs) // 3, (low.latency + top.latency) // 2),
+        Budget((2 * low.params + top.params) // 3, (low.macs + top.macs) // 2, (low.latency + 2 * top.latency) // 3),
     ):
         g = best_within(scores, model, budget)
         assert budget.fits(model.cost(g))
@@ -278,6 +280,21 @@ def test_a_study_compares_a_latency_budgeted_search_with_random_cells_of_its_bud
         StudySpec.from_json(tight)
     with pytest.raises(ConfigError, match="like 'clr-slow' is not a method"):
         StudySpec.from_json({**config, "random_cells": [{"name": "r", "count": 1, "like": "clr-slow"}]})
+
+
+def test_the_pareto_front_of_three_resources_is_the_undominated_points():
+    from bnas.constrained import _pareto, _pareto_any
+
+    rng = np.random.default_rng(0)
+    costs, scores = rng.integers(0, 6, (300, 3)), rng.integers(0, 5, 300).astype(float)
+    costs[7], scores[7] = costs[3], scores[3]  # an equal pair: the first is kept
+
+    def dominates(j: int, i: int) -> bool:  # no worse everywhere, and better somewhere or equal and earlier
+        better = (costs[j] < costs[i]).any() or scores[j] > scores[i] or j < i
+        return bool((costs[j] <= costs[i]).all() and scores[j] >= scores[i] and better)
+
+    want = [i for i in range(300) if not any(dominates(j, i) for j in range(300) if j != i)]
+    assert _pareto(costs, scores).tolist() == want == _pareto_any(costs, scores, block=16).tolist()
 
 
 def test_the_hardware_study_plans_budgeted_searches_and_random_cells_of_each_budget(tmp_path, capsys):
