@@ -226,6 +226,10 @@ def test_a_search_under_a_latency_budget(tmp_path, capsys):
     assert summary["cost"]["latency_ms"] <= summary["cost_budget"]["latency_ms"] == pytest.approx(budget_ms)
     assert summary["cost_latency_table"]["file"] == str(tmp_path / "t.json")
     assert "ms predicted latency; budget " in capsys.readouterr().out
+    from bnas.report import write_report
+
+    page = write_report(tmp_path / "run").html.read_text()
+    assert f"predicted latency {summary['cost']['latency_ms']:.3g} ms (at most {budget_ms:.3g} ms)" in page
     with pytest.raises(ConfigError, match="max_latency needs the latency table"):
         SearchConfig.resolve("clr", **{**opts, "latency_table": None})
     with pytest.raises(ConfigError, match="was measured for another network"):
@@ -274,6 +278,8 @@ def test_a_study_compares_a_latency_budgeted_search_with_random_cells_of_its_bud
     assert summary["clr-fast"]["baseline"] == "random-fast" and summary["clr-fast"]["diff"] != ""
     md = (out / "results.md").read_text()
     assert "| predicted latency | budget |" in md and "vs random-fast" in md
+    for png in ("accuracy_vs_macs", "accuracy_vs_latency"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 1000
     # a budget nothing fits is one sentence before any run
     tight = {**config, "random_cells": [{"name": "r", "count": 1, "max_params": "1K"}]}
     with pytest.raises(ConfigError, match=r"random cells r: no genotype fits the budget of 1K params"):
