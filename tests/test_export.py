@@ -94,5 +94,5 @@ def test_unknown_format_is_one_sentence(run_dir, capsys):
     assert e.value.code == 2
     from bnas.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--format must be one of"):
+    with pytest.raises(ConfigError, match="the export format must be one of"):
         export_checkpoint(run_dir, fmt="pickle")

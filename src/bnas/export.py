@@ -30,7 +30,7 @@ def default_path(checkpoint: str | Path, fmt: str) -> Path:
 
 def _check(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ConfigError(f"the export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return fmt
 
 
@@ -71,7 +71,9 @@ def _onnx(model: torch.nn.Module, x: torch.Tensor, out: Path, info: str) -> None
     try:
         import onnx
     except ImportError:
-        raise ConfigError("ONNX export needs the onnx package (pip install onnx); use --format export") from None
+        raise ConfigError(
+            "ONNX export needs the onnx package (pip install onnx), or choose the format export (torch.export)"
+        ) from None
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
