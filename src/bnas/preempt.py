@@ -28,12 +28,14 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preempted(BnasError):
-    """A run stopped by SIGTERM/SIGUSR1 after saving its checkpoint; `resume=True` continues it."""
+    """A run stopped by SIGTERM/SIGUSR1 after saving its checkpoint; `resume=True` continues it. `signal` names
+    the signal that stopped it (a Slurm worker requeues itself on its time-limit signal only: study_slurm.py)."""
 
     exit_code = EXIT_PREEMPTED
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", signal: str | None = None) -> None:
         super().__init__(message, options=("resume",))
+        self.signal = signal
 
 
 class StopSignal:
