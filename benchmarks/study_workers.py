@@ -27,14 +27,19 @@ from pathlib import Path
 TARGET = 0.65
 
 
-def study_config(quick: bool, images: int, epochs: int, channels: int) -> dict:
-    """4 searches + 4 trainings: about 20-40 s per run alone on one core of the 2-core dev machine (full size)."""
-    if quick:
-        images, epochs, channels = 32, 1, 4
-    common = {"synthetic_size": images, "batch_size": 8, "epochs": epochs, "init_channels": channels, "quiet": True,
-              "device": "cpu", "log_every": 0}  # fmt: skip
-    return {"dataset": "synthetic", "methods": ["clr"], "seeds": [0, 1, 2, 3], "search": {**common, "eval_every": 0},
-            "train": {**common, "layers": 2, "enhance_cells": 1, "eval_batch_size": 32}}  # fmt: skip
+def study_config(args: argparse.Namespace) -> dict:
+    """4 searches + 4 trainings, sized for about 20-40 s per run alone on one core of the 2-core dev machine
+    (estimated from the --quick runs' times on a loaded machine: a training epoch costs about 1/7 of a search
+    epoch at the same size, so the trainings get more epochs and channels). `run_times` in the output says."""
+    images, epochs, channels, t_epochs, t_channels = (args.images, args.epochs, args.channels, args.train_epochs,
+                                                      args.train_channels)  # fmt: skip
+    if args.quick:
+        images, epochs, channels, t_epochs, t_channels = 32, 1, 4, 1, 4
+    common = {"synthetic_size": images, "batch_size": 8, "quiet": True, "device": "cpu", "log_every": 0}
+    search = {**common, "epochs": epochs, "init_channels": channels, "eval_every": 0}
+    train = {**common, "epochs": t_epochs, "init_channels": t_channels, "layers": 2, "enhance_cells": 1,
+             "eval_batch_size": 32}  # fmt: skip
+    return {"dataset": "synthetic", "methods": ["clr"], "seeds": [0, 1, 2, 3], "search": search, "train": train}
 
 
 def run_study(config_file: Path, out: Path, workers: int) -> float:
@@ -69,8 +74,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny runs: checks the script, times nothing")
     p.add_argument("--rounds", type=int, default=1, help="pairs of studies, alternating which goes first")
     p.add_argument("--images", type=int, default=192, help="synthetic images of each run")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--channels", type=int, default=6, help="initial channels of searches and trainings")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of each search")
+    p.add_argument("--channels", type=int, default=6, help="initial channels of each search")
+    p.add_argument("--train-epochs", type=int, default=8, help="epochs of each training")
+    p.add_argument("--train-channels", type=int, default=8, help="initial channels of each training")
     p.add_argument("--keep", type=Path, help="keep the study directories here (default: a temporary directory)")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args()
@@ -78,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bnas-study-workers-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        config = study_config(args.quick, args.images, args.epochs, args.channels)
+        config = study_config(args)
         config_file = root / "study.json"
         config_file.write_text(json.dumps(config, indent=1))
         load = os.getloadavg()
