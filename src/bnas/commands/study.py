@@ -15,7 +15,8 @@ _FORM = (
 _EXITS = (
     "Exit codes: 0 every run finished; 1 some runs failed after their --retries (each with its sentence in "
     "results.md and report.html); 75 stopped by SIGTERM or SIGUSR1 with the running runs saved mid-epoch (run "
-    "the same command again to resume); 130 Ctrl-C; 2 a usage or configuration error."
+    "the same command again to resume); 130 Ctrl-C; 2 a usage or configuration error. --executor slurm: 0 once "
+    "the workers are submitted (the study's outcome is in its results and in sacct)."
 )
 
 
