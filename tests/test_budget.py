@@ -10,7 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bnas.budget import BudgetPlan, parse_duration
+from bnas import budget
+from bnas.budget import BudgetClock, BudgetPlan, parse_duration
 from bnas.cli import main
 from bnas.errors import ConfigError
 from bnas.train import TrainConfig, Trainer
@@ -57,6 +58,27 @@ def test_the_schedule_reaches_its_end_value_and_never_jumps_back(total, warmup, 
     assert plan.lr(end - 1, 0.1, 0.001) == pytest.approx(0.001, abs=1e-12)
     if plan.warmup_steps:
         assert plan.lr(plan.warmup_steps - 1, 0.1, 0.001) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 5.0, 0.2])
+def test_the_clock_keeps_the_budget_when_the_machine_changes_speed(monkeypatch, slowdown):
+    """A run of 0.1 s steps whose steps take `slowdown` times as long from 30% of the budget on (another job
+    starts, or ends) still ends within the budget, with no log point to re-plan at: the clock re-plans on wall
+    time. Without those re-plans a 5x slowdown overruns the 60 s budget about 3-fold."""
+    now = {"t": 0.0}
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: now["t"])
+    clock = BudgetClock(BudgetPlan(budget_s=60.0, steps_per_epoch=1000), lambda: None, lambda: 2.0)
+    clock.start(0)
+    step = 0
+    while True:
+        now["t"] += 0.1 * (slowdown if now["t"] >= 18.0 else 1.0)
+        step += 1
+        if clock.step_done(step):
+            break
+        assert step < 10_000
+    used = now["t"] + 2.0  # the reserve follows the last step
+    assert 60.0 * 0.9 <= used <= 60.0 + 0.1 * slowdown
+    assert clock.plan.progress(step) == pytest.approx(1.0)
 
 
 def _budget_cfg(tmp_path, budget="4s", **kw):

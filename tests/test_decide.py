@@ -123,6 +123,48 @@ def test_arch_lr_auto_in_an_epoch_search(tmp_path):
         _cfg(tmp_path, arch_lr="fast")
 
 
+def test_arch_lr_sum_sizes_auto_for_another_sum(tmp_path):
+    s = Searcher(_cfg(tmp_path, epochs=2, arch_lr="auto", arch_lr_sum=2.0, arch_start_epoch=1))
+    confidence = confidence_sum(2, 4, 1, 2.0)  # the second epoch's 4 steps at confidence 1
+    assert confidence == 4.0 and s.arch_base == pytest.approx(2.0 / 4.0)
+    s.run_search()
+    assert s.history[1]["arch_lr"] == pytest.approx(0.5)
+    auto = json.loads((tmp_path / "s" / "config.json").read_text())["arch_lr_auto"]
+    assert auto["sum"] == 2.0 and auto["paper_sum"] == pytest.approx(paper_arch_lr_sum(3e-4, 256, 0, 2.0))
+    with pytest.raises(ConfigError, match="arch.lr.sum needs arch.lr auto"):
+        _cfg(tmp_path, arch_lr=1e-3, arch_lr_sum=2.0)
+
+
+def test_gradient_consistency_tells_drift_from_noise():
+    params = {"alpha_conv": torch.zeros(3, 2), "alpha_enh": torch.zeros(3, 2)}
+    stats = decision.GradConsistency(params)
+    assert stats.read() is None  # fewer than two steps say nothing
+    gen = torch.Generator().manual_seed(0)
+    drift = torch.ones(3, 2)
+    for _ in range(400):  # conv: a constant gradient plus unit noise; enh: noise only
+        noise = torch.randn(3, 2, generator=gen), torch.randn(3, 2, generator=gen)
+        stats.add([drift + noise[0], noise[1]], torch.tensor(True))
+    stats.add([torch.full((3, 2), float("nan")), torch.full((3, 2), float("inf"))], torch.tensor(False))
+    got = stats.read()
+    # |mean| = sqrt(6), spread = sqrt(6) (unit noise per entry): about 1 with drift, about 0 (1/sqrt(400)) without
+    assert got["alpha_conv"] == pytest.approx(1.0, abs=0.1) and got["alpha_enh"] < 0.15
+    state = stats.state_dict()
+    fresh = decision.GradConsistency(params)
+    fresh.load_state_dict(state)
+    assert fresh.read() == got
+    stats.reset()
+    assert stats.read() is None
+
+
+def test_a_search_records_gradient_consistency_per_epoch(tmp_path):
+    s = Searcher(_cfg(tmp_path, epochs=2, arch_start_epoch=1))
+    s.run_search()
+    first, second = s.history
+    assert first["arch_grad_consistency"] is None  # warm-up: no architecture steps
+    assert set(second["arch_grad_consistency"]) == {"alpha_conv", "alpha_enh"}
+    assert all(v >= 0 for v in second["arch_grad_consistency"].values())
+
+
 class _FakeTime:
     """The budget clock's time: each search step takes exactly `step_s` (fake) seconds."""
 

@@ -90,9 +90,11 @@ def test_a_study_runs_end_to_end(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "| clr-s0 | clr | 0 |" in md and "mean - random cells (95% CI)" in md and "| clr-s0 |" in printed
     page = (out / "report.html").read_text()
-    for png in ("accuracy", "accuracy_vs_parameters", "parameter_free"):
+    for png in ("accuracy", "accuracy_vs_parameters", "parameter_free", "op_margin", "grad_consistency"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000 and f"plots/{png}.png" in page
     collapse = json.loads((out / "results.json").read_text())["collapse"]
+    assert set(collapse["clr"]["0"][-1]["arch_grad_consistency"]) == {"alpha_conv", "alpha_enh"}
+    assert collapse["random"]["0"][-1]["arch_grad_consistency"] is None  # random search takes no gradient steps
     assert set(collapse) == {"clr", "random"} and set(collapse["clr"]) == {"0", "1"}
     assert collapse["clr"]["0"][0]["epoch"] == 1 and set(collapse["clr"]["0"][0]["parameter_free"]) == {"conv", "enh"}
 

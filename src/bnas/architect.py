@@ -104,6 +104,7 @@ class Architect:
     ):  # fmt: skip
         self.model = model
         self.penalty = penalty  # costs.CostPenalty: a budget's cost term in the architecture loss; or None
+        self.grad_stats: Any = None  # decision.GradConsistency: what a search reads per epoch; or None
         opts = options if isinstance(options, ArchitectOptions) else ArchitectOptions.from_config(options)
         self.options = opts
         self.w_optimizer = w_optimizer
@@ -226,5 +227,7 @@ class Architect:
         for p, g in zip(arch, grads, strict=True):
             p.grad = g
         result = guarded_step(loss, self.optimizer, arch, self.options.grad_clip, self.scaler)
+        if self.grad_stats is not None:
+            self.grad_stats.add(grads, result.ok)
         self.optimizer.zero_grad(set_to_none=True)
         return loss, result

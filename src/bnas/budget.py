@@ -4,9 +4,9 @@ Comparing candidate cells is only fair when each gets the same time, and a CPU u
 hour, not after 600 epochs. The run measures its step time over its first steps and sizes the schedule so
 that training plus the final evaluation end within the budget. The schedule is a function of *progress*
 (0 -> 1) rather than of the epoch: the learning rate follows cosine (after any warm-up) from `lr` to exactly
-`lr_min` at the last step, and drop-path ramps linearly. At every later log point the remaining steps are
-re-planned from the time left, continuing from the progress reached, so the curve stays continuous and
-still completes when the machine gets faster or slower.
+`lr_min` at the last step, and drop-path ramps linearly. Every few seconds of wall time (and at each log point)
+the remaining steps are re-planned from the time left and the recent step rate, continuing from the progress
+reached, so the curve stays continuous and still completes when the machine gets faster or slower.
 
 The clock starts when training starts (data loading is not counted) and a resumed run starts it at the time
 its checkpoint had spent.
@@ -107,20 +107,26 @@ class BudgetPlan:
 
 class BudgetClock:
     """Drives a `BudgetPlan` from a training loop: host-clock timing, with a device sync only at the two ends of
-    the probe window (and none on the CPU, whose work is synchronous); re-plans at log points, where the loop
-    has read from the device anyway."""
+    the probe window (and none on the CPU, whose work is synchronous). After the first plan it re-plans on wall
+    time, every `REPLAN_SHARE` of the budget (at least a second), from the step rate since the last re-plan:
+    a machine that gets busier mid-run shortens the rest of the schedule within seconds, not at the next log
+    point (which may be minutes of slow steps away)."""
+
+    REPLAN_SHARE = 0.02
 
     def __init__(self, plan: BudgetPlan, sync: Callable[[], None], reserve: Callable[[], float]):
         self.plan, self._sync, self._reserve = plan, sync, reserve
         self._t0 = self._probe_t = 0.0
         self._start_step = self._probe_step = 0
         self._start_elapsed = 0.0
+        self._win_step, self._win_t = -1, 0.0  # the re-planning window's start (step, elapsed); -1: none yet
 
     def start(self, step: int) -> None:
         """Training starts (or resumes) at global step `step`, with `plan.spent_s` already spent."""
         self._t0 = time.perf_counter() - self.plan.spent_s
         self._start_step, self._start_elapsed = step, self.plan.spent_s
         self._probe_step = -1
+        self._win_step, self._win_t = (step, self.plan.spent_s) if self.plan.total_steps else (-1, 0.0)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
@@ -128,9 +134,11 @@ class BudgetClock:
     def _replan(self, step: int, step_s: float) -> None:
         reserve = self.plan.reserve_s if self.plan.reserve_s else self._reserve()
         self.plan.plan(step, self.elapsed(), step_s, reserve)
+        self._win_step, self._win_t = step, self.elapsed()
 
     def step_done(self, step: int) -> bool:
-        """After each step (`step` = global steps done): probing until the first plan; True once it is over."""
+        """After each step (`step` = global steps done): probing until the first plan, then re-planning on wall
+        time; True once the schedule is over."""
         plan = self.plan
         if not plan.total_steps:
             done_here = step - self._start_step
@@ -142,12 +150,19 @@ class BudgetClock:
             ):
                 self._sync()
                 self._replan(step, (time.perf_counter() - self._probe_t) / (step - self._probe_step))
+        elif self._win_step >= 0 and step > self._win_step and not plan.done(step):
+            now = self.elapsed()
+            if now - self._win_t >= max(1.0, self.REPLAN_SHARE * plan.budget_s):
+                self._replan(step, (now - self._win_t) / (step - self._win_step))
         return plan.done(step)
 
     def log_point(self, step: int) -> None:
-        """Re-plan from the rate since this process started training (every overhead included)."""
-        if self.plan.total_steps and step > self._start_step:
-            self._replan(step, (self.elapsed() - self._start_elapsed) / (step - self._start_step))
+        """Re-plan from the rate since the last re-plan (the loop has just read from the device: every overhead
+        of the window is in it)."""
+        if self.plan.total_steps and step > max(self._win_step, self._start_step):
+            start_step, start_t = (self._win_step, self._win_t) if self._win_step >= 0 else (
+                self._start_step, self._start_elapsed)  # fmt: skip
+            self._replan(step, (self.elapsed() - start_t) / (step - start_step))
 
 
 def reserve_s(model, loader, autocast, images: int, sync: Callable[[], None], passes: int = 1) -> float:

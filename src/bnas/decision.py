@@ -19,10 +19,17 @@ its decision points. A search that did not settle gets one line of advice (`advi
 random cell of the space; more steps (--budget, --epochs), a larger architecture step (--arch-lr auto) help.
 
 These figures are read from the alphas only; they never change the search.
+
+**Gradient consistency** (`GradConsistency`) says why a search does or does not get there: per architecture
+parameter and epoch, the norm of the mean architecture gradient over its spread across the epoch's batches
+(the root mean squared distance of a step's gradient from that mean). Adam moves an alpha by about its
+learning rate per step only while the gradient's sign holds from batch to batch; near 0 the steps cancel
+(a random walk), above about 1 they add up.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +97,53 @@ def model_margins(model) -> dict[str, dict[str, float]]:
     alphas = [model.arch[f"alpha_{k}"] for k in kinds]
     betas = [model.arch[f"beta_{k}"] for k in kinds] if model.cfg.edge_norm else None
     return margins(alphas, betas, kinds)
+
+
+class GradConsistency:
+    """Sums of the architecture gradients and of their squared norms over an epoch's architecture steps, kept
+    on the device (a step adds to them without a host read; `read` is the epoch end's one copy)."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self._shapes = {n: (p.shape, p.device) for n, p in params.items()}
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = {n: torch.zeros(s, dtype=torch.float64, device=d) for n, (s, d) in self._shapes.items()}
+        self.squares = {n: torch.zeros((), dtype=torch.float64, device=d) for n, (_, d) in self._shapes.items()}
+        device = next(iter(self._shapes.values()))[1] if self._shapes else "cpu"
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, grads: Sequence[torch.Tensor], ok: torch.Tensor) -> None:
+        """One step's gradients (in the parameters' order); a step whose gradient was not finite (`ok` false)
+        adds nothing."""
+        for name, g in zip(self.sums, grads, strict=True):
+            g = torch.where(ok, g.detach().double(), 0.0)
+            self.sums[name].add_(g)
+            self.squares[name].add_(g.square().sum())
+        self.count.add_(ok.double())
+
+    def read(self) -> dict[str, float | None] | None:
+        """Per parameter: |mean gradient| / spread over the steps since `reset` (None: fewer than two steps);
+        one device-to-host copy."""
+        parts = [self.count] + [t for n in self.sums for t in (self.sums[n].square().sum(), self.squares[n])]
+        n, *rest = torch.stack(parts).tolist()
+        if n < 2:
+            return None
+        out = {}
+        for i, name in enumerate(self.sums):
+            mean_sq = rest[2 * i] / n**2
+            spread_sq = max(rest[2 * i + 1] / n - mean_sq, 0.0)
+            out[name] = round(math.sqrt(mean_sq / spread_sq), 5) if spread_sq > 0 else None  # no spread
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "squares": dict(self.squares), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.sums:
+            self.sums[name].copy_(state["sums"][name])
+            self.squares[name].copy_(state["squares"][name])
+        self.count.copy_(state["count"])
 
 
 def stable_share(trail: Sequence[tuple[int, str]], final: str, total_steps: int | None = None) -> float:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+from .budget import parse_duration
 from .errors import (
     ConfigError,
     check_choice,
@@ -110,6 +111,15 @@ class NetworkOptions:
     def check(self) -> None:
         for name in ("init_channels", "layers", "enhance_cells"):
             check_int(name, getattr(self, name), 1)
+
+
+def check_budget(budget: str | float | None) -> None:
+    """A run's --budget, if any, is a duration (one sentence naming the option otherwise)."""
+    if budget is not None:
+        try:
+            parse_duration(budget, "budget")
+        except ConfigError as e:  # budget.py names the flag it is given; here it is the option
+            raise ConfigError(str(e), options=("budget",)) from None
 
 
 @dataclass

@@ -125,9 +125,8 @@ class Reporter:
                          f"from {b['step_s'] * 1000:.0f} ms/step, {b['wall_s']:.0f} s used")  # fmt: skip
         if "arch_lr_auto" in summary:
             a = summary["arch_lr_auto"]
-            lines.append(
-                f"--arch-lr auto: {a['arch_lr']:.3g} (summed architecture lr {a['sum']:.3g}, the paper search's)"
-            )
+            whose = "the paper search's" if a["sum"] == a.get("paper_sum", a["sum"]) else "--arch-lr-sum"
+            lines.append(f"--arch-lr auto: {a['arch_lr']:.3g} (summed architecture lr {a['sum']:.3g}, {whose})")
         decision = summary.get("decision")
         if decision:
             margins = ", ".join(f"{k} {v['op_margin']:.3f}" for k, v in decision["cells"].items())

@@ -410,3 +410,26 @@ def interrupted_message(command: str, out: str | Path) -> str:
         f"interrupted before the first epoch finished: nothing was saved; start again with the same bnas {command} "
         f"command and --overwrite"
     )
+
+
+class LoopBuilder:
+    """What a builder (Searcher, Trainer) reads back from its run core: the run directory, where it resumed,
+    the records so far and the budget's clock."""
+
+    loop: RunLoop
+
+    @property
+    def run(self) -> RunDir | None:
+        return self.loop.run
+
+    @property
+    def start_epoch(self) -> int:
+        return self.loop.start_epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.loop.history
+
+    @property
+    def clock(self) -> BudgetClock | None:
+        return self.loop.clock

@@ -23,7 +23,7 @@ from .architect import (
     paper_arch_lr_sum,
     step_confidence_sum,
 )
-from .budget import BudgetClock, reserve_s
+from .budget import reserve_s
 from .constrained import BudgetError, cheapest_fit, derive_within, sample_within
 from .costs import Budget, BudgetPenalty, CostModel, trained_shape
 from .data.registry import search_data
@@ -33,7 +33,7 @@ from .errors import (
 )
 from .genotype import Genotype, derive
 from .random_search import candidates, epoch_paths, select
-from .runcore import DeviceParts, Feed, RunLoop, budget_clock, device_parts, setup
+from .runcore import DeviceParts, Feed, LoopBuilder, RunLoop, budget_clock, device_parts, setup
 from .runs import RunDir, environment
 from .runtime import STEP_FIGURES, Tally, correct, synchronize, upcast, weight_step
 from .runtime import (
@@ -90,7 +90,7 @@ class SearchStep:
         tally.first("first_bad", w_bad, index + 1)
 
 
-class Searcher:
+class Searcher(LoopBuilder):
     """Builds a search's parts (data, supernet, step, state, end-of-epoch work) for the run core
     (`runcore.RunLoop`), which runs them in a run directory and resumes them."""
 
@@ -115,6 +115,8 @@ class Searcher:
         self.costs, self.cost_budget, penalty = self._cost_budget(data)
         self.step = SearchStep.build(cfg, self.model, parts, penalty)
         self.w_optimizer, self.scaler, self.architect = self.step.w_optimizer, self.step.scaler, self.step.architect
+        # how consistent the architecture gradient is from batch to batch (decision.py), per epoch
+        self.grad_stats = self.architect.grad_stats = decision.GradConsistency(dict(supernet.arch.items()))
         # what this run resolved its device-dependent switches to (config.json "runtime")
         self.switches = self.profile.record()
         self.path_rng = random.Random(f"bnas-paths-{cfg.seed}")  # random search: one architecture per step
@@ -145,13 +147,16 @@ class Searcher:
 
     def _auto_arch_lr(self, confidence: float) -> dict[str, Any]:
         """--arch-lr auto: the base rate whose summed rate over this search's `confidence` (its architecture
-        steps' summed CLR confidence) equals its method's paper search on CIFAR-10 (architect.py)."""
+        steps' summed CLR confidence) equals its method's paper search on CIFAR-10 (architect.py), or
+        arch_lr_sum."""
         cfg, paper = self.cfg, METHODS[self.cfg.method]
-        target = paper_arch_lr_sum(paper["arch_lr"], paper["batch_size"], paper["arch_start_epoch"], paper["clr_power"])
+        paper_sum = paper_arch_lr_sum(paper["arch_lr"], paper["batch_size"], paper["arch_start_epoch"],
+                                      paper["clr_power"])  # fmt: skip
+        target = cfg.arch_lr_sum or paper_sum
         base = auto_arch_lr(target, confidence)
         self.architect.set_lr(base)
-        return {"arch_lr": base, "sum": target, "confidence_sum": confidence, "paper_arch_lr": paper["arch_lr"],
-                "clr_power": cfg.clr_power}  # fmt: skip
+        return {"arch_lr": base, "sum": target, "paper_sum": paper_sum, "confidence_sum": confidence,
+                "paper_arch_lr": paper["arch_lr"], "clr_power": cfg.clr_power}  # fmt: skip
 
     @property
     def arch_base(self) -> float:
@@ -160,10 +165,6 @@ class Searcher:
         if self._auto is not None:
             return self._auto["arch_lr"]
         return METHODS[self.cfg.method]["arch_lr"] if self.cfg.arch_lr == "auto" else self.cfg.arch_lr
-
-    @property
-    def clock(self) -> BudgetClock | None:
-        return self.loop.clock
 
     def _cost_budget(self, data) -> tuple[CostModel | None, Budget, BudgetPenalty | None]:
         """max_params/max_macs: the cost model of the network `bnas train` will build (docs/hardware-aware.md),
@@ -192,19 +193,6 @@ class Searcher:
             return {}
         return {"cost": self.costs.cost(genotype).to_json(), "cost_budget": self.cost_budget.to_json(),
                 "cost_network": self.costs.shape.to_json()}  # fmt: skip
-
-    # --- what the run core keeps (resume, records)
-    @property
-    def run(self) -> RunDir | None:
-        return self.loop.run
-
-    @property
-    def start_epoch(self) -> int:
-        return self.loop.start_epoch
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.loop.history
 
     # --- counts shown before a search starts (and by --dry-run)
     def counts(self) -> dict[str, int]:
@@ -334,9 +322,12 @@ class Searcher:
     def mid_epoch_state(self) -> dict[str, Any]:
         """Preempted mid-epoch: random search's generator as the epoch began (its paths are drawn again), and
         where the validation batches of the architecture steps stand."""
-        return {"path_rng": self._epoch_path_rng, "val": self.val_loader.pass_state() if self._arch_on else None}
+        return {"path_rng": self._epoch_path_rng, "val": self.val_loader.pass_state() if self._arch_on else None,
+                "grad_stats": self.grad_stats.state_dict()}  # fmt: skip
 
     def resume_mid_epoch(self, state: dict[str, Any]) -> None:
+        if "grad_stats" in state:
+            self.grad_stats.load_state_dict(state["grad_stats"])
         version, internal, gauss = state["path_rng"]
         self.path_rng.setstate((version, tuple(internal), gauss))
         if state["val"] is not None:
@@ -400,6 +391,8 @@ class Searcher:
                 arch_loss_scale=self.architect.scaler.get_scale(),
             )  # fmt: skip
         out.update(lr=lr, arch_lr=self.architect.lr if arch_on else 0.0, images_per_s=images_per_s)
+        out["arch_grad_consistency"] = self.grad_stats.read() if arch_on else None
+        self.grad_stats.reset()  # (not at the epoch's start: a resumed epoch brings its sums so far)
         return out
 
     def end_epoch(self, epoch: int, stats: dict[str, Any]) -> None:

@@ -11,10 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .budget import parse_duration
 from .data.registry import find_entry, names
 from .errors import ConfigError, check_float, check_int
-from .options import DataOptions, NetworkOptions, OptimOptions, Options, OutputOptions, RuntimeOptions, again, option
+from .options import (
+    DataOptions,
+    NetworkOptions,
+    OptimOptions,
+    Options,
+    OutputOptions,
+    RuntimeOptions,
+    again,
+    check_budget,
+    option,
+)
 from .space import SpaceConfig
 
 Method = Literal["bnas-d", "clr", "pc", "random"]
@@ -94,11 +103,7 @@ class SearchOptim(OptimOptions):
         OptimOptions.check(self)
         # the search always clips the weight gradients (0 would zero them: a silent run that learns nothing)
         check_float("grad_clip", self.grad_clip, 0.0, strict_low=True)
-        if self.budget is not None:
-            try:
-                parse_duration(self.budget, "budget")
-            except ConfigError as e:  # budget.py names the flag it is given; here it is the option
-                raise ConfigError(str(e), options=("budget",)) from None
+        check_budget(self.budget)
 
 
 @dataclass
@@ -116,6 +121,12 @@ class ArchOptions:
         3e-4,
         "architecture learning rate (Adam), or auto: the base rate whose sum over the planned architecture "
         "steps (CLR's confidence included) equals the method's paper search on CIFAR-10 (architect.py)",
+    )
+    arch_lr_sum: float = option(
+        0.0,
+        "with --arch-lr auto: the summed architecture learning rate to size the base rate for (0 = the method's "
+        "paper search on CIFAR-10, about 0.5 for CLR; a short search on noisy batches needs more: "
+        "docs/study-budget.md)",
     )
     arch_weight_decay: float = option(1e-3, "architecture weight decay")
     arch_betas: tuple[float, float] = option((0.5, 0.999), "Adam betas of the architecture optimiser")
@@ -139,12 +150,14 @@ class ArchOptions:
             check_int(name, getattr(self, name), 1)
         for name in ("arch_start_epoch", "eval_every", "hessian_every"):
             check_int(name, getattr(self, name), 0)
-        for name in ("arch_weight_decay", "arch_grad_clip", "clr_power"):
+        for name in ("arch_weight_decay", "arch_grad_clip", "clr_power", "arch_lr_sum"):
             check_float(name, getattr(self, name), 0.0)
         if isinstance(self.arch_lr, str) and self.arch_lr != "auto":
             raise ConfigError(f"arch_lr must be a number or auto, got {self.arch_lr!r}", options=("arch_lr",))
         if self.arch_lr != "auto":
             check_float("arch_lr", self.arch_lr, 0.0)
+            if self.arch_lr_sum:
+                raise ConfigError("arch_lr_sum needs arch_lr auto", options=("arch_lr_sum", "arch_lr"))
         check_float("fd_eps", self.fd_eps, 0.0, strict_low=True)
         for i, beta in enumerate(self.arch_betas):
             check_float(f"arch_betas B{i + 1}", beta, 0.0, 1.0)

@@ -128,7 +128,12 @@ def collect(
         if run.command == "search":
             epochs = RunDir(run.path).metrics("epoch")
             collapse.setdefault(run.group, {})[str(run.seed)] = [
-                {"epoch": r["epoch"], "parameter_free": r.get("parameter_free", {}), "decision": r.get("decision")}
+                {
+                    "epoch": r["epoch"],
+                    "parameter_free": r.get("parameter_free", {}),
+                    "decision": r.get("decision"),
+                    "arch_grad_consistency": r.get("arch_grad_consistency"),
+                }
                 for r in epochs
             ]
     return StudyResults(rows, summarise(rows, spec.bootstrap_samples, spec.bootstrap_seed), collapse, failed or [])
@@ -218,6 +223,11 @@ def write_plots(folder: Path, results: StudyResults) -> dict[str, tuple[str, Pat
     ]
     if results.collapse:
         figures.append(("parameter_free", "Parameter-free operations per search epoch", collapse_figure(results)))
+        figures.append(("op_margin", "Mean op margin per search epoch (decision figure)", margin_figure(results)))
+        if any(r.get("arch_grad_consistency") for seeds in results.collapse.values() for recs in seeds.values()
+               for r in recs):  # fmt: skip
+            figures.append(("grad_consistency", "Architecture gradient consistency per search epoch",
+                            consistency_figure(results)))  # fmt: skip
     out = {}
     for name, title, fig in figures:
         out[name] = (title, folder / f"{name}.png")
@@ -269,6 +279,30 @@ def parameters_figure(results: StudyResults):
 def collapse_figure(results: StudyResults):
     """Parameter-free operations of the derived cells per search epoch: one panel per cell type, a thin line per
     seed and a thick one for the mean over seeds, per method."""
+    return epoch_figure(results, lambda r, cell: r["parameter_free"].get(cell), "parameter-free ops (of 8)",
+                        "parameter-free operations in the derived cells per search epoch", (-0.3, 8.3))  # fmt: skip
+
+
+def margin_figure(results: StudyResults):
+    """The mean op margin of the derived cells per search epoch (decision.py; the dashed line: settled)."""
+    from .decision import OP_MARGIN
+
+    fig = epoch_figure(results, lambda r, cell: ((r.get("decision") or {}).get("op_margin") or {}).get(cell),
+                       "mean op margin", "how decided the operations are per search epoch")  # fmt: skip
+    for ax in fig.axes:
+        ax.axhline(OP_MARGIN, color="#444444", ls="--", lw=1)
+    return fig
+
+
+def consistency_figure(results: StudyResults):
+    """|mean architecture gradient| / its spread over each epoch's batches (decision.GradConsistency)."""
+    return epoch_figure(results, lambda r, cell: (r.get("arch_grad_consistency") or {}).get(f"alpha_{cell}"),
+                        "|mean gradient| / spread", "architecture gradient consistency per search epoch")  # fmt: skip
+
+
+def epoch_figure(results: StudyResults, value, ylabel: str, title: str, ylim: tuple[float, float] | None = None):
+    """A per-search-epoch figure: one panel per cell type, a thin line per seed and a thick one for the mean over
+    seeds, per method; `value(record, cell)` is the plotted number (None: not plotted)."""
     from .plots import CELL_TITLES, _figure, _integer_epochs
 
     cells: list[str] = []
@@ -285,19 +319,21 @@ def collapse_figure(results: StudyResults):
             color = colors[k % len(colors)]
             by_epoch: dict[int, list[float]] = {}
             for recs in seeds.values():
-                xs = [r["epoch"] for r in recs if cell in r["parameter_free"]]
-                ys = [r["parameter_free"][cell] for r in recs if cell in r["parameter_free"]]
-                ax.plot(xs, ys, color=color, alpha=0.35, lw=1, drawstyle="steps-post")
-                for x, y in zip(xs, ys, strict=True):
+                points = [(r["epoch"], value(r, cell)) for r in recs]
+                points = [(x, y) for x, y in points if y is not None]
+                ax.plot([x for x, _ in points], [y for _, y in points], color=color, alpha=0.35, lw=1,
+                        drawstyle="steps-post")  # fmt: skip
+                for x, y in points:
                     by_epoch.setdefault(x, []).append(y)
             xs = sorted(by_epoch)
             ax.plot(xs, [sum(by_epoch[x]) / len(by_epoch[x]) for x in xs], color=color, lw=2.5, marker="o", ms=4,
                     label=f"{method} (mean of {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")  # fmt: skip
-        ax.set(title=f"{CELL_TITLES.get(cell, cell)}", xlabel="search epoch", ylabel="parameter-free ops (of 8)")
-        ax.set_ylim(-0.3, 8.3)
+        ax.set(title=f"{CELL_TITLES.get(cell, cell)}", xlabel="search epoch", ylabel=ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    fig.suptitle("parameter-free operations in the derived cells per search epoch", fontsize=13)
+    fig.suptitle(title, fontsize=13)
     _integer_epochs(fig)
     return fig
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast, options
-from .budget import BudgetClock, reserve_s
+from .budget import reserve_s
 from .data.loaders import Loader
 from .data.registry import open_source
 from .data.source import DataSource
@@ -27,7 +27,7 @@ from .dist import broadcast_buffers, rank_world
 from .errors import ConfigError
 from .genotype import Genotype, get_genotype
 from .progress import print_results
-from .runcore import Feed, RunLoop, budget_clock, device_parts, setup
+from .runcore import Feed, LoopBuilder, RunLoop, budget_clock, device_parts, setup
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_bytes, environment
 from .runtime import STEP_FIGURES, Tally, correct, evaluate, synchronize, upcast, weight_step
 from .space import TrainedNet, build_network, count_macs, count_parameters
@@ -116,7 +116,7 @@ class TrainStep:
 # -------------------------------------------------------------------------------------------- trainer
 
 
-class Trainer:
+class Trainer(LoopBuilder):
     """Builds a training run's parts (data, network, step, state, end-of-epoch evaluation, results) for the run
     core (`runcore.RunLoop`), which runs them in a run directory, resumes them and keeps their time budget."""
 
@@ -187,23 +187,6 @@ class Trainer:
     @property
     def train_loader(self) -> Loader:
         return self.loaders["train"]
-
-    # --- what the run core keeps (resume, records, the budget)
-    @property
-    def run(self) -> RunDir | None:
-        return self.loop.run
-
-    @property
-    def start_epoch(self) -> int:
-        return self.loop.start_epoch
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.loop.history
-
-    @property
-    def clock(self) -> BudgetClock | None:
-        return self.loop.clock
 
     # --- state
     def meta(self) -> dict[str, Any]:

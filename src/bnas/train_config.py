@@ -9,11 +9,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .budget import parse_duration
 from .data.registry import get_entry, names
 from .errors import ConfigError, check_choice, check_float, check_int
 from .genotype import ZOO, get_genotype
-from .options import DataOptions, NetworkOptions, OptimOptions, Options, OutputOptions, RuntimeOptions, again, option
+from .options import (
+    DataOptions,
+    NetworkOptions,
+    OptimOptions,
+    Options,
+    OutputOptions,
+    RuntimeOptions,
+    again,
+    check_budget,
+    option,
+)
 from .recipes import DARTS_SPACE, FAST
 
 
@@ -91,11 +100,7 @@ class TrainOptim(OptimOptions):
         check_float("grad_clip", self.grad_clip, 0.0)
         for name in ("drop_path", "label_smoothing"):
             check_float(name, getattr(self, name), 0.0, 1.0)
-        if self.budget is not None:
-            try:
-                parse_duration(self.budget, "budget")
-            except ConfigError as e:  # budget.py names the flag it is given; here it is the option
-                raise ConfigError(str(e), options=("budget",)) from None
+        check_budget(self.budget)
 
 
 @dataclass
