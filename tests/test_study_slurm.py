@@ -70,7 +70,7 @@ def test_the_local_executor_runs_a_study_with_two_workers_to_its_report(tmp_path
 
 def test_a_worker_stopped_by_its_time_limit_signal_is_requeued_and_resumes_its_run(tmp_path, worker_env):
     pytest.importorskip("submitit")
-    search = {**SEARCH, "synthetic_size": 96, "epochs": 2, "log_every": 1}
+    search = {**SEARCH, "synthetic_size": 160, "epochs": 2, "log_every": 1}  # 20 steps
     config = {"dataset": "synthetic", "methods": ["clr"], "seeds": [0], "search": search, "train": TRAIN}
     out = tmp_path / "s"
     sub = submit_study(StudySpec.from_json(config), out, SubmitOptions("local", "10m", workers=1),
@@ -199,7 +199,18 @@ def test_submission_flags_without_an_executor_and_a_missing_slurm_are_one_senten
 
 # --- a real one-node Slurm (Debian's slurm-wlm and munge), where they are installed and we are root ---------
 
-SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "sinfo")
+SLURM_PROGRAMS = (
+    "munged",
+    "mungekey",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "srun",
+    "scontrol",
+    "scancel",
+    "squeue",
+    "sinfo",
+)
 
 
 def _free_port() -> int:
@@ -255,16 +266,16 @@ def slurm(tmp_path_factory, monkeypatch):
                 os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
 
 
-def _wait_for(condition, seconds: float, what: str) -> None:
+def _wait_for(condition, seconds: float, what, every: float = 0.5) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, what()
-        time.sleep(0.5)
+        time.sleep(every)
 
 
 @pytest.mark.slow
 def test_a_study_on_a_real_slurm_survives_its_time_limit_signal_by_requeue(tmp_path, slurm, worker_env, capsys):
-    search = {**SEARCH, "synthetic_size": 96, "epochs": 2, "log_every": 1}
+    search = {**SEARCH, "synthetic_size": 160, "epochs": 2, "log_every": 1}  # 20 steps
     config = {"dataset": "synthetic", "methods": ["clr"], "seeds": [0], "search": search, "train": TRAIN}
     out = tmp_path / "s"
     assert main(["study", "--config", _file(tmp_path, config), "--out", str(out), "--executor", "slurm",
@@ -276,7 +287,7 @@ def test_a_study_on_a_real_slurm_survives_its_time_limit_signal_by_requeue(tmp_p
     def logs() -> str:
         return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in sorted((out / JOBS).glob("*_log.*")))
 
-    _wait_for(lambda: any(r["kind"] == "step" for r in RunDir(run).metrics(None)), 180, lambda: logs())
+    _wait_for(lambda: any(r["kind"] == "step" for r in RunDir(run).metrics(None)), 180, lambda: logs(), every=0.02)
     # what Slurm sends 90 s before the time limit, to every array task: the search saves itself mid-epoch, the
     # waiting worker stops between runs; submitit requeues both
     subprocess.run(["scancel", "--signal=USR1", array], check=True)
