@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,30 @@ def test_a_worker_stopped_by_its_time_limit_signal_is_requeued_and_resumes_its_r
     steps = [(r["epoch"], r["step"]) for r in records if r["kind"] == "step"]
     assert steps == sorted(set(steps))
     assert list(_rows(out)) == ["clr-s0"] and not list(out.rglob(LOCK_FILE))
+
+
+def test_sigterm_while_waiting_for_local_workers_saves_their_runs(tmp_path, worker_env):
+    pytest.importorskip("submitit")
+    search = {**SEARCH, "synthetic_size": 160, "epochs": 2, "log_every": 1}
+    config = {"dataset": "synthetic", "methods": ["clr"], "seeds": [0], "search": search, "train": TRAIN}
+    out = tmp_path / "s"
+    sub = submit_study(StudySpec.from_json(config), out, SubmitOptions("local", "10m", workers=1),
+                       print_fn=lambda *a: None)  # fmt: skip
+    run = out / "search" / "clr-s0"
+
+    def stop_when_running() -> None:  # SIGTERM to this process (which waits) once the search is under way
+        _wait_for(lambda: any(r["kind"] == "step" for r in RunDir(run).metrics(None)), 300, lambda: "", every=0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=stop_when_running)
+    helper.start()
+    printed: list[str] = []
+    assert sub.wait(print_fn=printed.append) == 75  # the same command continues the study
+    helper.join()
+    assert "2 of the study's 2 runs have not ended" in printed[-1]
+    assert "stopped by SIGTERM after step" in sub.logs[0].with_suffix(".err").read_text()  # saved mid-epoch
+    assert "requeueing" not in sub.logs[0].read_text()  # SIGTERM (scancel) does not requeue
+    assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists()
 
 
 def test_dry_run_prints_the_sbatch_parameters_and_submits_nothing(tmp_path, capsys):

@@ -8,7 +8,7 @@ ends last writes the results. submitit pickles the workers and their logs into `
 Preemption and the time limit. The job asks Slurm for SIGUSR1 `SIGNAL_DELAY_S` seconds before its time limit
 (`--signal=USR1@90`, and `--requeue` so that the job may be requeued), and the job's submitit is told that
 SIGUSR1 is its preemption signal (`SUBMITIT_PREEMPT_SIGNAL=USR1`, exported by the job script before submitit
-starts). So the two signal handlers take turns instead of fighting:
+starts; the local executor's processes inherit it). So the two signal handlers take turns instead of fighting:
 
 - while a run runs, or between two runs, bnas's handler holds SIGTERM and SIGUSR1 (preempt.StopSignal): the run
   saves a checkpoint at its next step boundary, gives its lock back and raises `Preempted`;
@@ -23,11 +23,13 @@ starts). So the two signal handlers take turns instead of fighting:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,12 +269,20 @@ class Submission:
         return self.job_ids[0].split("_")[0] if self.job_ids else ""
 
     def wait(self, print_fn=print) -> int:
-        """Wait for every worker (the local executor's); the study's exit code: 0 every run finished, 1 some
-        failed, 75 some have not ended (a worker stopped or failed: the same command continues the study)."""
+        """Wait for every worker (the local executor's; SIGTERM meanwhile is passed on to them); the study's exit
+        code: 0 every run finished, 1 some failed, 75 some have not ended (a worker stopped or failed: the same
+        command continues the study)."""
         from .preempt import EXIT_PREEMPTED
         from .study import load_study, plan
         from .study_work import EXIT_FAILED, status
 
+        def pass_on(signum, frame) -> None:  # SIGTERM: each worker saves its run and stops (not requeued)
+            for job in self.jobs:  # a local job's id is its controller's pid, which hands SIGTERM to the worker
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(job.job_id), signal.SIGTERM)
+
+        local = self.executor == "local" and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, pass_on) if local else None
         try:
             for job in self.jobs:
                 job.wait()
@@ -280,6 +290,9 @@ class Submission:
             for job in self.jobs:
                 job.cancel(check=False)
             raise
+        finally:
+            if local:
+                signal.signal(signal.SIGTERM, previous)
         for job, log in zip(self.jobs, self.logs):
             if job.state != "FINISHED" or _job_error(job):
                 print_fn(f"worker job {job.job_id} did not end cleanly ({job.state}); its log: {log}")
@@ -344,7 +357,8 @@ def submit_study(spec, out: str | Path, opts: SubmitOptions, *, dry_run: bool = 
     executor = _executor(opts, out, workers)
     fns = [StudyWorker(str(out.absolute()), opts.retries, i, workers, opts.executor == "local") for i in range(workers)]
     try:
-        jobs = executor.submit_array(fns)
+        with _preempt_signal_env():  # the local executor's controllers and workers inherit it
+            jobs = executor.submit_array(fns)
     except Exception as e:  # sbatch refused (a partition, an option): its message is the sentence
         raise BnasError(f"submitting the workers failed: {_first_line(e)}") from None
     logs = [Path(j.paths.stdout) for j in jobs]
@@ -353,19 +367,38 @@ def submit_study(spec, out: str | Path, opts: SubmitOptions, *, dry_run: bool = 
     return sub
 
 
+@contextlib.contextmanager
+def _preempt_signal_env():
+    previous = os.environ.get("SUBMITIT_PREEMPT_SIGNAL")
+    os.environ["SUBMITIT_PREEMPT_SIGNAL"] = PREEMPT_SIGNAL
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["SUBMITIT_PREEMPT_SIGNAL"]
+        else:
+            os.environ["SUBMITIT_PREEMPT_SIGNAL"] = previous
+
+
 def _executor(opts: SubmitOptions, out: Path, workers: int):
     submitit = _submitit()
     folder = out / JOBS
     if opts.executor == "local":
+        # no setup commands: they would put a shell between this process and the job's controller (whose pid is
+        # the job's id, and which hands SIGTERM to its worker); the workers see the GPUs listed here, each takes
+        # one of them (StudyWorker), or none with gpus_per_run 0
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
-        setup = _job_script_setup()
-        if not opts.gpus_per_run:  # the workers see no GPU; else each takes one of those visible (StudyWorker)
-            setup.append("export CUDA_VISIBLE_DEVICES=")
-        elif "CUDA_VISIBLE_DEVICES" in os.environ:
-            setup.append(f"export CUDA_VISIBLE_DEVICES={shlex.quote(os.environ['CUDA_VISIBLE_DEVICES'])}")
-        else:
-            setup.append("unset CUDA_VISIBLE_DEVICES")
-        executor.update_parameters(timeout_min=opts.minutes(), signal_delay_s=SIGNAL_DELAY_S, setup=setup)
+        from .study_work import _visible_gpus
+
+        gpus = _visible_gpus(dict(os.environ)) if opts.gpus_per_run else []
+        if not all(g.isdigit() for g in gpus):  # the controller writes CUDA_VISIBLE_DEVICES as indices
+            raise ConfigError(
+                "executor 'local' needs GPU indices in CUDA_VISIBLE_DEVICES, not UUIDs; set indices, or run the "
+                "workers with bnas study --workers N",
+                options=("executor",),
+            )
+        executor.update_parameters(timeout_min=opts.minutes(), signal_delay_s=SIGNAL_DELAY_S, gpus_per_node=len(gpus),
+                                   visible_gpus=tuple(int(g) for g in gpus))  # fmt: skip
         return executor
     try:
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
