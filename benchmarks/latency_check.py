@@ -6,6 +6,8 @@ Run it alone on an idle machine (other processes make both the table and the net
 
     OMP_NUM_THREADS=1 python benchmarks/latency_check.py --threads 1 --out benchmarks/results/latency_cpu.json
     python benchmarks/latency_check.py --device cuda --batch 32          # a GPU's table
+    OMP_NUM_THREADS=1 python benchmarks/latency_check.py --threads 1 --channels 16 --layers 2 --size 28 \
+        --in-channels 1                                                   # the hardware study's network
 
 The acceptance figure of issue 26 is a largest error of at most 15% on the CPU at batch 1.
 """
@@ -35,13 +37,15 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--enhance", type=int, default=2)
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3, help="image channels (1: Fashion-MNIST's network)")
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--table", type=Path, help="write the measured table here too")
     p.add_argument("--out", type=Path, help="write the per-genotype results as JSON")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = NetworkShape(channels=args.channels, layers=args.layers, enhance=args.enhance, size=args.size)
+    shape = NetworkShape(channels=args.channels, layers=args.layers, enhance=args.enhance, size=args.size,
+                         in_channels=args.in_channels)  # fmt: skip
     device = torch.device(args.device)
     t0 = time.perf_counter()
     table = measure(shape, device, args.batch, repeats=args.repeats)

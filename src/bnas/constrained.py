@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .costs import Budget, CostModel, format_count
+from .costs import Budget, CostModel, format_cost
 from .errors import BnasError
 from .genotype import CellGenotype, Genotype, derive, edge_op_scores, sample_cell
 from .genotype.io import CELL_NAMES
@@ -42,7 +42,7 @@ class BudgetError(BnasError):
 
 def _pareto(costs: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Indices of the points no other point dominates (costs <= in every column and score >=; among equal points
-    the first). costs: (n, d) with d = 1 or 2."""
+    the first). costs: (n, d): one column per limited resource (params, macs, latency)."""
     n, d = costs.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -51,6 +51,8 @@ def _pareto(costs: np.ndarray, scores: np.ndarray) -> np.ndarray:
         s = scores[order]
         best_before = np.concatenate(([-np.inf], np.maximum.accumulate(s)[:-1]))
         return np.sort(order[s > best_before])
+    if d > 2:
+        return _pareto_any(costs, scores)
     order = np.lexsort((-scores, costs[:, 1], costs[:, 0]))
     keep = []
     stair_c: list[int] = []  # the kept points' second cost, increasing, with increasing scores
@@ -68,6 +70,32 @@ def _pareto(costs: np.ndarray, scores: np.ndarray) -> np.ndarray:
         stair_c[j:k] = [c]
         stair_s[j:k] = [s]
     return np.sort(np.array(keep, dtype=np.int64))
+
+
+def _pareto_any(costs: np.ndarray, scores: np.ndarray, block: int = 512) -> np.ndarray:
+    """`_pareto` for three or more resources. In lexicographic order of (costs, -score) a point's dominators all
+    come before it, and a point dominated by a dropped one is dominated by a kept one (transitivity): so a point
+    is kept when no earlier point dominates it, checked a block at a time against the kept points and the block."""
+    n, d = costs.shape
+    order = np.lexsort((-scores, *(costs[:, k] for k in range(d - 1, -1, -1))))
+    c_sorted, s_sorted = costs[order], scores[order]
+    kept_c, kept_s = np.empty((0, d), dtype=costs.dtype), np.empty(0)
+    keep = []
+    earlier = np.tri(block, k=-1, dtype=bool)  # [i, j]: j comes before i within a block
+    for start in range(0, n, block):
+        c, s = c_sorted[start : start + block], s_sorted[start : start + block]
+        m = len(s)
+        dominated = np.zeros(m, dtype=bool)
+        if len(kept_s):
+            for k0 in range(0, len(kept_s), 4096):  # bounded memory: block x 4096 x d
+                kc, ks = kept_c[k0 : k0 + 4096], kept_s[k0 : k0 + 4096]
+                dominated |= ((kc[None] <= c[:, None]).all(-1) & (ks[None] >= s[:, None])).any(1)
+        inner = (c[None] <= c[:, None]).all(-1) & (s[None] >= s[:, None]) & earlier[:m, :m]
+        dominated |= inner.any(1)
+        new = ~dominated
+        kept_c, kept_s = np.concatenate([kept_c, c[new]]), np.concatenate([kept_s, s[new]])
+        keep.append(order[start : start + block][new])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
 @dataclass
@@ -159,17 +187,24 @@ def best_within(scores: dict[str, torch.Tensor], model: CostModel, budget: Budge
     if not limits:
         raise ValueError("best_within needs a budget (derive() is the unconstrained derivation)")
     resources = list(limits)
+    if len(resources) > 2:  # three limits: the optimum of two of them is the optimum when it meets the third
+        for pair in ((0, 1), (0, 2), (1, 2)):
+            relaxed = Budget(**{resources[k]: limits[resources[k]] for k in pair})
+            g = best_within(scores, model, relaxed)  # BudgetError: nothing fits two of the limits, nor all three
+            if budget.fits(model.cost(g)):
+                return g
     capacity = np.array([limits[r] - model.fixed.get(r) for r in resources], dtype=np.int64)
     groups = _groups(scores, model, resources)
     picks = _solve(groups, capacity)
     if picks is None:
         least = [model.fixed.get(r) + sum(int(g.costs[:, k].min()) for g in groups if len(g.scores))
                  for k, r in enumerate(resources)]  # fmt: skip
-        got = " and ".join(f"{format_count(v)} {r}" for v, r in zip(least, resources, strict=True))
+        got = " and ".join(format_cost(r, v) for v, r in zip(least, resources, strict=True))
+        fixed = " and ".join(format_cost(r, model.fixed.get(r)) for r in resources)
         raise BudgetError(
             f"no genotype fits the budget of {budget.describe()}: the cheapest network of this space costs {got} "
-            f"(of which {format_count(model.fixed.params)} parameters and {format_count(model.fixed.macs)} MACs do "
-            "not depend on the cells); raise the budget or make the network smaller (channels, layers)"
+            f"(of which {fixed} do not depend on the cells); raise the budget or make the network smaller "
+            "(channels, layers)"
         )
     cells = []
     for kind in model.kinds:

@@ -29,27 +29,40 @@ from .genotype import CellGenotype, Genotype
 from .ops import PRIMITIVES, make_op
 from .space import build_network, count_macs, count_parameters
 
-RESOURCES = ("params", "macs")  # what a budget can limit
+RESOURCES = ("params", "macs", "latency")  # what a budget can limit (latency: with a latency table, latency.py)
+
+
+def _plus(a: int | None, b: int | None, sign: int = 1) -> int | None:
+    return None if a is None and b is None else (a or 0) + sign * (b or 0)
 
 
 @dataclass(frozen=True)
 class Cost:
-    """Parameters (auxiliary head excluded, as `count_parameters`) and multiply-accumulates of one image."""
+    """Parameters (auxiliary head excluded, as `count_parameters`) and multiply-accumulates of one image; where a
+    latency table is given (latency.py), the predicted forward latency in whole nanoseconds (integers keep the
+    constrained derivation exact), else None."""
 
     params: int = 0
     macs: int = 0
+    latency: int | None = None
 
     def __add__(self, other: Cost) -> Cost:
-        return Cost(self.params + other.params, self.macs + other.macs)
+        return Cost(self.params + other.params, self.macs + other.macs, _plus(self.latency, other.latency))
 
     def __sub__(self, other: Cost) -> Cost:
-        return Cost(self.params - other.params, self.macs - other.macs)
+        return Cost(self.params - other.params, self.macs - other.macs, _plus(self.latency, other.latency, -1))
 
     def get(self, resource: str) -> int:
-        return getattr(self, resource)
+        value = getattr(self, resource)
+        if value is None:
+            raise ConfigError("a latency budget needs a latency table: give latency_table", options=("latency_table",))
+        return value
 
     def to_json(self) -> dict:
-        return {"params": self.params, "macs": self.macs}
+        out: dict = {"params": self.params, "macs": self.macs}
+        if self.latency is not None:
+            out["latency_ms"] = self.latency / 1e6
+        return out
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,13 @@ class NetworkShape:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+    def describe(self) -> str:
+        """'bcnn C=8, 4 cells, E=2, 1x28x28 input, 10 classes' (for messages)."""
+        return (
+            f"{self.space} C={self.channels}, {self.layers} cells, E={self.enhance}, L={self.blocks}, "
+            f"{self.in_channels}x{self.size}x{self.size} input, {self.num_classes} classes, {self.stem} stem"
+        )
 
 
 def trained_shape(
@@ -157,6 +177,7 @@ class CostModel:
     sites: list[CellSite]
     tables: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)  # kind -> resource -> rows
     steps: int = 4
+    latency_source: dict = field(default_factory=dict)  # the latency table's file, device, batch (latency.py)
 
     @classmethod
     def build(cls, shape: NetworkShape, steps: int = 4) -> CostModel:
@@ -196,7 +217,7 @@ class CostModel:
             mine = [s for s in sites if s.kind == kind]
             tables[kind] = {
                 r: [[sum(cost_at(op, s, src).get(r) for s in mine) for op in PRIMITIVES] for _, src in edges]
-                for r in RESOURCES
+                for r in ("params", "macs")
             }
         model = cls(shape, Cost(), sites, tables, steps)
         probe_edges = model.edges_cost(probe)
@@ -206,6 +227,12 @@ class CostModel:
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.tables)
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        """What this model costs: params and macs, and latency where a latency table was attached."""
+        first = self.tables[self.kinds[0]]
+        return tuple(r for r in RESOURCES if r in first)
 
     def row(self, node: int, src: int) -> int:
         """The row of edge (node, source) in the tables (the alphas' row order)."""
@@ -225,14 +252,14 @@ class CostModel:
     def edges_cost(self, genotype: Genotype) -> Cost:
         """The genotype's operations alone (cost minus the fixed part)."""
         self._check(genotype)
-        p = m = 0
+        totals = dict.fromkeys(self.resources, 0)
         for kind in genotype.names:
             t = self.tables[kind]
             for i, (op, src) in enumerate(genotype.cell(kind).edges):
                 r, c = self.row(i // 2, src), PRIMITIVES.index(op)
-                p += t["params"][r][c]
-                m += t["macs"][r][c]
-        return Cost(p, m)
+                for resource in totals:
+                    totals[resource] += t[resource][r][c]
+        return Cost(**totals)
 
     def cost(self, genotype: Genotype) -> Cost:
         """The parameters and MACs of `build_network(genotype)` for this shape, without building it."""
@@ -243,7 +270,10 @@ class CostModel:
         return torch.tensor(self.tables[kind][resource], dtype=dtype)
 
     def to_json(self) -> dict:
-        return {"shape": self.shape.to_json(), "fixed": self.fixed.to_json()}
+        out = {"shape": self.shape.to_json(), "fixed": self.fixed.to_json()}
+        if self.latency_source:
+            out["latency_table"] = self.latency_source
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ budgets
@@ -273,18 +303,50 @@ def format_count(n: float) -> str:
     return f"{n:.0f}"
 
 
+_TIME = {"s": 10**9, "ms": 10**6, "us": 10**3, "µs": 10**3}
+
+
+def parse_latency(text: str | float, name: str = "max_latency") -> int:
+    """A latency ('5ms', '800us', '0.004s', or a bare number of seconds: 0.004) as whole nanoseconds (the
+    latency resource's unit); the seconds of budget.parse_duration, and its sub-second units."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value = float(text) * 10**9
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE]-?[0-9]+)?)\s*(s|ms|us|µs)?\s*", str(text))
+        if not m:
+            raise ConfigError(f"{name} must be a latency such as 5ms, 800us or 0.004 (seconds), got {text!r}",
+                              options=(name,))  # fmt: skip
+        value = float(m.group(1)) * _TIME[m.group(2) or "s"]
+    if not math.isfinite(value) or round(value) <= 0:
+        raise ConfigError(f"{name} must be a positive latency, got {text!r}", options=(name,))
+    return int(round(value))
+
+
+def format_cost(resource: str, value: float) -> str:
+    """One resource's amount for messages: '3.34M params', '2.5 ms latency' (latency is held in nanoseconds)."""
+    if resource == "latency":
+        return f"{value / 1e6:.3g} ms latency"
+    return f"{format_count(value)} {resource}"
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Upper limits on the trained network's parameters and/or MACs (None: no limit)."""
+    """Upper limits on the trained network's parameters, MACs and/or predicted latency (nanoseconds; needs a
+    latency table) (None: no limit)."""
 
     params: int | None = None
     macs: int | None = None
+    latency: int | None = None
 
     @classmethod
-    def parse(cls, max_params: str | int | None = None, max_macs: str | int | None = None) -> Budget:
+    def parse(
+        cls, max_params: str | int | None = None, max_macs: str | int | None = None,
+        max_latency: str | float | None = None,
+    ) -> Budget:  # fmt: skip
         return cls(
             None if max_params is None else parse_count(max_params, "max_params"),
             None if max_macs is None else parse_count(max_macs, "max_macs"),
+            None if max_latency is None else parse_latency(max_latency, "max_latency"),
         )
 
     @property
@@ -299,10 +361,13 @@ class Budget:
         return all(cost.get(r) <= v for r, v in self.limits.items())
 
     def describe(self) -> str:
-        return " and ".join(f"{format_count(v)} {r}" for r, v in self.limits.items()) or "no budget"
+        return " and ".join(format_cost(r, v) for r, v in self.limits.items()) or "no budget"
 
     def to_json(self) -> dict:
-        return {r: getattr(self, r) for r in RESOURCES}
+        out: dict = {"params": self.params, "macs": self.macs}
+        if self.latency is not None:
+            out["latency_ms"] = self.latency / 1e6
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ penalty
@@ -376,7 +441,7 @@ class CostPenalty:
         return out.to(loss.dtype)
 
     def describe(self) -> str:
-        return f"{self.form} penalty (weight {self.weight:g}) towards {format_count(self.target)} {self.resource}"
+        return f"{self.form} penalty (weight {self.weight:g}) towards {format_cost(self.resource, self.target)}"
 
 
 class BudgetPenalty:

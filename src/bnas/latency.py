@@ -9,10 +9,15 @@ operations' times over every cell of their type, fixed (stem, preprocessing, nod
 head) and scale fitted by least squares on the four, as costs.CostModel sums parameters and MACs. Times are
 medians of repeats after a warm-up, in milliseconds; the table records the device, batch, threads, hardware and
 library versions it was measured with. `benchmarks/latency_check.py` measures how well it predicts networks.
+
+`with_latency(model, table)` makes the predicted latency a third resource of a costs.CostModel (whole
+nanoseconds per (cell type, edge, operation), so that budgets, the constrained derivation and the penalty treat
+it as they treat parameters and MACs); `cost_model(shape, latency_table)` builds the one a budget needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -23,7 +28,8 @@ from typing import Any
 
 import torch
 
-from .costs import CostModel, NetworkShape
+from .cells import search_edges
+from .costs import Cost, CostModel, NetworkShape
 from .errors import ConfigError
 from .genotype import Genotype
 from .jsonio import dumps
@@ -84,6 +90,7 @@ class LatencyTable:
     scale: float = 1.0  # operations time differently alone than inside a network: fitted on whole networks
     calibration: list[dict[str, float]] = field(default_factory=list)  # the networks the fit saw
     model: CostModel | None = field(default=None, repr=False, compare=False)
+    path: str | None = field(default=None, repr=False, compare=False)  # the file it was read from
 
     def _model(self) -> CostModel:
         if self.model is None:
@@ -123,11 +130,62 @@ class LatencyTable:
             raise ConfigError(f"latency table {path} is not valid JSON ({e})") from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ConfigError(f"{path} is not a latency table (written by bnas latency-table)")
-        shape = NetworkShape(**obj["shape"])
-        return cls(
-            shape, obj["device"], obj["batch"], float(obj["fixed_ms"]), dict(obj["ops"]), obj.get("environment", {}),
-            float(obj.get("scale", 1.0)), list(obj.get("calibration", [])),
-        )  # fmt: skip
+        try:
+            table = cls(
+                NetworkShape(**obj["shape"]), str(obj["device"]), int(obj["batch"]), float(obj["fixed_ms"]),
+                {str(k): float(v) for k, v in obj["ops"].items()}, dict(obj.get("environment", {})),
+                float(obj.get("scale", 1.0)), list(obj.get("calibration", [])), path=str(path),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"lacks {e}" if isinstance(e, KeyError) else f"holds a malformed entry ({e})"
+            raise ConfigError(f"latency table {path} {what}; measure it again with bnas latency-table") from None
+        bad = next((k for k, v in table.ops.items() if not (v >= 0 and v < float("inf"))), None)
+        if bad is not None or not (abs(table.fixed_ms) < float("inf") and table.scale > 0):
+            raise ConfigError(f"latency table {path} holds a time that is not a finite non-negative number "
+                              f"({bad or 'fixed_ms or scale'}); measure it again with bnas latency-table")  # fmt: skip
+        return table
+
+
+def with_latency(model: CostModel, table: LatencyTable) -> CostModel:
+    """`model` with the table's predicted latency as its third resource: per cell type, edge and operation
+    scale x the operation's time summed over the cells of that type, and the fixed part, in whole nanoseconds
+    (their sum is `table.predict` to within a few nanoseconds). A table of another network is one sentence."""
+    name = table.path or "latency_table"
+    if table.shape != model.shape:
+        raise ConfigError(
+            f"latency table {name} was measured for another network ({table.shape.describe()}) than the one the "
+            f"budget is for ({model.shape.describe()}); measure one with bnas latency-table for that network",
+            options=("latency_table",),
+        )
+    edges = search_edges(model.steps)
+    tables = {}
+    for kind in model.kinds:
+        mine = [s for s in model.sites if s.kind == kind]
+        rows = []
+        for _, src in edges:
+            row = []
+            for op in PRIMITIVES:
+                keys = [_key(op, s.channels, s.stride(src), s.input_size(src)) for s in mine] if op != "none" else []
+                missing = next((k for k in keys if k not in table.ops), None)
+                if missing is not None:
+                    raise ConfigError(f"latency table {name} has no time for {missing}; measure it again with bnas "
+                                      "latency-table", options=("latency_table",))  # fmt: skip
+                row.append(round(1e6 * table.scale * sum(table.ops[k] for k in keys)))
+            rows.append(row)
+        tables[kind] = {**model.tables[kind], "latency": rows}
+    fixed = Cost(model.fixed.params, model.fixed.macs, round(1e6 * table.fixed_ms))
+    source = {"file": table.path, "device": table.device, "batch": table.batch,
+              "threads": table.environment.get("torch_threads")}  # fmt: skip
+    return dataclasses.replace(model, fixed=fixed, tables=tables, latency_source=source)
+
+
+def cost_model(shape: NetworkShape, latency_table: str | Path | LatencyTable | None = None) -> CostModel:
+    """The cost model of `shape`'s network, with the latency table's predictions where one is given."""
+    model = CostModel.build(shape)
+    if latency_table is None:
+        return model
+    table = latency_table if isinstance(latency_table, LatencyTable) else LatencyTable.load(latency_table)
+    return with_latency(model, table)
 
 
 def measure(shape: NetworkShape, device: str | torch.device = "cpu", batch: int = 1, **kw) -> LatencyTable:

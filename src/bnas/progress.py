@@ -151,10 +151,12 @@ def _cost_line(summary: dict[str, Any]) -> str:
         return f"{n:.0f}"
 
     cost, net = summary["cost"], summary.get("cost_network", {})
-    limits = [f"{count(v)} {k}" for k, v in summary.get("cost_budget", {}).items() if v is not None]
+    limits = [f"{v:.3g} ms latency" if k == "latency_ms" else f"{count(v)} {k}"
+              for k, v in summary.get("cost_budget", {}).items() if v is not None]  # fmt: skip
+    latency = f", {cost['latency_ms']:.3g} ms predicted latency" if "latency_ms" in cost else ""
     return (
         f"trained network (C={net.get('channels')}, {net.get('layers')} cells): {count(cost['params'])} parameters, "
-        f"{count(cost['macs'])} MACs; budget {' and '.join(limits)}"
+        f"{count(cost['macs'])} MACs{latency}; budget {' and '.join(limits)}"
     )
 
 

@@ -121,9 +121,15 @@ def _overview(run: RunData) -> dict[str, Any]:
     cost = (run.summary or {}).get("cost")
     if cost:  # a search under a budget: the trained network's predicted cost (docs/hardware-aware.md)
         limits = {k: v for k, v in run.summary.get("cost_budget", {}).items() if v is not None}
+
+        def amount(k: str, v: float) -> str:
+            return f"{v:.3g} ms" if k == "latency_ms" else f"{v:,}"
+
         out["trained network cost (budget)"] = ", ".join(
-            f"{k} {cost[k]:,}" + (f" (at most {limits[k]:,})" if k in limits else "") for k in ("params", "macs")
-        )
+            f"{'predicted latency' if k == 'latency_ms' else k} {amount(k, cost[k])}"
+            + (f" (at most {amount(k, limits[k])})" if k in limits else "")
+            for k in ("params", "macs", "latency_ms") if k in cost
+        )  # fmt: skip
     return out
 
 

@@ -32,6 +32,7 @@ from .errors import (
     ConfigError,
 )
 from .genotype import Genotype, derive
+from .latency import cost_model
 from .random_search import candidates, epoch_paths, select
 from .runcore import DeviceParts, Feed, LoopBuilder, RunLoop, budget_clock, device_parts, setup
 from .runs import RunDir, environment
@@ -167,10 +168,11 @@ class Searcher(LoopBuilder):
         return METHODS[self.cfg.method]["arch_lr"] if self.cfg.arch_lr == "auto" else self.cfg.arch_lr
 
     def _cost_budget(self, data) -> tuple[CostModel | None, Budget, BudgetPenalty | None]:
-        """max_params/max_macs: the cost model of the network `bnas train` will build (docs/hardware-aware.md),
-        the budget (refused at once when no genotype fits) and the architecture loss's penalty."""
+        """max_params/max_macs/max_latency: the cost model of the network `bnas train` will build
+        (docs/hardware-aware.md), the budget (refused at once when no genotype fits) and the architecture loss's
+        penalty."""
         cfg = self.cfg
-        budget = Budget.parse(cfg.max_params, cfg.max_macs)
+        budget = Budget.parse(cfg.max_params, cfg.max_macs, cfg.max_latency)
         if not budget:
             return None, budget, None
         shape = trained_shape(
@@ -178,7 +180,7 @@ class Searcher(LoopBuilder):
             stem=data.stem, channels=cfg.cost_channels, layers=cfg.cost_layers, enhance=cfg.cost_enhance,
             blocks=cfg.blocks,
         )  # fmt: skip
-        model = CostModel.build(shape)
+        model = cost_model(shape, cfg.latency_table)  # with the table's predicted latency where one is given
         try:
             cheapest_fit(model, budget)
         except BudgetError as e:  # nothing fits: say it before the search starts, in the search's options
@@ -192,7 +194,8 @@ class Searcher(LoopBuilder):
         if not self.cost_budget:
             return {}
         return {"cost": self.costs.cost(genotype).to_json(), "cost_budget": self.cost_budget.to_json(),
-                "cost_network": self.costs.shape.to_json()}  # fmt: skip
+                "cost_network": self.costs.shape.to_json(),
+                **({"cost_latency_table": self.costs.latency_source} if self.costs.latency_source else {})}  # fmt: skip
 
     # --- counts shown before a search starts (and by --dry-run)
     def counts(self) -> dict[str, int]:

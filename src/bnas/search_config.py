@@ -174,6 +174,12 @@ class CostOptions:
                                     default_text="default: no limit")  # fmt: skip
     max_macs: str | None = option(None, "at most this many multiply-accumulates per image in the trained network "
                                   "(K/M/G suffixes: 400M)", default_text="default: no limit")  # fmt: skip
+    max_latency: str | None = option(None, "at most this forward latency of the trained network as --latency-table "
+                                     "predicts it (5ms, 800us, or seconds: 0.004)",
+                                     default_text="default: no limit")  # fmt: skip
+    latency_table: str | None = option(None, "the latency table (bnas latency-table) of the trained network on the "
+                                       "target device: --max-latency's predictions, and the predicted latency in "
+                                       "the summary under any budget", default_text="default: none")  # fmt: skip
     cost_penalty: Literal["two-sided", "mul-log", "add-linear", "none"] = option(
         "two-sided", "the budget's term in the architecture loss: two-sided (TF-NAS), mul-log or add-linear "
         "(ProxylessNAS); none: the budget only constrains the derivation",
@@ -188,15 +194,27 @@ class CostOptions:
                                       default_text="default: the training recipe's: 2")  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("max_params", "max_macs"):  # a count given as a number from Python: its text
+        for name in ("max_params", "max_macs", "max_latency"):  # a count or seconds given from Python: its text
             value = getattr(self, name)
-            if isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, int | float) and not isinstance(value, bool):
                 setattr(self, name, str(value))
 
     def check(self) -> None:
+        from pathlib import Path
+
         from .costs import Budget
 
-        Budget.parse(self.max_params, self.max_macs)
+        budget = Budget.parse(self.max_params, self.max_macs, self.max_latency)
+        if self.max_latency is not None and self.latency_table is None:
+            raise ConfigError("max_latency needs the latency table of the target device: give latency_table "
+                              "(bnas latency-table writes one)", options=("max_latency", "latency_table"))  # fmt: skip
+        if self.latency_table is not None:
+            if not budget:
+                raise ConfigError("latency_table is read only under a budget: give max_latency (or max_params, "
+                                  "max_macs)", options=("latency_table", "max_latency"))  # fmt: skip
+            if not Path(self.latency_table).is_file():
+                raise ConfigError(f"latency_table {self.latency_table} is not a file (bnas latency-table writes one)",
+                                  options=("latency_table",))  # fmt: skip
         if self.cost_weight is not None:
             check_float("cost_weight", self.cost_weight, 0.0)
         for name in ("cost_channels", "cost_layers", "cost_enhance"):

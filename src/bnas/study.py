@@ -9,6 +9,7 @@ study directory:
   DIR/search/NAME-sSEED            one search per method and seed (seeded with the study seed)
   DIR/train/NAME-sSEED             the searched cell of that search, trained with the same seed
   DIR/train/random-cell-I          random cell I (`bnas genotype sample --seed 50000+I`), once, seed SEEDS[I % n]
+  DIR/train/GROUP-I                cell I of a random-cell group (under its budget: study_budget.py)
   DIR/train/GENOTYPE-sSEED         a published genotype, trained once per seed
   DIR/genotypes/random-cell-I.json the random cells
   DIR/results.csv|md|json, DIR/summary.csv, DIR/plots/*.png, DIR/report.html
@@ -39,6 +40,7 @@ from typing import Any
 from .errors import BnasError, ConfigError
 from .jsonio import dumps
 from .runs import atomic_write_text
+from .study_budget import RandomGroup, budget_options, check_group, on_trained_network, random_groups
 from .study_report import RANDOM
 
 KEYS = ("dataset", "methods", "seeds", "random_cells", "published", "search", "train", "bootstrap_samples",
@@ -79,12 +81,13 @@ class StudySpec:
     dataset: str
     methods: list[Method]
     seeds: list[int]
-    random_cells: int = 0
+    random_cells: int | list[dict[str, Any]] = 0  # a count, or groups (study_budget.py)
     published: list[str] = field(default_factory=list)
     search: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     bootstrap_samples: int = 10_000
     bootstrap_seed: int = 0
+    groups: list[RandomGroup] = field(default_factory=list)  # the random cells, by group (study_budget.py)
 
     @classmethod
     def load(cls, path: str | Path) -> StudySpec:
@@ -124,7 +127,7 @@ class StudySpec:
             bad(f"seeds must be a non-empty list of whole numbers, got {seeds!r}")
         if not all(_whole(s) and 0 <= s < 2**32 for s in seeds) or len(set(seeds)) != len(seeds):
             bad(f"seeds must be distinct whole numbers in [0, 2^32), got {seeds!r}")
-        for key, default, low in (("random_cells", 0, 0), ("bootstrap_seed", 0, 0), ("bootstrap_samples", 10_000, 100)):
+        for key, default, low in (("bootstrap_seed", 0, 0), ("bootstrap_samples", 10_000, 100)):
             value = obj.get(key, default)
             if not _whole(value) or not low <= value < 2**32:
                 bad(f"{key} must be a whole number of at least {low}, got {value!r}")
@@ -160,21 +163,27 @@ class StudySpec:
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup:
             bad(f"the candidate name {dup!r} appears twice; give each method a distinct name")
-        if not names and not obj.get("random_cells"):
+        groups = random_groups(obj.get("random_cells", 0), methods, search, names, bad)
+        if not names and not groups:
             bad("names no candidate: give methods, random_cells or published genotypes")
         spec = cls(obj["dataset"], methods, list(seeds), obj.get("random_cells", 0), list(published), search, train,
-                   obj.get("bootstrap_samples", 10_000), obj.get("bootstrap_seed", 0))  # fmt: skip
+                   obj.get("bootstrap_samples", 10_000), obj.get("bootstrap_seed", 0), groups)  # fmt: skip
         spec.check(where)
         return spec
 
     def check(self, where: str) -> None:
         """Resolve every search configuration and the training of a cell of the space and of each published
         genotype: their own checks, as one sentence each (`out` "." only passes the check of the path)."""
-        for m in self.methods:
-            _checked(f"{where}: method {m.name}", lambda m=m: self.search_config(m, self.seeds[0], Path(".")))
         probe = "DARTS_V2" if self.space == "darts" else "BNASv2_CLR_v1"
         for g in dict.fromkeys([probe, *self.published]):
             _checked(f"{where}: train", lambda g=g: self.train_config(g, self.seeds[0], Path(".")))
+        for m in self.methods:
+            _checked(f"{where}: method {m.name}", lambda m=m: self.search_config(m, self.seeds[0], Path(".")))
+        for group in self.groups:  # a budget nothing fits is refused before any run
+            _checked(f"{where}: random cells {group.name}", lambda g=group: check_group(self, g))
+        for m in self.methods:
+            budget = RandomGroup(m.name, 1, 0, budget_options({**self.search, **m.options}))
+            _checked(f"{where}: method {m.name}", lambda g=budget: check_group(self, g))
 
     @property
     def space(self) -> str:
@@ -185,7 +194,16 @@ class StudySpec:
         from .search import SearchConfig
 
         opts = {**self.search, **m.options, "dataset": self.dataset, "seed": seed, "out": str(out)}
+        if budget_options(opts):  # a budget is on the network the study trains (study_budget.py)
+            opts = on_trained_network(opts, self.trained_config())
         return SearchConfig.resolve(m.method, **opts)
+
+    def trained_config(self):
+        """The training every cell of the space gets (its network's size: what budgets are on)."""
+        return self.train_config("DARTS_V2" if self.space == "darts" else "BNASv2_CLR_v1", self.seeds[0], Path("."))
+
+    def group(self, name: str) -> RandomGroup:
+        return next(g for g in self.groups if g.name == name)
 
     def _train_options(self, genotype: str, seed: int, out: str) -> dict[str, Any]:
         return {**self.train, "dataset": self.dataset, "genotype": genotype, "seed": seed, "out": out}
@@ -267,10 +285,11 @@ def plan(spec: StudySpec, out: Path) -> list[PlannedRun]:
             name = f"{m.name}-s{s}"
             runs.append(PlannedRun("train", name, m.name, "searched", s, out / "train" / name,
                                    genotype=str(out / "search" / name), search=name))  # fmt: skip
-    for i in range(spec.random_cells):
-        name = f"random-cell-{i}"
-        runs.append(PlannedRun("train", name, RANDOM, "random", spec.seeds[i % len(spec.seeds)], out / "train" / name,
-                               genotype=str(out / "genotypes" / f"{name}.json")))  # fmt: skip
+    for group in spec.groups:
+        for i in range(group.count):
+            name, j = group.run_name(i), group.first + i
+            runs.append(PlannedRun("train", name, group.name, "random", spec.seeds[j % len(spec.seeds)],
+                                   out / "train" / name, genotype=str(out / "genotypes" / f"{name}.json")))  # fmt: skip
     for g in spec.published:
         for s in spec.seeds:
             runs.append(PlannedRun("train", f"{g}-s{s}", g, "published", s, out / "train" / f"{g}-s{s}", genotype=g))
@@ -282,7 +301,8 @@ def describe(run: PlannedRun) -> str:
         assert run.method is not None
         opts = "".join(f", {k} {v}" for k, v in run.method.options.items())
         return f"search {run.name} (method {run.method.method}{opts}, seed {run.seed})"
-    what = {"searched": f"the cell of search {run.search}", "random": "a random cell", "published": run.genotype}
+    random = "a random cell" if run.group == RANDOM else f"a random cell of {run.group}"
+    what = {"searched": f"the cell of search {run.search}", "random": random, "published": run.genotype}
     return f"train {run.name} ({what[run.kind]}, seed {run.seed})"
 
 
@@ -347,12 +367,16 @@ def execute(spec: StudySpec, run: PlannedRun) -> None:
 
 
 def write_random_cell(spec: StudySpec, run: PlannedRun) -> None:
-    from .genotype import sample_genotype
+    """Random cell I of its group: `sample_genotype(space, 50000 + J)` (J: its index among all random cells), or
+    under the group's budget drawn uniformly among those that fit, with its predicted cost (study_budget.py)."""
+    from .study_budget import draw
 
+    group = spec.group(run.group)
     index = int(run.name.rsplit("-", 1)[1])
     path = Path(run.genotype)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, dumps(sample_genotype(spec.space, RANDOM_CELL_SEEDS + index).to_json(), 1) + "\n")
+    cell = draw(spec, group, index, RANDOM_CELL_SEEDS + group.first + index)
+    atomic_write_text(path, dumps(cell, 1) + "\n")
 
 
 def run_study(spec: StudySpec, out: str | Path, *, dry_run: bool = False, print_fn=print, after_run=None,

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from .study import PlannedRun, StudySpec
 
 RANDOM = "random-cells"
-COLUMNS = ("candidate", "group", "kind", "seed", "space", "parameters", "macs", "param_free", "settled", "search_s",
-           "train_s", "epochs", "test_acc", "run_dir")  # fmt: skip
+COLUMNS = ("candidate", "group", "kind", "seed", "space", "parameters", "macs", "latency_ms", "budget", "param_free",
+           "settled", "search_s", "train_s", "epochs", "test_acc", "run_dir")  # fmt: skip
 KIND_COLORS = {"searched": "#1f77b4", "random": "#7f7f7f", "published": "#ff7f0e"}
 
 
@@ -41,15 +41,21 @@ class StudyResults:
         return {"rows": self.rows, "summary": self.summary, "collapse": self.collapse, "failed": self.failed}
 
     def markdown(self) -> str:
-        head = ["candidate", "group", "seed", "parameters", "MACs", "param-free ops/cell", "settled", "search time",
-                "training time", "test acc %"]  # fmt: skip
+        budgets = any(r.get("budget") for r in self.rows)  # a study with budgets: each candidate's, and its cost
+        latency = any(r.get("latency_ms") is not None for r in self.rows)
+        head = ["candidate", "group", "seed", "parameters", "MACs", *(["predicted latency"] if latency else []),
+                *(["budget"] if budgets else []), "param-free ops/cell", "settled", "search time", "training time",
+                "test acc %"]  # fmt: skip
         lines = [_md_row(head), _md_row(["---"] * len(head))]
         for r in self.rows:
             lines.append(_md_row([
-                r["candidate"], r["group"], str(r["seed"]), f"{r['parameters']:,}", f"{r['macs']:,}", r["param_free"],
-                _yes_no(r["settled"]), _duration(r["search_s"]), _duration(r["train_s"]), _pct(r["test_acc"]),
+                r["candidate"], r["group"], str(r["seed"]), f"{r['parameters']:,}", f"{r['macs']:,}",
+                *([_ms(r.get("latency_ms"))] if latency else []), *([r.get("budget", "")] if budgets else []),
+                r["param_free"], _yes_no(r["settled"]), _duration(r["search_s"]), _duration(r["train_s"]),
+                _pct(r["test_acc"]),
             ]))  # fmt: skip
-        head = ["method", "kind", "n", "mean %", "std", "min %", "max %", "mean - random cells (95% CI)"]
+        head = ["method", "kind", *(["budget"] if budgets else []), "n", "mean %", "std", "min %", "max %",
+                "mean - random cells (95% CI)"]  # fmt: skip
         lines += ["", _md_row(head), _md_row(["---"] * len(head))]
         for s in self.summary:
             diff = ""
@@ -59,9 +65,11 @@ class StudyResults:
                     diff += "(one result each: no interval)"
                 else:
                     diff += f"[{100 * s['ci_low']:+.2f}, {100 * s['ci_high']:+.2f}]"
+                if s.get("baseline", RANDOM) != RANDOM:
+                    diff += f" vs {s['baseline']}"
             lines.append(_md_row([
-                s["group"], s["kind"], str(s["n"]), _pct(s["mean"]), _pct(s["std"]), _pct(s["min"]), _pct(s["max"]),
-                diff,
+                s["group"], s["kind"], *([s.get("budget", "")] if budgets else []), str(s["n"]), _pct(s["mean"]),
+                _pct(s["std"]), _pct(s["min"]), _pct(s["max"]), diff,
             ]))  # fmt: skip
         unsettled = [r["candidate"] for r in self.rows if r.get("settled") is False]
         if unsettled:  # decision.py's rule: such a cell is close to a random cell of the space
@@ -73,6 +81,21 @@ class StudyResults:
             lines += ["", _md_row(["failed run", "attempts", "error"]), _md_row(["---"] * 3)]
             lines += [_md_row([f["run"], str(f["attempts"]), f["error"].replace("|", "/")]) for f in self.failed]
         return "\n".join(lines)
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.3g} ms" if isinstance(v, int | float) else ""
+
+
+def budget_text(cost_budget: dict[str, Any] | None) -> str:
+    """A recorded budget (`costs.Budget.to_json`) as text: '300K params', '2 ms latency'; '' for none."""
+    from .costs import format_cost
+
+    parts = []
+    for key, value in (cost_budget or {}).items():
+        if value is not None:
+            parts.append(format_cost("latency", value * 1e6) if key == "latency_ms" else format_cost(key, value))
+    return " and ".join(parts)
 
 
 def _yes_no(v: Any) -> str:
@@ -113,12 +136,17 @@ def collect(
         g = Genotype.from_json(cfg["genotype_json"])
         free = g.parameter_free()
         search_s = settled = None
+        costed: dict[str, Any] = {}  # a budget's record: a search's summary, a random cell's genotype file
         if run.search:  # the search's time, and whether its architecture settled (decision.py)
             summary = RunDir(out / "search" / run.search).read_json("summary.json")
             search_s, settled = summary.get("search_s"), summary.get("decision", {}).get("settled")
+            costed = summary
+        elif run.kind == "random":
+            costed = _read_json(Path(run.genotype))
         rows.append({
             "candidate": run.name, "group": run.group, "kind": run.kind, "seed": run.seed, "space": g.space,
             "parameters": res["parameters"], "macs": res["macs_per_image"],
+            "latency_ms": costed.get("cost", {}).get("latency_ms"), "budget": budget_text(costed.get("cost_budget")),
             "param_free": "/".join(str(free[c]) for c in g.names), "param_free_cells": free, "settled": settled,
             "search_s": search_s, "train_s": res["train_s"], "epochs": res["epochs"],
             "test_acc": res["final_epoch"]["test_top1"], "run_dir": str(run.path),
@@ -141,19 +169,26 @@ def collect(
 
 def summarise(rows: list[dict[str, Any]], samples: int = 10_000, seed: int = 0) -> list[dict[str, Any]]:
     """Mean, standard deviation (n - 1), min and max of the test accuracy per group, and the difference of its
-    mean to the random cells' with a percentile bootstrap 95% interval (each group resampled on its own)."""
+    mean to the random cells' with a percentile bootstrap 95% interval (each group resampled on its own). The
+    random cells compared with are those of the group's own budget where the study has them (study_budget.py),
+    else the unconstrained random cells."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
-    baseline = [r["test_acc"] for r in groups.get(RANDOM, [])]
     out = []
     for k, (name, members) in enumerate(groups.items()):
         accs = [r["test_acc"] for r in members]
         n, mean = len(accs), sum(accs) / len(accs)
         std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1)) if n > 1 else None
+        budget = members[0].get("budget", "")
         entry = {"group": name, "kind": members[0]["kind"], "n": n, "mean": mean, "std": std, "min": min(accs),
-                 "max": max(accs), "diff": None, "ci_low": None, "ci_high": None}  # fmt: skip
-        if baseline and name != RANDOM:
+                 "max": max(accs), "diff": None, "ci_low": None, "ci_high": None, "budget": budget,
+                 "baseline": None}  # fmt: skip
+        same = [g for g, m in groups.items() if m[0]["kind"] == "random" and m[0].get("budget", "") == budget]
+        base = same[0] if same and budget else RANDOM if RANDOM in groups else None
+        baseline = [r["test_acc"] for r in groups.get(base, [])] if base is not None else []
+        if baseline and members[0]["kind"] != "random":
+            entry["baseline"] = base
             # one number on each side: no spread to resample (the interval would be a point)
             lo, hi = bootstrap_diff(accs, baseline, samples, [seed, k]) if n + len(baseline) > 2 else (None, None)
             entry.update(diff=mean - sum(baseline) / len(baseline), ci_low=lo, ci_high=hi)
@@ -204,6 +239,16 @@ cells' mean with a bootstrap 95% confidence interval.
 """
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     import io
 
@@ -221,6 +266,11 @@ def write_plots(folder: Path, results: StudyResults) -> dict[str, tuple[str, Pat
         ("accuracy", "Test accuracy per method (one point per seed or cell)", accuracy_figure(results)),
         ("accuracy_vs_parameters", "Test accuracy vs parameters", parameters_figure(results)),
     ]
+    if any(r.get("budget") for r in results.rows):  # a study with budgets: accuracy against each cost
+        figures.append(("accuracy_vs_macs", "Test accuracy vs MACs", parameters_figure(results, "macs", "MACs")))
+        if any(r.get("latency_ms") is not None for r in results.rows):
+            figures.append(("accuracy_vs_latency", "Test accuracy vs predicted latency",
+                            parameters_figure(results, "latency_ms", "predicted latency (ms)")))  # fmt: skip
     if results.collapse:
         figures.append(("parameter_free", "Parameter-free operations per search epoch", collapse_figure(results)))
         figures.append(("op_margin", "Mean op margin per search epoch (decision figure)", margin_figure(results)))
@@ -261,16 +311,19 @@ def accuracy_figure(results: StudyResults):
     return fig
 
 
-def parameters_figure(results: StudyResults):
+def parameters_figure(results: StudyResults, key: str = "parameters", label: str = "parameters"):
+    """Test accuracy against a cost of the candidates (`key`: parameters, macs, latency_ms), a marker per group."""
     from .plots import _figure
 
     fig = _figure(7, 4.5)
     ax = fig.subplots()
     markers = "os^Dv<>pP*X"
     for i, (name, kind, rows) in enumerate(_groups(results)):
-        ax.scatter([r["parameters"] for r in rows], [100 * r["test_acc"] for r in rows], color=KIND_COLORS[kind],
-                   marker=markers[i % len(markers)], s=40, label=name)  # fmt: skip
-    ax.set(xlabel="parameters", ylabel="final-epoch test accuracy %", title="test accuracy vs parameters")
+        rows = [r for r in rows if r.get(key) is not None]
+        if rows:
+            ax.scatter([r[key] for r in rows], [100 * r["test_acc"] for r in rows], color=KIND_COLORS[kind],
+                       marker=markers[i % len(markers)], s=40, label=name)  # fmt: skip
+    ax.set(xlabel=label, ylabel="final-epoch test accuracy %", title=f"test accuracy vs {label}")
     ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
     return fig
@@ -379,13 +432,15 @@ def write_html(spec: StudySpec, out: Path, results: StudyResults, images: dict[s
 _ROW_COLS = {
     "candidate": ("candidate", str), "group": ("group", str), "seed": ("seed", str),
     "parameters": ("parameters", lambda v: f"{v:,}"), "macs": ("MACs", lambda v: f"{v:,}"),
+    "latency_ms": ("predicted latency", _ms), "budget": ("budget", str),
     "param_free": ("param-free ops/cell", str), "settled": ("settled", lambda v: _yes_no(v)),
     "search_s": ("search time", _duration),
     "train_s": ("training time", _duration), "test_acc": ("test acc %", _pct),
 }  # fmt: skip
 _FAILED_COLS = {"run": ("run", str), "attempts": ("attempts", str), "error": ("error", str)}
 _SUMMARY_COLS = {
-    "group": ("method", str), "kind": ("kind", str), "n": ("n", str), "mean": ("mean %", _pct),
+    "group": ("method", str), "kind": ("kind", str), "budget": ("budget", str), "baseline": ("vs", str),
+    "n": ("n", str), "mean": ("mean %", _pct),
     "std": ("std", _pct), "min": ("min %", _pct), "max": ("max %", _pct), "diff": ("mean - random cells %", _pct),
     "ci_low": ("95% CI low", _pct), "ci_high": ("95% CI high", _pct),
 }  # fmt: skip

@@ -31,8 +31,23 @@ def train_command(search_cfg: Any, device: Any) -> str:
     recipe = FAST if on_cpu else get_entry(train_dataset).train_defaults
     if search_cfg.batch_size < recipe.get("batch_size", TrainConfig.batch_size):  # a small tree the search had to fit
         argv += ["--batch-size", str(search_cfg.batch_size)]
+    argv += _budget_network(search_cfg)
     argv += ["--out", f"{out}-train"]
     return _join(argv)
+
+
+def _budget_network(cfg: Any) -> list[str]:
+    """A search under a cost budget: the size of the network its budget is on (docs/hardware-aware.md), so that
+    the trained network is the one whose cost was predicted."""
+    if all(getattr(cfg, k, None) is None for k in ("max_params", "max_macs", "max_latency")):
+        return []
+    from ..costs import trained_shape
+
+    # the input size does not change the network's width and depth: any size, for data sets without one
+    shape = trained_shape(cfg.space, cfg.dataset, size=32, channels=cfg.cost_channels, layers=cfg.cost_layers,
+                          enhance=cfg.cost_enhance, blocks=cfg.blocks)  # fmt: skip
+    enhance = ["--enhance-cells", str(shape.enhance)] if shape.space == "bcnn" else []
+    return ["--init-channels", str(shape.channels), "--layers", str(shape.layers), *enhance]
 
 
 def search_next_steps(search_cfg: Any, device: Any) -> str:

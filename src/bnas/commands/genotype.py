@@ -19,7 +19,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         from ..genotype import sample_genotype
 
         check_int("seed", args.seed, 0)
-        if args.max_params is None and args.max_macs is None:
+        if args.max_params is None and args.max_macs is None and args.max_latency is None:
             g = sample_genotype(args.space, args.seed)
             print(f"random {g.space} cells, seed {args.seed}")
         else:
@@ -49,19 +49,27 @@ def cmd_genotype(args: argparse.Namespace) -> int:
 
 
 def _sample_within(args: argparse.Namespace):
-    """Random cells that fit --max-params/--max-macs on the trained network of --dataset (and its shape flags)."""
+    """Random cells that fit --max-params/--max-macs/--max-latency on the trained network of --dataset (and its
+    shape flags; --max-latency: as --latency-table predicts it)."""
     from ..constrained import sample_within
-    from ..costs import Budget, CostModel, format_count, trained_shape
+    from ..costs import Budget, format_count, trained_shape
+    from ..errors import ConfigError
+    from ..latency import cost_model
 
-    budget = Budget.parse(args.max_params, args.max_macs)
+    budget = Budget.parse(args.max_params, args.max_macs, args.max_latency)
+    if args.max_latency is not None and args.latency_table is None:
+        raise ConfigError("max_latency needs the latency table of the target device: give latency_table "
+                          "(bnas latency-table writes one)", options=("max_latency", "latency_table"))  # fmt: skip
     shape = trained_shape(args.space, args.dataset, channels=args.init_channels, layers=args.layers,
-                          enhance=args.enhance_cells)  # fmt: skip
-    model = CostModel.build(shape)
+                          enhance=args.enhance_cells, size=args.image_size)  # fmt: skip
+    model = cost_model(shape, args.latency_table)
     g = sample_within(model, budget, args.seed)
     cost = model.cost(g)
+    latency = "" if cost.latency is None else f", {cost.latency / 1e6:.3g} ms predicted latency"
     return g, (
         f"random {g.space} cells that fit {budget.describe()}, seed {args.seed}: {format_count(cost.params)} "
-        f"parameters, {format_count(cost.macs)} MACs on {args.dataset} (C={shape.channels}, {shape.layers} cells)"
+        f"parameters, {format_count(cost.macs)} MACs{latency} on {args.dataset} (C={shape.channels}, "
+        f"{shape.layers} cells)"
     )
 
 
@@ -130,7 +138,12 @@ def _budget_flags(sample: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--max-params", help="at most this many parameters (K/M suffixes: 2.5M)")
     b.add_argument("--max-macs", help="at most this many multiply-accumulates per image (K/M/G suffixes: 400M)")
+    b.add_argument("--max-latency", help="at most this forward latency as --latency-table predicts it (5ms, 800us, "
+                   "or seconds: 0.004)")  # fmt: skip
+    b.add_argument("--latency-table", help="the latency table (bnas latency-table) of the trained network on the "
+                   "target device")  # fmt: skip
     b.add_argument("--dataset", default="cifar10", help="data set of the trained network (default: cifar10)")
     b.add_argument("--init-channels", type=int, help="C of the trained network (default: its training recipe's)")
     b.add_argument("--layers", type=int, help="cells of the trained network (default: its training recipe's)")
     b.add_argument("--enhance-cells", type=int, help="E of the trained network (default: its training recipe's)")
+    b.add_argument("--image-size", type=int, help="input resolution (default: the data set's)")
