@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 DEMO_OUT ?= runs/demo-study
 
-.PHONY: venv data test test-fast demo bench lint format clean
+.PHONY: venv data slurm test test-fast demo bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,11 +22,18 @@ data:
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist) >/dev/null 2>&1 \
 	  || echo "note: could not install Debian's dataset-fashion-mnist; real-data tests will be skipped"; fi
 
+# Debian's slurm-wlm and munge: tests/test_study_slurm.py starts a one-node Slurm from them (as root, its own
+# daemons on free ports, for seconds); without them that test is skipped and the local executor's tests remain.
+slurm:
+	@if ! command -v slurmctld >/dev/null && command -v apt-get >/dev/null; then \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends slurm-wlm munge) \
+	  >/dev/null 2>&1 || echo "note: could not install slurm-wlm and munge; the real-Slurm test will be skipped"; fi
+
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-test: venv data lint
+test: venv data slurm lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
 test-fast: venv

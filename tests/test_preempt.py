@@ -246,3 +246,21 @@ def test_help_documents_the_exit_codes(kind, capsys):
         main([kind, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"{EXIT_PREEMPTED} stopped by SIGTERM or SIGUSR1 at a step boundary" in text and "130 Ctrl-C" in text
+
+
+def test_nested_stop_signals_share_what_arrived():
+    """A study worker's StopSignal around a run's own: a signal that came while the run was being set up stops
+    the run too, and one that came during the run reaches the worker (study_work.py, study_slurm.py)."""
+    from bnas.preempt import StopSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignal() as worker:
+        signal.raise_signal(signal.SIGUSR1)  # before the run's block: the worker's flag
+        with StopSignal() as run:
+            assert run.signal == "SIGUSR1"
+    with StopSignal() as worker:
+        with StopSignal() as run:
+            signal.raise_signal(signal.SIGTERM)
+            assert run.signal == "SIGTERM" and worker.signal is None
+        assert worker.signal == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers came back

@@ -28,18 +28,22 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preempted(BnasError):
-    """A run stopped by SIGTERM/SIGUSR1 after saving its checkpoint; `resume=True` continues it."""
+    """A run stopped by SIGTERM/SIGUSR1 after saving its checkpoint; `resume=True` continues it. `signal` names
+    the signal that stopped it (a Slurm worker requeues itself on its time-limit signal only: study_slurm.py)."""
 
     exit_code = EXIT_PREEMPTED
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", signal: str | None = None) -> None:
         super().__init__(message, options=("resume",))
+        self.signal = signal
 
 
 class StopSignal:
     """While entered, SIGTERM and SIGUSR1 set `signal` (their name) instead of ending the process; the previous
     handlers come back on exit. Outside the main thread (where Python cannot install handlers) it does
-    nothing, and the default behaviour of the signals stays."""
+    nothing, and the default behaviour of the signals stays. Nested in another (a study worker's, study_work.py,
+    around a run's own, runcore.py), they share what arrived: a signal caught by the outer one while the run
+    was being set up stops the run at its first step, and one caught by the run reaches the worker."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -52,12 +56,23 @@ class StopSignal:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
+        outer = self._outer()
+        if outer is not None and outer.signal is not None and self.signal is None:
+            self.signal = outer.signal  # a signal that came before this block (a study worker's run starting)
         return self
 
     def __exit__(self, *exc) -> None:
+        outer = self._outer()
+        if outer is not None and self.signal is not None and outer.signal is None:
+            outer.signal = self.signal  # and one that came inside it reaches the enclosing block
         for s, handler in self._previous.items():
             signal.signal(s, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+    def _outer(self) -> StopSignal | None:
+        """The StopSignal this one is nested in (a study worker's, around each run's own), if any."""
+        owner = getattr(self._previous.get(SIGNALS[0]), "__self__", None)
+        return owner if isinstance(owner, StopSignal) else None
 
     def requested(self, device: torch.device, sync_point: bool) -> bool:
         """Whether the run stops here: in one process, whenever the flag is set; under torchrun, only at a

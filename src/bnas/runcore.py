@@ -388,7 +388,8 @@ class RunLoop:
 
             dist.barrier()
         steps = len(self.job.train_loader)
-        raise Preempted(preempted_message(self.job.kind, self.cfg.out, self.stop.signal, epoch, done, steps))
+        message = preempted_message(self.job.kind, self.cfg.out, self.stop.signal, epoch, done, steps)
+        raise Preempted(message, signal=self.stop.signal)
 
     def _continue_epoch(self, epoch: int) -> dict[str, Any] | None:
         """The preempted state of `epoch` (None for an epoch that starts afresh); the job's own part is restored

@@ -99,7 +99,7 @@ def _work(spec, out, runs, stop, retries, poll_s, print_fn, after_run, execute, 
     command = f"bnas study --worker {out}"
     while True:
         if stop.signal is not None:
-            raise Preempted(f"stopped by {stop.signal} between two runs of the study in {out}")
+            raise Preempted(f"stopped by {stop.signal} between two runs of the study in {out}", signal=stop.signal)
         claimed = waiting = False
         for i, run in enumerate(runs):
             state, why = status(run, by_path, retries)

@@ -15,7 +15,8 @@ _FORM = (
 _EXITS = (
     "Exit codes: 0 every run finished; 1 some runs failed after their --retries (each with its sentence in "
     "results.md and report.html); 75 stopped by SIGTERM or SIGUSR1 with the running runs saved mid-epoch (run "
-    "the same command again to resume); 130 Ctrl-C; 2 a usage or configuration error."
+    "the same command again to resume); 130 Ctrl-C; 2 a usage or configuration error. --executor slurm: 0 once "
+    "the workers are submitted (the study's outcome is in its results and in sacct)."
 )
 
 
@@ -25,11 +26,12 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
+    _executor_flags(args)
     if args.worker is not None:
-        _only(args, "--worker", ("config", "out", "report", "dry_run", "workers", "dir"))
+        _only(args, "--worker", ("config", "out", "report", "dry_run", "workers", "dir", "executor"))
         return _interruptible(lambda: work_on(args.worker, retries=args.retries), f"bnas study --worker {args.worker}")
     if args.report:
-        _only(args, "--report", ("config", "out", "dry_run", "workers"))
+        _only(args, "--report", ("config", "out", "dry_run", "workers", "executor"))
         target = args.dir or args.out
         if target is None:
             raise ConfigError("--report needs the study directory: bnas study DIR --report")
@@ -45,6 +47,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     spec = StudySpec.load(args.config)
     check_output("--out", args.out, directory=True)
     again = f"bnas study --config {args.config} --out {args.out}"
+    if args.executor is not None:
+        return _submit(args, spec, again)
     if args.workers is not None and not args.dry_run:
         from ..study_work import run_workers
 
@@ -59,6 +63,32 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 1 if results is not None and results.failed else 0
 
     return _interruptible(sequential, again)
+
+
+def _executor_flags(args: argparse.Namespace) -> None:
+    from ..errors import ConfigError
+
+    if args.executor is None:
+        given = [f for f in ("partition", "gpus_per_run", "time", "slurm_options") if getattr(args, f) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-").replace("options", "option")
+            raise ConfigError(f"{flag} goes with --executor slurm (or local): bnas study --config F --out DIR "
+                              f"--executor slurm --time 4h ...")  # fmt: skip
+
+
+def _submit(args: argparse.Namespace, spec, again: str) -> int:
+    """--executor slurm|local: plan the study, then submit its workers through submitit (study_slurm.py)."""
+    from ..study_slurm import SubmitOptions, submit_study
+
+    opts = SubmitOptions(
+        executor=args.executor, time=args.time or "", workers=args.workers, partition=args.partition,
+        gpus_per_run=1 if args.gpus_per_run is None else args.gpus_per_run,
+        slurm_options=tuple(args.slurm_options or ()), retries=args.retries,
+    )  # fmt: skip
+    submission = submit_study(spec, args.out, opts, dry_run=args.dry_run)
+    if submission is None or args.executor == "slurm":
+        return 0
+    return _interruptible(submission.wait, again)  # the local executor's workers are this command's children
 
 
 def _interruptible(call, again: str) -> int:
@@ -125,5 +155,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--report",
         action="store_true",
         help="write the results of a study whose runs have all ended (bnas study DIR --report)",
+    )
+    c = s.add_argument_group(
+        "submitting workers (submitit: pip install 'bnas[slurm]'; docs/cluster.md)",
+        "--executor slurm plans the study, then submits --workers N workers (default: one per run not ended) as "
+        "one Slurm job array, each doing what bnas study --worker DIR does, and prints the job ids and how to "
+        "follow them; a worker that reaches --time saves its run and is requeued. --dry-run prints the sbatch "
+        "parameters. --executor local runs the same workers as subprocesses here and waits for them.",
+    )
+    c.add_argument("--executor", choices=("slurm", "local"), help="submit the study's workers through submitit")
+    c.add_argument("--partition", metavar="P", help="the Slurm partition (default: the cluster's)")
+    c.add_argument(
+        "--gpus-per-run", type=int, metavar="G", help="GPUs of each worker's job: 1 (default) or 0 (a CPU partition)"
+    )
+    c.add_argument("--time", metavar="T", help="each worker's time limit: 4h, 90m, 1h30m, 2d or D-HH:MM:SS")
+    c.add_argument(
+        "--slurm-option",
+        "--slurm-options",
+        dest="slurm_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a further sbatch option, repeatable: mem=32G, account=lab, qos=high, cpus-per-task=8 (KEY alone: a "
+        "flag such as exclusive)",
     )
     s.set_defaults(func=cmd_study)
