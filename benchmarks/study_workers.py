@@ -42,9 +42,11 @@ def study_config(args: argparse.Namespace) -> dict:
     return {"dataset": "synthetic", "methods": ["clr"], "seeds": [0, 1, 2, 3], "search": search, "train": train}
 
 
-def run_study(config_file: Path, out: Path, workers: int) -> float:
-    """Wall time of `bnas study --workers N` (a fresh directory), each worker with one thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(workers), "MKL_NUM_THREADS": str(workers)}
+def run_study(config_file: Path, out: Path, workers: int, threads: int = 0) -> float:
+    """Wall time of `bnas study --workers N` (a fresh directory), each worker with one thread (`threads`: the
+    whole study's thread budget instead, e.g. 2 for one worker using both cores)."""
+    budget = str(threads or workers)
+    env = {**os.environ, "OMP_NUM_THREADS": budget, "MKL_NUM_THREADS": budget}
     argv = [sys.executable, "-m", "bnas.cli", "study", "--config", str(config_file), "--out", str(out),
             "--workers", str(workers)]  # fmt: skip
     t0 = time.perf_counter()
@@ -78,6 +80,13 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=6, help="initial channels of each search")
     p.add_argument("--train-epochs", type=int, default=8, help="epochs of each training")
     p.add_argument("--train-channels", type=int, default=8, help="initial channels of each training")
+    p.add_argument(
+        "--two-thread-baseline",
+        action="store_true",
+        help="also time, each round, the 1-worker study "
+        "with 2 threads (what `--workers 1` uses on a 2-core machine by default; its results may differ "
+        "in the last digits, so they are not compared)",
+    )
     p.add_argument("--keep", type=Path, help="keep the study directories here (default: a temporary directory)")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args()
@@ -91,6 +100,7 @@ def main() -> None:
         load = os.getloadavg()
         walls: dict[int, list[float]] = {1: [], 2: []}
         outcomes, times = {}, {}
+        two_threads: list[float] = []
         for r in range(args.rounds):
             for workers in (1, 2) if r % 2 == 0 else (2, 1):
                 out = root / f"round{r}-w{workers}"
@@ -100,12 +110,19 @@ def main() -> None:
                 outcomes[(r, workers)] = outcome(out)
                 times[f"round{r}-w{workers}"] = run_times(out)
                 print(f"round {r + 1}: {workers} worker(s) {walls[workers][-1]:.1f} s", file=sys.stderr)
+            if args.two_thread_baseline:
+                out = root / f"round{r}-w1-2threads"
+                two_threads.append(run_study(config_file, out, 1, threads=2))
+                times[out.name] = run_times(out)
+                print(f"round {r + 1}: 1 worker, 2 threads {two_threads[-1]:.1f} s", file=sys.stderr)
         identical = all(o == outcomes[(0, 1)] for o in outcomes.values())
         best = {w: min(v) for w, v in walls.items()}
         ratio = best[2] / best[1]
         result = {
             "runs": 8, "workers_1_s": walls[1], "workers_2_s": walls[2], "ratio_best": round(ratio, 3),
             "target": TARGET, "met": ratio <= TARGET and identical, "identical_results": identical,
+            "workers_1_two_threads_s": two_threads or None,
+            "ratio_vs_two_threads": round(best[2] / min(two_threads), 3) if two_threads else None,
             "quick": args.quick, "config": config, "run_times": times, "load_average_before": load,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         }  # fmt: skip
