@@ -7,7 +7,7 @@ How the README's examples are run, in document order, in one empty directory tha
   - `bnas ...` runs in this process (`bnas.cli.main`) and must exit 0, after these changes, which make it
     take seconds on synthetic data: a data set other than `synthetic` or `folder` becomes `synthetic` (its
     `--data-dir` and `--download` are dropped); `search` gets `--epochs 1` (`--budget 2s` in place of its
-    budget) and tiny sizes appended; `train`
+    budget) and tiny sizes appended, its `--arch-start-epoch` dropped; `train`
     gets `--budget 2s` in place of its budget (else `--epochs 1` appended) and tiny sizes appended; `study`
     gets `--dry-run` appended (the ```json block that follows it in the README is its `--config` file);
     `bench` gets one tiny step appended. Appended options override the README's (argparse keeps the last).
@@ -84,6 +84,7 @@ def shrink(argv: list[str]) -> list[str]:
             argv = without(without(without(argv, "--dataset"), "--data-dir"), "--download", takes_value=False)
             argv = [*argv, "--dataset", "synthetic"]
     if command == "search":  # a budget: 2 s in place of it (--epochs and --budget exclude each other)
+        argv = without(argv, "--arch-start-epoch")  # a warm-up as long as the shrunk search would leave no steps
         if "--budget" in argv:
             return [*without(argv, "--budget"), *TINY_SEARCH[2:], "--budget", "2s"]
         return [*argv, *TINY_SEARCH]
