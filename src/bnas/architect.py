@@ -61,7 +61,10 @@ def auto_arch_lr(target_sum: float, confidence: float) -> float:
     """The base architecture learning rate whose summed rate over a search of summed `confidence` is
     `target_sum` (`--arch-lr auto`)."""
     if confidence <= 0:
-        raise ConfigError("arch_lr auto needs architecture steps: the search has none (arch_start_epoch too late?)")
+        raise ConfigError(
+            "arch_lr auto needs architecture steps: the search has none (arch_start_epoch too late?)",
+            options=("arch_lr", "arch_start_epoch"),
+        )
     return target_sum / confidence
 
 
