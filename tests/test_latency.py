@@ -10,7 +10,7 @@ import pytest
 from bnas.costs import CostModel, NetworkShape
 from bnas.errors import ConfigError
 from bnas.genotype import get_genotype, sample_genotype
-from bnas.latency import LatencyTable, measure
+from bnas.latency import LatencyTable, fit_calibration, measure
 
 SHAPE = NetworkShape(channels=4, layers=2, enhance=1, size=8)
 
@@ -31,6 +31,20 @@ def test_the_table_covers_every_place_and_round_trips(table, tmp_path):
     assert back.to_json() == json.loads(path.read_text()) == table.to_json()
     for g in (get_genotype("BNASv2_CLR_v1"), sample_genotype("bcnn", 1)):
         assert back.predict(g) == pytest.approx(table.predict(g), rel=1e-12)
+
+
+def test_the_calibration_fits_one_scale_per_kind_of_operation():
+    """fixed + scale x (ops with parameters) + scale_free x (parameter-free ops) is recovered from six networks;
+    where the two scales are not determined (every network the same mix) one scale is fitted for both."""
+    sums = [(10.0, 0.0), (0.0, 6.0), (0.0, 9.0), (14.0, 0.0), (8.0, 3.0), (2.0, 7.0)]
+    times = [2.5 + 1.2 * a + 0.6 * b for a, b in sums]
+    fixed, scale, scale_free = fit_calibration(sums, times)
+    assert (fixed, scale, scale_free) == pytest.approx((2.5, 1.2, 0.6))
+    one = [(a, a / 2) for a in (4.0, 8.0, 12.0, 16.0)]  # sum_free proportional to sum: not separable
+    fixed, scale, scale_free = fit_calibration(one, [1.0 + 0.9 * (a + b) for a, b in one])
+    assert scale_free is None and (fixed, scale) == pytest.approx((1.0, 0.9))
+    table = LatencyTable(SHAPE, "cpu", 1, 1.0, {}, scale=1.2, scale_free=0.6)
+    assert table.op_scale("sep_conv_3x3") == 1.2 and table.op_scale("max_pool_3x3") == 0.6
 
 
 def test_a_file_that_is_not_a_table_is_one_sentence(tmp_path):

@@ -3,12 +3,13 @@ genotype's forward latency, the way ProxylessNAS, FBNet and TF-NAS predict their
 
 The table holds, for the trained network of a `NetworkShape`, the forward time of every candidate operation at
 every place the network has (its channels, stride and input resolution: costs.CellSite). An operation times
-differently alone than inside a network (caches, the allocator), so the table is calibrated on four whole
-networks of different operation mixes: a genotype's predicted latency is fixed + scale x the sum of its
-operations' times over every cell of their type, fixed (stem, preprocessing, node sums, concatenations, taps,
-head) and scale fitted by least squares on the four, as costs.CostModel sums parameters and MACs. Times are
-medians of repeats after a warm-up, in milliseconds; the table records the device, batch, threads, hardware and
-library versions it was measured with. `benchmarks/latency_check.py` measures how well it predicts networks.
+differently alone than inside a network (caches, the allocator; a pool or an identity costs less there), so the
+table is calibrated on six whole networks of different operation mixes: a genotype's predicted latency is
+fixed + scale x the sum of its operations' times with parameters + scale_free x that of its parameter-free ones,
+over every cell of their type, with fixed (stem, preprocessing, node sums, concatenations, taps, head) and the
+scales fitted by least squares, as costs.CostModel sums parameters and MACs. Times are medians of repeats after
+a warm-up, in milliseconds; the table records the device, batch, threads, hardware and library versions it was
+measured with. `benchmarks/latency_check.py` measures how well it predicts networks.
 
 `with_latency(model, table)` makes the predicted latency a third resource of a costs.CostModel (whole
 nanoseconds per (cell type, edge, operation), so that budgets, the constrained derivation and the penalty treat
@@ -33,7 +34,7 @@ from .costs import Cost, CostModel, NetworkShape
 from .errors import ConfigError
 from .genotype import Genotype
 from .jsonio import dumps
-from .ops import PRIMITIVES, make_op
+from .ops import PARAMETER_FREE, PRIMITIVES, make_op
 
 FORMAT = "bnas-latency-table/1"
 
@@ -89,6 +90,7 @@ class LatencyTable:
     environment: dict[str, Any] = field(default_factory=dict)
     scale: float = 1.0  # operations time differently alone than inside a network: fitted on whole networks
     calibration: list[dict[str, float]] = field(default_factory=list)  # the networks the fit saw
+    scale_free: float | None = None  # the parameter-free operations' own scale (None: `scale`)
     model: CostModel | None = field(default=None, repr=False, compare=False)
     path: str | None = field(default=None, repr=False, compare=False)  # the file it was read from
 
@@ -97,23 +99,31 @@ class LatencyTable:
             self.model = CostModel.build(self.shape)
         return self.model
 
-    def op_sum(self, genotype: Genotype) -> float:
-        """The sum of the genotype's operations' times (ms) over every cell of the network."""
+    def op_sums(self, genotype: Genotype) -> tuple[float, float]:
+        """The sums of the genotype's operations' times (ms) over every cell of the network: the operations with
+        parameters, and the parameter-free ones (pools, identities), which run differently inside a network."""
         model = self._model()
         model._check(genotype)
-        total = 0.0
+        sums = [0.0, 0.0]
         for site in model.sites:
             for op, src in genotype.cell(site.kind).edges:
-                total += self.ops[_key(op, site.channels, site.stride(src), site.input_size(src))]
-        return total
+                sums[op in PARAMETER_FREE] += self.ops[_key(op, site.channels, site.stride(src), site.input_size(src))]
+        return sums[0], sums[1]
+
+    def op_scale(self, op: str) -> float:
+        return self.scale_free if self.scale_free is not None and op in PARAMETER_FREE else self.scale
 
     def predict(self, genotype: Genotype) -> float:
-        """The predicted forward latency (ms) of the genotype's network: fixed + scale x its operations' times."""
-        return self.fixed_ms + self.scale * self.op_sum(genotype)
+        """The predicted forward latency (ms) of the genotype's network: fixed + the scaled sums of its
+        operations' times."""
+        with_params, free = self.op_sums(genotype)
+        free_scale = self.scale if self.scale_free is None else self.scale_free
+        return self.fixed_ms + self.scale * with_params + free_scale * free
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "shape": self.shape.to_json(), "device": self.device, "batch": self.batch,
-                "unit": "ms", "fixed_ms": self.fixed_ms, "scale": self.scale, "ops": self.ops,
+                "unit": "ms", "fixed_ms": self.fixed_ms, "scale": self.scale, "scale_free": self.scale_free,
+                "ops": self.ops,
                 "calibration": self.calibration, "environment": self.environment}  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -136,11 +146,14 @@ class LatencyTable:
                 {str(k): float(v) for k, v in obj["ops"].items()}, dict(obj.get("environment", {})),
                 float(obj.get("scale", 1.0)), list(obj.get("calibration", [])), path=str(path),
             )  # fmt: skip
+            if obj.get("scale_free") is not None:
+                table.scale_free = float(obj["scale_free"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             what = f"lacks {e}" if isinstance(e, KeyError) else f"holds a malformed entry ({e})"
             raise ConfigError(f"latency table {path} {what}; measure it again with bnas latency-table") from None
         bad = next((k for k, v in table.ops.items() if not (v >= 0 and v < float("inf"))), None)
-        if bad is not None or not (abs(table.fixed_ms) < float("inf") and table.scale > 0):
+        scales_ok = table.scale > 0 and (table.scale_free is None or table.scale_free > 0)
+        if bad is not None or not (abs(table.fixed_ms) < float("inf") and scales_ok):
             raise ConfigError(f"latency table {path} holds a time that is not a finite non-negative number "
                               f"({bad or 'fixed_ms or scale'}); measure it again with bnas latency-table")  # fmt: skip
         return table
@@ -170,7 +183,7 @@ def with_latency(model: CostModel, table: LatencyTable) -> CostModel:
                 if missing is not None:
                     raise ConfigError(f"latency table {name} has no time for {missing}; measure it again with bnas "
                                       "latency-table", options=("latency_table",))  # fmt: skip
-                row.append(round(1e6 * table.scale * sum(table.ops[k] for k in keys)))
+                row.append(round(1e6 * table.op_scale(op) * sum(table.ops[k] for k in keys)))
             rows.append(row)
         tables[kind] = {**model.tables[kind], "latency": rows}
     fixed = Cost(model.fixed.params, model.fixed.macs, round(1e6 * table.fixed_ms))
@@ -206,20 +219,34 @@ def measure(shape: NetworkShape, device: str | torch.device = "cpu", batch: int 
                     ops[k] = time_forward(lambda m=module, x=x: m(x), dev, **kw)
     table = LatencyTable(shape, str(dev), batch, 0.0, ops, {**environment(), "torch_threads": torch.get_num_threads()})
     table.model = model
-    # calibration: whole networks of different operation mixes; fixed part and scale by least squares
+    # calibration: whole networks of different operation mixes; the fixed part and the two scales (operations
+    # with parameters, parameter-free ones) by least squares, or one scale where two are not determined
     sums, times = [], []
     for g in _calibration(shape.space, model.steps):
-        sums.append(table.predict(g))
+        sums.append(table.op_sums(g))
         times.append(measure_network(shape.build(g), shape, dev, batch, **kw))
-    n = len(sums)
-    mx, my = sum(sums) / n, sum(times) / n
-    var = sum((x - mx) ** 2 for x in sums)
-    scale = sum((x - mx) * (y - my) for x, y in zip(sums, times, strict=True)) / var if var > 0 else 1.0
-    if not scale > 0:
-        scale = 1.0
-    table.scale, table.fixed_ms = scale, my - scale * mx
-    table.calibration = [{"sum_ms": x, "measured_ms": y} for x, y in zip(sums, times, strict=True)]
+    table.fixed_ms, table.scale, table.scale_free = fit_calibration(sums, times)
+    table.calibration = [{"sum_ms": a + b, "sum_free_ms": b, "measured_ms": y}
+                         for (a, b), y in zip(sums, times, strict=True)]  # fmt: skip
     return table
+
+
+def fit_calibration(sums: list[tuple[float, float]], times: list[float]) -> tuple[float, float, float | None]:
+    """fixed, scale, scale_free of `times` ~ fixed + scale x sum + scale_free x sum_free (least squares); when
+    the two scales are not both positive (or not determined), one scale for both: (fixed, scale, None)."""
+    x = torch.tensor([[1.0, a, b] for a, b in sums], dtype=torch.float64)
+    y = torch.tensor(times, dtype=torch.float64)[:, None]
+    if len(times) >= 3 and torch.linalg.matrix_rank(x) == 3:
+        fixed, scale, scale_free = torch.linalg.lstsq(x, y).solution[:, 0].tolist()
+        if scale > 0 and scale_free > 0:
+            return fixed, scale, scale_free
+    total = [a + b for a, b in sums]
+    n = len(total)
+    mx, my = sum(total) / n, sum(times) / n
+    var = sum((t - mx) ** 2 for t in total)
+    scale = sum((t - mx) * (m - my) for t, m in zip(total, times, strict=True)) / var if var > 0 else 1.0
+    scale = scale if scale > 0 else 1.0
+    return my - scale * mx, scale, None
 
 
 def _calibration(space: str, steps: int) -> list[Genotype]:
@@ -229,6 +256,13 @@ def _calibration(space: str, steps: int) -> list[Genotype]:
     def cell(op: str) -> CellGenotype:
         return CellGenotype(tuple((op, src) for _ in range(steps) for src in (0, 1)))
 
-    mixes = [("sep_conv_3x3", "dil_conv_5x5"), ("max_pool_3x3", "skip_connect"), ("skip_connect", "avg_pool_3x3"),
-             ("dil_conv_3x3", "sep_conv_5x5")]  # fmt: skip
+    mixes = [
+        ("sep_conv_3x3", "dil_conv_5x5"),
+        ("max_pool_3x3", "skip_connect"),
+        ("skip_connect", "avg_pool_3x3"),
+        ("dil_conv_3x3", "sep_conv_5x5"),
+        ("sep_conv_5x5", "max_pool_3x3"),
+        ("avg_pool_3x3", "dil_conv_3x3"),
+    ]
+    # fmt: skip
     return [Genotype(cell(a), cell(b), space) for a, b in mixes]
