@@ -1,6 +1,8 @@
-"""The pilots' table for docs/study-budget.md: one row per pilot search directory (benchmarks/study_budget_pilots.sh).
+"""The tables of docs/study-budget.md: one row per pilot search directory (benchmarks/study_budget_pilots.sh),
+or, with --study, the decision figures and parameter-free operations per method of a `bnas study` directory.
 
 usage: python benchmarks/study_budget_pilots.py runs/pilots [--epochs]  (--epochs: every epoch's figures too)
+       python benchmarks/study_budget_pilots.py runs/study-budget --study
 """
 
 from __future__ import annotations
@@ -60,5 +62,49 @@ def main(root: str, per_epoch: bool = False) -> None:
                 )
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def study(root: str) -> None:
+    """Per method (the study's searches, grouped by name without the seed): the final decision figures averaged
+    over seeds, how many settled, and the mean parameter-free operations of the derived cells per epoch."""
+    groups: dict[str, list[Path]] = {}
+    for d in sorted((Path(root) / "search").iterdir()):
+        if (d / "summary.json").exists():
+            groups.setdefault(d.name.rsplit("-s", 1)[0], []).append(d)
+    print(
+        "| method | searches | settled | mean op margin conv / enh | mean edge margin conv / enh | stable | "
+        "gradient consistency (last epoch) | param-free ops per cell, final (conv / enh) |"
+    )
+    print("|---|---:|---:|---|---|---:|---|---|")
+    per_epoch: dict[str, dict[int, list[int]]] = {}
+    for name, dirs in groups.items():
+        decs = [json.loads((d / "summary.json").read_text())["decision"] for d in dirs]
+        recs = [_epochs(d) for d in dirs]
+        kinds = list(decs[0]["cells"])
+        op = {k: _mean([x["cells"][k]["op_margin"] for x in decs]) for k in kinds}
+        edge = {k: _mean([x["cells"][k]["edge_margin"] for x in decs]) for k in kinds}
+        gcs = [r[-1].get("arch_grad_consistency") for r in recs if r[-1].get("arch_grad_consistency")]
+        gc = {k: _mean([g[k] for g in gcs]) for k in gcs[0]} if gcs else None
+        free = {k: _mean([r[-1]["parameter_free"][k] for r in recs]) for k in kinds}
+        print(
+            f"| {name} | {len(dirs)} | {sum(x['settled'] for x in decs)} | {_fmt(op)} | {_fmt(edge)} | "
+            f"{_mean([x['stable'] for x in decs]):.2f} | {_fmt(gc, 2)} | {_fmt(free, 1)} |"
+        )
+        for r in recs:
+            for e in r:
+                per_epoch.setdefault(name, {}).setdefault(e["epoch"], []).append(sum(e["parameter_free"].values()))
+    epochs = sorted({e for v in per_epoch.values() for e in v})
+    print()
+    print("| epoch | " + " | ".join(f"{n}: param-free ops (both cells, mean over seeds)" for n in per_epoch) + " |")
+    print("|---:|" + "---:|" * len(per_epoch))
+    for e in epochs:
+        print(f"| {e} | " + " | ".join(f"{_mean(per_epoch[n].get(e, [])):.1f}" for n in per_epoch) + " |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], "--epochs" in sys.argv[2:])
+    if "--study" in sys.argv[2:]:
+        study(sys.argv[1])
+    else:
+        main(sys.argv[1], "--epochs" in sys.argv[2:])
