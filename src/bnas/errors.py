@@ -221,3 +221,11 @@ def check_output(name: str, path, directory: bool) -> None:
             if not parent.is_dir():
                 raise _fail(name, f"{name} {path}: {parent} is a file, not a directory")
             return
+
+
+def did_you_mean(word: object, choices) -> str:
+    """' (did you mean X or Y?)' for the closest of `choices` to a misspelt `word`, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=2)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""

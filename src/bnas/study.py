@@ -30,17 +30,15 @@ share a study directory, each run claimed by one of them through its run-directo
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BnasError, ConfigError
+from .errors import BnasError, ConfigError, did_you_mean
 from .jsonio import dumps
 from .runs import atomic_write_text
-from .study_budget import RandomGroup, budget_options, check_group, on_trained_network, random_groups
+from .study_budget import NAME_PATTERN, RandomGroup, budget_options, check_group, on_trained_network, random_groups
 from .study_report import RANDOM
 
 KEYS = ("dataset", "methods", "seeds", "random_cells", "published", "search", "train", "bootstrap_samples",
@@ -54,12 +52,6 @@ TRAIN_OWN = ("genotype", "seed", "out", "dataset")
 # (search seed S scores sample_genotype(space, S * 100_003 + J), J < random_candidates), so the two baselines stay
 # independent draws
 RANDOM_CELL_SEEDS = 50_000
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-
-
-def _close(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=2)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -116,7 +108,7 @@ class StudySpec:
             bad("must hold a JSON object with dataset, methods and seeds")
         unknown = [k for k in obj if k not in KEYS]
         if unknown:
-            bad(f"unknown key {unknown[0]!r}{_close(unknown[0], KEYS)}; the keys are {', '.join(KEYS)}")
+            bad(f"unknown key {unknown[0]!r}{did_you_mean(unknown[0], KEYS)}; the keys are {', '.join(KEYS)}")
         missing = [k for k in REQUIRED if k not in obj]
         if missing:
             bad(f"missing key {missing[0]!r}")
@@ -146,9 +138,10 @@ class StudySpec:
                 bad(f"methods[{i}] must be a method name or an object with name and method, got {m!r}")
             preset = m.get("method")
             if not isinstance(preset, str) or preset not in METHODS:
-                bad(f"methods[{i}] has unknown method {preset!r}{_close(preset, METHODS)}; choose {', '.join(METHODS)}")
+                hint = did_you_mean(preset, METHODS)
+                bad(f"methods[{i}] has unknown method {preset!r}{hint}; choose {', '.join(METHODS)}")
             name = m.get("name", preset)
-            if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("random-cell"):
+            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name.startswith("random-cell"):
                 bad(f"methods[{i}] name {name!r} must be letters, digits, '.', '_', '+' or '-' (not random-cell...)")
             opts = {k: v for k, v in m.items() if k not in ("name", "method")}
             methods.append(Method(name, preset, _options(opts, f"methods[{i}] ({name})", search_fields,
@@ -158,7 +151,7 @@ class StudySpec:
             bad(f"published must be a list of bundled genotype names, got {published!r}")
         for g in published:
             if not isinstance(g, str) or g not in ZOO:
-                bad(f"published genotype {g!r} is not bundled{_close(g, ZOO)}; see bnas genotype list")
+                bad(f"published genotype {g!r} is not bundled{did_you_mean(g, ZOO)}; see bnas genotype list")
         names = [m.name for m in methods] + list(published)
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup:
@@ -241,7 +234,7 @@ def _options(opts: object, what: str, fields: set[str], own: tuple[str, ...], ba
         if k in own:
             bad(f"{what} option {key!r} is set by the study itself; remove it")
         if k not in fields:
-            bad(f"{what} has unknown option {key!r}{_close(k, fields)}")
+            bad(f"{what} has unknown option {key!r}{did_you_mean(k, fields)}")
         out[k] = value
     return out
 

@@ -14,11 +14,11 @@ each group is compared with the random cells of its own budget (study_report.sum
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import did_you_mean
 from .study_report import RANDOM
 
 if TYPE_CHECKING:
@@ -30,12 +30,7 @@ BUDGET_KEYS = (*LIMITS, "latency_table", "cost_channels", "cost_layers", "cost_e
 # the budget's network, from the study's training: cost option -> TrainConfig field
 SHAPE_FROM_TRAIN = {"cost_channels": "init_channels", "cost_layers": "layers", "cost_enhance": "enhance_cells"}
 GROUP_KEYS = ("name", "count", "like", *BUDGET_KEYS)
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-
-
-def _close(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=2)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a study's method and group names
 
 
 @dataclass(frozen=True)
@@ -86,11 +81,11 @@ def random_groups(value: object, methods: list, search: dict[str, Any], taken: l
             bad(f"{where} must be an object with name and count, got {g!r}")
         unknown = [k for k in g if k.replace("-", "_") not in GROUP_KEYS]
         if unknown:
-            bad(f"{where} has unknown key {unknown[0]!r}{_close(unknown[0], GROUP_KEYS)}; the keys are "
+            bad(f"{where} has unknown key {unknown[0]!r}{did_you_mean(unknown[0], GROUP_KEYS)}; the keys are "
                 f"{', '.join(GROUP_KEYS)}")  # fmt: skip
         g = {k.replace("-", "_"): v for k, v in g.items()}
         name, count = g.get("name"), g.get("count")
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in taken:
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in taken:
             bad(f"{where} name {name!r} must be letters, digits, '.', '_', '+' or '-', distinct from the methods, "
                 "the published genotypes and the other groups")  # fmt: skip
         if name.startswith("random-cell") and name != RANDOM:
@@ -101,7 +96,7 @@ def random_groups(value: object, methods: list, search: dict[str, Any], taken: l
         like = g.get("like")
         if like is not None:
             if like not in by_name:
-                bad(f"{where} like {like!r} is not a method of the study{_close(str(like), by_name)}")
+                bad(f"{where} like {like!r} is not a method of the study{did_you_mean(str(like), by_name)}")
             budget.update(budget_options({**search, **by_name[like].options}))
         budget.update(budget_options(g))
         taken = [*taken, name]

@@ -9,7 +9,6 @@ so. Without --data-dir (None), `data` is read, then the system's copies (Debian'
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DataError, check_int
+from ..errors import ConfigError, DataError, check_int, did_you_mean
 from . import formats
 from .formats import ArrayData, MissingData
 from .loaders import Augment
@@ -312,9 +311,7 @@ def names(task: str) -> list[str]:
 
 def get_entry(name: str) -> Entry:
     if name not in DATASETS:
-        close = difflib.get_close_matches(name, list(DATASETS), n=2)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise DataError(f"unknown data set {name!r}{hint}; known: {', '.join(DATASETS)}")
+        raise DataError(f"unknown data set {name!r}{did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
