@@ -34,6 +34,16 @@ def finite(obj: Any) -> Any:
         return str(obj)
 
 
+def read_file(path: str | Path, what: str, error: type[Exception]) -> Any:
+    """The JSON in `path`, or `error` with one sentence naming the file as `what` ("study file", ...)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{what} {path} is not valid JSON ({e})") from None
+
+
 def dumps(obj: Any, indent: int | None = None) -> str:
     """Strict JSON text of everything bnas writes (run files, genotypes, --json output): a non-finite float is
     null, never NaN or Infinity, which other JSON readers reject."""

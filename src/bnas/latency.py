@@ -19,7 +19,6 @@ it as they treat parameters and MACs); `cost_model(shape, latency_table)` builds
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from .cells import search_edges
 from .costs import Cost, CostModel, NetworkShape
 from .errors import ConfigError
 from .genotype import Genotype
-from .jsonio import dumps
+from .jsonio import dumps, read_file
 from .ops import PARAMETER_FREE, PRIMITIVES, make_op
 
 FORMAT = "bnas-latency-table/1"
@@ -132,12 +131,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
         """A table written by `save` (`bnas latency-table`); one sentence naming the file when it is not one."""
-        try:
-            obj = json.loads(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read latency table {path}: {e.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"latency table {path} is not valid JSON ({e})") from None
+        obj = read_file(path, "latency table", ConfigError)
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ConfigError(f"{path} is not a latency table (written by bnas latency-table)")
         try:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BnasError, ConfigError, did_you_mean
-from .jsonio import dumps
+from .jsonio import dumps, read_file
 from .runs import atomic_write_text
 from .study_budget import NAME_PATTERN, RandomGroup, budget_options, check_group, on_trained_network, random_groups
 from .study_report import RANDOM
@@ -87,12 +87,7 @@ class StudySpec:
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
             raise ConfigError(f"study file {path} {what}; give a study JSON file")
-        try:
-            obj = json.loads(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read study file {path}: {e.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"study file {path} is not valid JSON ({e})") from None
+        obj = read_file(path, "study file", ConfigError)
         return cls.from_json(obj, f"study file {path}")
 
     @classmethod

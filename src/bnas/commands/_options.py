@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import types
 import typing
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..jsonio import read_file
 
 # what a run's config.json records besides its options: a run's config.json can be given to --config as it is
 RECORDS = (
@@ -131,12 +131,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path} does not exist; give a JSON file of options")
     if path.is_dir():
         raise ConfigError(f"--config {path} is a directory; give a JSON file of options (e.g. a run's config.json)")
-    try:
-        obj = json.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
+    obj = read_file(path, "config file", ConfigError)
     if not isinstance(obj, dict):
         raise ConfigError(f"config file {path} must hold a JSON object of options")
     return {k.replace("-", "_"): v for k, v in obj.items() if k not in RECORDS}

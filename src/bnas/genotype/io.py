@@ -15,11 +15,10 @@ and `enh` (as `Genotype.to_darts_text` writes BCNN genotypes) is a BCNN genotype
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
 from ..errors import GenotypeError
-from ..jsonio import dumps
+from ..jsonio import dumps, read_file
 
 # the cell names of each space, in the order of DARTS' notation (first cell, second cell)
 CELL_NAMES = {"bcnn": ("conv", "enh"), "darts": ("normal", "reduce")}
@@ -28,12 +27,7 @@ _NOT_TEXT = "not a DARTS genotype expression: Genotype(normal=..., reduce=...)"
 
 def read_json(path: str | Path) -> object:
     """A genotype file's JSON (a run's `{"genotype": ...}` record is unwrapped); errors name the file."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise GenotypeError(f"cannot read genotype file {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenotypeError(f"genotype file {path} is not valid JSON ({e})") from None
+    obj = read_file(path, "genotype file", GenotypeError)
     if isinstance(obj, dict) and "genotype" in obj:
         obj = obj["genotype"]
     return obj
