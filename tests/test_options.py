@@ -85,6 +85,8 @@ def test_search_and_train_options_come_in_groups():
     [
         (["serch"], "(did you mean search?)"),
         (["search", "--epohcs", "3"], "(did you mean --epochs?)"),
+        (["search", "--epoch", "3"], "(did you mean --epochs?)"),  # no abbreviations: a prefix is a mistake
+        (["train", "--genotype", "BNASv2_CLR_v1", "--init-chan", "8"], "(did you mean --init-channels?)"),
         (["genotype", "lst"], "(did you mean list?)"),
         (["genotype"], "required: SUBCOMMAND"),  # not the internal name genotype_cmd
         (["bench"], "required: SUBCOMMAND"),

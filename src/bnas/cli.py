@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import BnasError
 
 
 class Parser(argparse.ArgumentParser):
     """Usage mistakes (an unknown data set, a missing value) are one sentence on stderr, like every other error;
-    a mistyped option or command gets a "did you mean"."""
+    a mistyped option or command gets a "did you mean". No abbreviations: `--arch` would silently mean `--arch-lr`
+    today and become ambiguous (an error in scripts that worked) the day another `--arch-...` option is added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}{_suggestion(self, message)}; see {self.prog} --help\n")
