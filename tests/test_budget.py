@@ -89,7 +89,22 @@ def _budget_cfg(tmp_path, budget="4s", **kw):
     )  # fmt: skip
 
 
-def test_a_budgeted_run_completes_its_schedule(tmp_path):
+def _ticking_clock(monkeypatch, tick: float) -> None:
+    """The budget's clock advances `tick` seconds per reading: a run's plan then depends on its code, not on how
+    busy the machine is (a loaded CI machine once probed too few steps for a 4 s budget)."""
+    import types
+
+    now = {"t": 0.0}
+
+    def perf_counter() -> float:
+        now["t"] += tick
+        return now["t"]
+
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=perf_counter))
+
+
+def test_a_budgeted_run_completes_its_schedule(tmp_path, monkeypatch):
+    _ticking_clock(monkeypatch, 0.05)
     trainer = Trainer(_budget_cfg(tmp_path))
     results = trainer.run_training()
     plan = trainer.clock.plan
