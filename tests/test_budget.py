@@ -122,7 +122,8 @@ def test_a_budgeted_run_completes_its_schedule(tmp_path, monkeypatch):
     assert saved["budget"]["wall_s"] > 0 and saved["epochs"] == results["epochs"]
 
 
-def test_a_budgeted_run_resumes_with_the_time_it_had_spent(tmp_path):
+def test_a_budgeted_run_resumes_with_the_time_it_had_spent(tmp_path, monkeypatch):
+    _ticking_clock(monkeypatch, 0.05)
     trainer = Trainer(_budget_cfg(tmp_path, budget="6s"))
     calls = {"n": 0}
 
