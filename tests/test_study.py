@@ -231,10 +231,15 @@ def test_the_demo_study_plans_a_search_and_two_trainings_alike(tmp_path, capsys)
     assert main(["study", "--config", str(demo), "--out", str(tmp_path / "demo"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" (")[0].split("] ")[1] for line in lines] == [
-        "search clr-s0", "train clr-s0", "train random-cell-0"
+        "search bnas-d-sum3-s0", "train bnas-d-sum3-s0", "train random-cell-0"
     ]  # fmt: skip
     spec = StudySpec.load(demo)
-    assert spec.train["budget"] == "90s" and spec.search["epochs"] == 4 and spec.search["subset"] == 2000
+    assert spec.train["budget"] == "90s" and spec.search["budget"] == "3m" and spec.search["subset"] == 4000
+    # docs/study-budget.md's setting: a summed architecture rate of 3 after a weight warm-up (15 of the preset's 50
+    # epochs: under a budget, the first 30% of the search, as 3 of the study's 10 epochs)
+    (method,) = spec.methods
+    assert method.method == "bnas-d"
+    assert method.options == {"arch_lr": "auto", "arch_lr_sum": 3.0, "arch_start_epoch": 15}
 
 
 def test_the_fashion_mnist_study_plans_every_method_seed_random_and_published_cell(tmp_path, capsys):

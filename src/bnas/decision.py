@@ -183,7 +183,11 @@ def advice(figures: dict[str, dict[str, float]], stable: float, arch_lr_auto: bo
     """One line for a search that did not settle: what it means and what to change (`arch_lr_auto`: the
     search already sized its architecture step)."""
     op = min((f["op_margin"] for f in figures.values()), default=0.0)
-    step = "" if arch_lr_auto else " or a larger architecture step (--arch-lr auto)"
+    step = (
+        " (a larger --arch-lr-sum moves the alphas further, but did not give better cells in docs/study-budget.md)"
+        if arch_lr_auto
+        else " or a larger architecture step (--arch-lr auto --arch-lr-sum 3)"
+    )
     return (
         f"the architecture did not settle (smallest mean op margin {op:.3f}, needs {OP_MARGIN}; genotype stable "
         f"over {stable:.0%} of the last fifth, needs {STABLE_SHARE:.0%}): the cell is close to a random cell of "

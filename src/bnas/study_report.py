@@ -74,7 +74,8 @@ class StudyResults:
         unsettled = [r["candidate"] for r in self.rows if r.get("settled") is False]
         if unsettled:  # decision.py's rule: such a cell is close to a random cell of the space
             lines += ["", f"architecture not settled (close to a random cell of the space): {', '.join(unsettled)}; "
-                      "give the searches more steps (--budget) or --arch-lr auto"]  # fmt: skip
+                      "compare them with the random cells above; more steps (--budget, --epochs) or "
+                      "--arch-lr auto --arch-lr-sum 3 move the alphas further"]  # fmt: skip
         elif any(r.get("settled") for r in self.rows):
             lines += ["", "every search's architecture settled"]
         if self.failed:  # not in the tables above: they have no result
